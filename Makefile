@@ -1,0 +1,37 @@
+# The two commands a new user needs (README.md): `make demo` and `make test`.
+# Each creates .venv on first use and reinstalls only when pyproject.toml or the constraints change.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints-dev.txt 2>/dev/null | cksum | cut -d' ' -f1)
+PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints-dev.txt
+
+.PHONY: demo test install check-sync lessons pytest docs bench clean
+
+$(STAMP): pyproject.toml constraints-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) -e ".[dev]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+## The main job: train on digits with corrupted labels, track per-item loss, validate, save, plot.
+demo: $(STAMP)
+	$(BIN)/caption-eval demo $(DEMO_ARGS)
+
+## The whole test suite: notebooks clean and exported, every lesson, every pytest.
+test: $(STAMP)
+	$(BIN)/python .ci/check_sync.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/nbdev-test --n-workers 2
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+## Static docs site from nbdev's processed notebooks (no Quarto needed).
+docs: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tools/build_docs.py
+
+bench: $(STAMP)
+	for f in bench/bench_*.py; do $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) _proc _docs _site build dist *.egg-info
