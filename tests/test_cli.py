@@ -219,9 +219,14 @@ def test_items_errors_exit_1(snapshot, tmp_path):
 
 # --- demo --------------------------------------------------------------------------------------------------
 
-def test_demo_bad_noise_exit_1(tmp_path):
+def test_demo_bad_noise_exit_2(tmp_path):
     code, _, err = cli("demo", "--noise", "1.5", "--output-dir", tmp_path)
-    assert code == 1 and "--noise" in err
+    assert code == 2 and "--noise" in err and len(err.strip().splitlines()) == 1
+
+
+def test_list_runs_with_single_run_exit_2(run_dirs):
+    code, out, err = cli("plot", "--run", run_dirs[0], "--list-runs")
+    assert code == 2 and "--list-runs" in err and out == ""
 
 
 def test_demo_runs(tmp_path):

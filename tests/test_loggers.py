@@ -7,6 +7,7 @@ is decoded with wandb's own protobuf `Record` messages; history rows must hold t
 import io
 import json
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -68,13 +69,30 @@ def _wandb_records(path: Path):
         else: pos += block - pos % block if pos % block else 0  # zero padding
 
 
-def _wandb_history(path: Path) -> list[dict]:
-    "History rows of an offline run, decoded with wandb's own protobuf messages."
+def _wandb_parsed(path: Path) -> list:
+    "wandb protobuf `Record`s of a `.wandb` file."
     from wandb.proto import wandb_internal_pb2 as pb
-    rows = []
+    out = []
     for payload in _wandb_records(path):
         rec = pb.Record()
         rec.ParseFromString(payload)
+        out.append(rec)
+    return out
+
+
+def _wait_for_exit_record(path: Path, timeout: float = 60.0) -> list:
+    "Records of `path` once its final `exit` record is there: `run.finish()` can return before wandb-core's writer is done."
+    deadline = time.monotonic() + timeout
+    while True:
+        records = _wandb_parsed(path) if path.stat().st_size > 7 else []
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline: return records
+        time.sleep(0.2)
+
+
+def _wandb_history(records: list) -> list[dict]:
+    "History rows of an offline run's records."
+    rows = []
+    for rec in records:
         if rec.WhichOneof("record_type") != "history": continue
         row = {}
         for item in rec.history.item:
@@ -103,9 +121,12 @@ def test_wandb_offline_run_files(tmp_path, monkeypatch):
     assert run_dir.parent == tmp_path / "wandb"
     files = list(run_dir.glob("*.wandb"))
     assert len(files) == 1
-    rows = _wandb_history(files[0])
+    records = _wait_for_exit_record(files[0])
+    assert any(r.WhichOneof("record_type") == "exit" for r in records), f"{files[0]} never got its exit record"
+    rows = _wandb_history(records)
     by_step = {}
     for row in rows: by_step.setdefault(row["_step"], {}).update(row)
+    assert {1, 2, 3} <= set(by_step), f"history rows in {files[0]}: {rows}"
     assert by_step[1]["val/loss"] == 0.5 and by_step[1]["val/stats/acc"] == 0.25
     assert "val/stats/none" not in by_step[1]
     assert by_step[2]["val/loss"] == 0.125
@@ -134,6 +155,12 @@ def test_console_logger_file_and_protocol(tmp_path):
     assert line.startswith("[step 9] items/val/items=5  items/val/updates=20")
     assert logged["items/val/worst_loss"] == 2.0 and "items/val/mean_loss=0.75" in line
     assert flatten_metrics({"a": [1, 2], "b": {"c": "x", "d": 1}}) == {"b/d": 1.0}
+    quiet = ConsoleLogger(path=tmp_path / "quiet.txt", echo=False)
+    quiet.log_metrics({"x": 1.5}, step=2)
+    quiet.close()
+    assert (tmp_path / "quiet.txt").read_text() == "[step 2] x=1.5\n"
+    with pytest.raises(ValueError, match="path"):
+        ConsoleLogger(echo=False)
 
 
 def test_missing_extras_say_how_to_install(tmp_path, monkeypatch):

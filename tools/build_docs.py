@@ -275,6 +275,7 @@ html_css_files = ["styles.css", "site.css"]
 html_copy_source = False
 html_show_sourcelink = False
 html_theme_options = {{"top_of_page_buttons": []}}
+html_favicon = "_static/favicon.svg"      # browsers otherwise ask for /favicon.ico
 html_math_renderer = "mathml"             # math as MathML at build time: no MathJax download, works offline
 
 _log = logging.getLogger(__name__)
@@ -305,6 +306,13 @@ math { font-size: 110%; }
 """
 
 
+_FAVICON_SVG = """<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">
+<rect width="16" height="16" rx="3" fill="#2b5797"/>
+<rect x="3" y="9" width="2" height="4" fill="#fff"/><rect x="7" y="5" width="2" height="8" fill="#fff"/>
+<rect x="11" y="3" width="2" height="10" fill="#f0a030"/></svg>
+"""
+
+
 def stage_sources(proc: Path, src: Path, cfg) -> list[Path]:
     "Write the Sphinx source tree (`src`) from nbdev's processed notebooks (`proc`); returns the page names."
     doc_url = f"{cfg.get('doc_host', '')}{cfg.get('doc_baseurl', '')}".rstrip('/')
@@ -330,8 +338,9 @@ def stage_sources(proc: Path, src: Path, cfg) -> list[Path]:
     styles = cfg.nbs_path / 'styles.css'
     _write_if_changed(static / 'styles.css', styles.read_text() if styles.exists() else '')
     _write_if_changed(static / 'site.css', _SITE_CSS)
+    _write_if_changed(static / 'favicon.svg', _FAVICON_SVG)
     _write_if_changed(src / 'conf.py', _conf_py(cfg))
-    keep |= {static / 'styles.css', static / 'site.css', src / 'conf.py'}
+    keep |= {static / 'styles.css', static / 'site.css', static / 'favicon.svg', src / 'conf.py'}
     for f in list(src.rglob('*')):                  # pages whose notebook was removed or renamed
         if f.is_file() and f not in keep: f.unlink()
     return [page for _, page in pages]
