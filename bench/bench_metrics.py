@@ -4,7 +4,7 @@
 contender; contenders are interleaved and repeated, and we report medians. Peak memory is measured in fresh
 subprocesses that generate batches on the fly, for N and 10 N samples.
 
-Run: python bench/bench_metrics.py [--repeats 5] [--threads 1]
+Run: python bench/bench_metrics.py [--repeats 7] [--threads 1]
 Writes bench/results/metrics.md.
 """
 import argparse
@@ -120,7 +120,7 @@ def memory(n: int, threads: int, mode: str = "stream") -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=5, help="interleaved repetitions of each contender (median reported)")
+    ap.add_argument("--repeats", type=int, default=7, help="interleaved repetitions of each contender (median reported)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 = stable timings on a shared CPU)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -169,7 +169,7 @@ def main():
         f"`torch.set_num_threads({args.threads})`; torch {torch.__version__}, {platform.machine()}, "
         f"{os.cpu_count()} CPUs shared with other jobs (load average {load:.1f} during the run). Times are the CPU time "
         "of the benchmark process (robust to other jobs on a shared machine); wall-clock medians are given too.",
-        "Command: `python bench/bench_metrics.py`",
+        f"Command: `python bench/bench_metrics.py --repeats {args.repeats} --threads {args.threads}`",
         "",
         "| contender | median CPU time (ms) | vs floor | median wall time (ms) | vs floor (wall) |",
         "|---|---:|---:|---:|---:|",

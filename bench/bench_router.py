@@ -100,7 +100,7 @@ def memory(n, which):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=5, help="interleaved repetitions (median reported)")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved repetitions (median reported)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -29,7 +29,7 @@ With Quarto installed, `nbdev-docs` still builds nbdev's usual site from `nbs/_q
 `nbs/nbdev.yml` and `nbs/styles.css`; this script reads nothing from those YAML files, and reuses only
 `nbs/styles.css` so both sites share their small style tweaks.
 """
-import argparse, json, re, shutil, sys, time
+import argparse, json, os, re, shutil, sys, time
 from pathlib import Path
 
 import yaml
@@ -109,6 +109,7 @@ def _anchor_id(anchor: str) -> str:
     return make_id(anchor)
 
 
+_re_hr = re.compile(r'^\s*(---+|\*\*\*+|___+)\s*$')
 _re_source_link = re.compile(r'^\s*\[source\]\((?P<url>[^)\s]+)\)(\{[^}]*\})?\s*$')
 
 def _showdoc_md(md: str) -> str:
@@ -124,8 +125,6 @@ def _showdoc_md(md: str) -> str:
         lines.append(l)
     return '\n'.join(lines).strip()
 
-
-_re_hr = re.compile(r'^\s*(---+|\*\*\*+|___+)\s*$')
 
 def asis_markdown(cell: dict) -> str:
     """The Markdown a Quarto `output: asis` cell (nbdev's `show_doc`) puts into the page.
@@ -202,11 +201,11 @@ def front_matter(nb: dict) -> dict:
     return {}
 
 
-def convert_notebook(nb: dict, doc_url: str, pages: set[str], depth: int) -> dict:
-    "Turn one processed notebook into the notebook MyST-NB renders: title, description, prose, code, outputs."
+def convert_notebook(nb: dict, doc_url: str, pages: set[str], depth: int, title: str = 'Untitled') -> dict:
+    "Turn one processed notebook into the notebook MyST-NB renders: title (`title` if it has none), description, prose, code, outputs."
     fm = front_matter(nb)
     fix_md = lambda md: local_links(quarto_md_to_myst(md), doc_url, pages, depth)
-    cells = [_md_cell(f"# {fm.get('title', 'Untitled')}\n" +
+    cells = [_md_cell(f"# {fm.get('title') or title}\n" +
                       (f"\n:::{{container}} description\n{fm['description']}\n:::\n" if fm.get('description') else ''))]
     for cell in nb['cells']:
         src = _src(cell)
@@ -220,7 +219,8 @@ def convert_notebook(nb: dict, doc_url: str, pages: set[str], depth: int) -> dic
 
 def _page_name(rel: Path, fm: dict) -> Path:
     "Where the notebook `rel` (relative to `nbs/`) lives in the site: nbdev's `output-file` (`01_aggregator` -> `aggregator`)."
-    return rel.parent / Path(fm.get('output-file', rel.name)).with_suffix('')
+    from nbdev.config import nbpath2html
+    return rel.parent / Path(fm.get('output-file') or nbpath2html(rel).name).with_suffix('')
 
 
 def _write_if_changed(path: Path, text: str):
@@ -323,7 +323,7 @@ def stage_sources(proc: Path, src: Path, cfg) -> list[Path]:
     names = {page.as_posix() for _, page in pages}
     if 'index' not in names:
         raise DocsError(f"no index notebook in {proc}: add nbs/index.ipynb, the home page of the site (and README.md)")
-    converted = [(rel, page, convert_notebook(nb, doc_url, names, depth=len(rel.parts) - 1))
+    converted = [(rel, page, convert_notebook(nb, doc_url, names, depth=len(rel.parts) - 1, title=page.name))
                  for (rel, nb), (_, page) in zip(loaded, pages)]
     for rel, page, nb in converted:
         if page.as_posix() == 'index': nb['cells'].append({**_md_cell(_toctrees(pages)), 'id': 'toc'})
@@ -366,12 +366,14 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
 
     from nbdev.config import get_config
+    os.chdir(Path(__file__).resolve().parents[1])      # nbdev reads the project's settings from the working directory
     cfg = get_config()
     root = cfg.config_path
     out = Path(a.out).absolute() if a.out else root / '_site'
     t0 = time.perf_counter()
     try:
         proc = process_notebooks(cfg.nbs_path, a.n_workers, a.force)
+        t1 = time.perf_counter()
         work = proc / '.sphinx'
         if a.force: shutil.rmtree(work, ignore_errors=True)
         pages = stage_sources(proc, work / 'src', cfg)
@@ -379,7 +381,9 @@ def main(argv=None) -> int:
         print(f"Docs build failed: {e}", file=sys.stderr); return 1
     rc = run_sphinx(work / 'src', out, work / 'doctrees', a.strict, a.quiet)
     if rc: print(f"Sphinx failed (exit {rc}); see the messages above", file=sys.stderr); return rc
-    print(f"Built {len(pages)} pages in {time.perf_counter() - t0:.1f} s: {out / 'index.html'}")
+    t2 = time.perf_counter()
+    print(f"Built {len(pages)} pages in {t2 - t0:.1f} s (nbdev processing {t1 - t0:.1f} s, Sphinx {t2 - t1:.1f} s): "
+          f"{out / 'index.html'}")
     return 0
 
 

@@ -1,0 +1,126 @@
+"""Overhead of per-item loss tracking inside a reference training step.
+
+Reference step: an MLP (64 -> 256 -> 256 -> 10, ReLU) on scikit-learn's digits, batch 256, Adam;
+forward, loss, backward, optimiser step. Variants, timed in interleaved repetitions (the order of the
+variants is shuffled in every repetition) so machine load hits them alike:
+
+- baseline:   loss = F.cross_entropy(logits, y)
+- loss only:  per = compute_per_example_loss(logits, y, "cross_entropy"); loss = per.mean()
+- tracked:    the above + tracker.record("train", slots[idx], per, step)     (exact, one update per step)
+- tracked/16: the same with ItemLossTracker(flush_every=16)                  (one update per 16 steps)
+- tracked/64: the same with ItemLossTracker(flush_every=64)
+
+Reports the median over repetitions of each variant's time / baseline time in the same repetition.
+No host synchronisation in any variant (no .item()). Writes bench/results/tracking_overhead.md.
+
+    python bench/bench_tracking_overhead.py [--reps 15] [--steps 100] [--threads 1] [--hidden 256]
+"""
+import argparse
+import platform
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+
+from caption_evaluator.losses import compute_per_example_loss
+from caption_evaluator.training import ItemLossTracker
+
+BATCH = 256
+
+
+def make_model(hidden: int, seed: int = 0) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(seed)
+    m = torch.nn.Sequential(torch.nn.Linear(64, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden),
+                            torch.nn.ReLU(), torch.nn.Linear(hidden, 10))
+    return m, torch.optim.Adam(m.parameters(), lr=1e-3)
+
+
+def make_variants(X, y, hidden, save_root):
+    "name -> step function(step, idx); each variant has its own model, optimiser and tracker."
+    paths = [f"digits/{i:04d}.png" for i in range(len(y))]
+
+    def baseline():
+        m, opt = make_model(hidden)
+        def step(s, idx):
+            loss = F.cross_entropy(m(X[idx]), y[idx])
+            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        return step
+
+    def tracked(record: bool, flush_every: int = 1):
+        m, opt = make_model(hidden)
+        tracker = ItemLossTracker(save_root, f"bench_{flush_every}", flush_every=flush_every)
+        slots = tracker.register("train", paths)
+        def step(s, idx):
+            per = compute_per_example_loss(m(X[idx]), y[idx], "cross_entropy")
+            loss = per.mean()
+            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+            if record: tracker.record("train", slots[idx], per, s)
+        return step
+
+    return {"baseline": baseline(), "loss only": tracked(False), "tracked": tracked(True),
+            "tracked/16": tracked(True, 16), "tracked/64": tracked(True, 64)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--steps", type=int, default=100, help="training steps per timed block")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: least noise on a shared CPU)")
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "tracking_overhead.md"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    d = load_digits()
+    X, y = torch.tensor(d.data, dtype=torch.float32) / 16, torch.tensor(d.target)
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, len(y), (BATCH,), generator=g) for _ in range(args.steps)]
+    with tempfile.TemporaryDirectory() as tmp:
+        variants = make_variants(X, y, args.hidden, tmp)
+        for f in variants.values():  # warm-up
+            for s, idx in enumerate(batches[:20]): f(s, idx)
+        times = {k: [] for k in variants}
+        order = list(variants)
+        rng = random.Random(0)
+        step_no = 0
+        for _ in range(args.reps):
+            rng.shuffle(order)
+            for name in order:
+                f = variants[name]
+                t0 = time.perf_counter()
+                for s, idx in enumerate(batches, start=step_no): f(s, idx)
+                times[name].append((time.perf_counter() - t0) / args.steps)
+            step_no += args.steps
+    base = times["baseline"]
+    rows = []
+    for name, ts in times.items():
+        ratio = statistics.median(t / b for t, b in zip(ts, base))
+        rows.append((name, statistics.median(ts) * 1e6, ratio))
+        print(f"{name:>11}: median step {statistics.median(ts) * 1e6:9.1f} us   ratio vs baseline {ratio:.4f}"
+              f"   overhead {100 * (ratio - 1):+.2f} %")
+    cmd = (f"python bench/bench_tracking_overhead.py --reps {args.reps} --steps {args.steps} "
+           f"--threads {args.threads} --hidden {args.hidden}")
+    lines = ["# Tracking overhead in a training step", "",
+             f"MLP 64-{args.hidden}-{args.hidden}-10 on digits, batch {BATCH}, Adam; {args.reps} interleaved "
+             f"repetitions of {args.steps} steps, torch {torch.__version__}, {args.threads} thread(s), "
+             f"{platform.processor() or platform.machine()}. Ratio: median over repetitions of "
+             f"variant time / baseline time in the same repetition.", "",
+             "| variant | median step (µs) | ratio vs baseline | overhead |", "|---|---:|---:|---:|"]
+    lines += [f"| {n} | {us:.1f} | {r:.4f} | {100 * (r - 1):+.2f} % |" for n, us, r in rows]
+    lines += ["", "Variants: `baseline` = `F.cross_entropy`; `loss only` = `compute_per_example_loss(...).mean()`; "
+              "`tracked` = plus `ItemLossTracker.record` every step (exact); `tracked/N` = `flush_every=N` "
+              "(one aggregator update per N steps; all statistics exact except `last_step`, rounded to the "
+              "group's end).", "",
+              f"Command: `{cmd}`", ""]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
