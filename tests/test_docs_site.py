@@ -52,14 +52,24 @@ def _public_names(module_file: Path) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ build
 @pytest.fixture(scope='module')
-def site(tmp_path_factory) -> Path:
-    "The site, built by the same command `make docs` runs, into a temporary folder."
+def build(tmp_path_factory) -> tuple[Path, str]:
+    "The site, built by the same command `make docs` runs, into a temporary folder; and the build's output."
     out = tmp_path_factory.mktemp('site')
     r = subprocess.run([sys.executable, str(ROOT / 'tools' / 'build_docs.py'), '--out', str(out), '--quiet'],
                        cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, f"tools/build_docs.py failed:\n{r.stdout[-5000:]}\n{r.stderr[-5000:]}"
     assert str(out / 'index.html') in r.stdout, f"the build should print the site's path:\n{r.stdout}"
-    return out
+    return out, r.stdout + r.stderr
+
+
+@pytest.fixture(scope='module')
+def site(build) -> Path: return build[0]
+
+
+def test_build_has_no_sphinx_warnings(build):
+    "Sphinx renders every notebook without a warning (broken references, bad Markdown, unconvertible math)."
+    warnings = [l for l in build[1].splitlines() if re.search(r'\bWARNING\b|\bERROR\b', l)]
+    assert not warnings, "Sphinx warnings:\n" + '\n'.join(warnings)
 
 
 def test_every_notebook_has_a_page(site):

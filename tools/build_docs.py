@@ -267,6 +267,8 @@ nb_ipywidgets_js = {{}}                     # no CDN scripts: widget views show 
 nb_output_stderr = "show"
 myst_enable_extensions = ["colon_fence", "attrs_inline", "attrs_block", "deflist", "strikethrough",
                           "dollarmath", "amsmath"]
+myst_dmath_allow_space = False            # Pandoc's rules for $math$ (as Quarto): "$5 and $10" stays text
+myst_dmath_allow_digits = False
 myst_heading_anchors = 4
 suppress_warnings = ["myst.header", "mystnb.unknown_mime_type", "misc.highlighting_failure"]
 html_theme = "furo"
