@@ -6,8 +6,8 @@
     dict aggregator (one dict of running statistics per key, Welford updates, same statistics).
 (b) Snapshot of the 1,000,000 items to JSON: `save_json` (streamed, chunked) vs building the whole document
     as a dict and `json.dump`-ing it. Peak extra memory is the growth of the process's peak RSS during the
-    call (Linux `VmHWM`, reset through /proc/self/clear_refs before each contender), and the tracemalloc
-    peak in a separate traced run.
+    call (Linux `VmHWM`, reset through /proc/self/clear_refs before each contender); with --tracemalloc also
+    the tracemalloc peak of a separate traced `save_json` (Python and numpy allocations only).
 
 Times are CPU time of this process (robust to other jobs on a shared machine); wall-clock is given too.
 Run: python bench/bench_aggregator.py [--items 1000000] [--batch 1024] [--rounds 5] [--threads 1]
@@ -96,6 +96,8 @@ def bench_updates(n_items, batch, rounds, per_round, seed=0):
         ours_idx.update("train", slots[lo:lo + 65536], warm[lo:lo + 65536], step=0)
         ours_str.update("train", slots[lo:lo + 65536], warm[lo:lo + 65536], step=0)
     base.update(keys, warm, 0)
+    gc.collect()
+    gc.freeze()   # the baseline's million dicts would otherwise make every cyclic GC pass slow, for all contenders
     contenders = {
         "StreamingAggregator, index tensor (fast path)": lambda i, k, l, s: ours_idx.update("train", i, l, step=s),
         "StreamingAggregator, str keys": lambda i, k, l, s: ours_str.update("train", k, l, step=s),
@@ -155,7 +157,7 @@ def measure(fn, traced=False):
     return c, w, (_status("VmHWM") - base) if base else None
 
 
-def bench_snapshot(agg, tmp: Path):
+def bench_snapshot(agg, tmp: Path, traced: bool):
     ours_path = tmp / "bench_000000001.json"
     ours = measure(lambda: agg.save_json(tmp, "bench", 1))
     size = ours_path.stat().st_size
@@ -166,7 +168,7 @@ def bench_snapshot(agg, tmp: Path):
     ia, ib = a["datasets"]["train"]["item_stats"], b["datasets"]["train"]["item_stats"]
     assert len(ia) == len(ib) and all(ia[k] == ib[k] for k in list(ib)[:: max(1, len(ib) // 5000)])
     del a, b, ia, ib
-    ours_traced = measure(lambda: agg.save_json(tmp, "bench", 2), traced=True)
+    ours_traced = measure(lambda: agg.save_json(tmp, "bench", 2), traced=True) if traced else None
     return ours, base, ours_traced, size, base_path.stat().st_size
 
 
@@ -177,6 +179,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--per-round", type=int, default=40)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tracemalloc", action="store_true", help="also report save_json's tracemalloc peak (slow)")
     ap.add_argument("--out", default=str(RESULTS))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -188,9 +191,10 @@ def main():
         print(f"  {n:48s} {med[n]*1e6:9.1f} us  x{med[bname]/med[n]:6.2f} vs baseline  (wall {medw[n]*1e6:9.1f} us)")
 
     with tempfile.TemporaryDirectory() as d:
-        ours, base, traced, size, base_size = bench_snapshot(agg, Path(d))
+        ours, base, traced, size, base_size = bench_snapshot(agg, Path(d), a.tracemalloc)
     print(f"(b) snapshot of {a.items:,} items: file {size/2**20:.1f} MiB")
-    print(f"  save_json           CPU {ours[0]:7.2f} s  wall {ours[1]:7.2f} s  peak RSS growth {ours[2]/2**20 if ours[2] is not None else float('nan'):7.1f} MiB  tracemalloc peak {traced/2**20:7.1f} MiB")
+    tm = f"  tracemalloc peak {traced/2**20:7.1f} MiB" if traced else ""
+    print(f"  save_json           CPU {ours[0]:7.2f} s  wall {ours[1]:7.2f} s  peak RSS growth {ours[2]/2**20 if ours[2] is not None else float('nan'):7.1f} MiB{tm}")
     print(f"  dict + json.dump    CPU {base[0]:7.2f} s  wall {base[1]:7.2f} s  peak RSS growth {base[2]/2**20 if base[2] is not None else float('nan'):7.1f} MiB")
     speed = base[0] / ours[0]
     mem_ratio = ours[2] / size if ours[2] is not None else None
@@ -221,8 +225,8 @@ def main():
         f"| dict + `json.dump` | {base[0]:.2f} | {base[1]:.2f} | {base[2]/2**20:.1f} | {base[2]/base_size:.2f}x |", "",
         f"- File size {size/2**20:.1f} MiB (`save_json`), {base_size/2**20:.1f} MiB (baseline, same content).",
         f"- `save_json` is **{speed:.1f}x** faster (target >= 5x: {'met' if speed >= 5 else 'not met'}); its peak "
-        f"extra memory is **{mem_ratio:.2f}x** the file size (target <= 1.5x: {'met' if mem_ratio <= 1.5 else 'not met'}); "
-        f"tracemalloc peak (Python and numpy allocations only) {traced/2**20:.1f} MiB.",
+        f"extra memory is **{mem_ratio:.2f}x** the file size (target <= 1.5x: {'met' if mem_ratio <= 1.5 else 'not met'})"
+        + (f"; tracemalloc peak (Python and numpy allocations only) {traced/2**20:.1f} MiB." if traced else "."),
     ]
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -154,6 +154,7 @@ def main():
     args = ap.parse_args()
     sizes = sorted({50, 100, args.runs})
     warnings.simplefilter("error")                    # a skipped run would be a bug here
+    load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         s = bench_save(tmp, args.repeats)
@@ -179,7 +180,8 @@ def main():
     import matplotlib
     import torch
     env = (f"Python {platform.python_version()}, torch {torch.__version__}, matplotlib {matplotlib.__version__}, "
-           f"{platform.machine()}, {os.cpu_count()} CPU(s) shared")
+           f"{platform.machine()}, {os.cpu_count()} CPU(s) shared; load average during the run "
+           f"{load0:.1f} -> {os.getloadavg()[0]:.1f}")
     ok = lambda cond: "met" if cond else "missed"
     lines = [
         "# Results store benchmark", "",

@@ -25,8 +25,10 @@ _NO_CHROMIUM = ("Chromium is not installed, so the docs site was not opened in a
                 "chromium (`apt-get install chromium`; .ci/run does this) to run these checks")
 
 
+@functools.cache
 def _notebooks() -> list[Path]:
-    "The notebooks nbdev builds docs from (relative to nbs/), skipping `_`/`.` files and folders as nbdev does."
+    """The notebooks nbdev builds docs from (relative to nbs/), skipping `_`/`.` files and folders as nbdev does;
+    listed once, before the build, so every check sees the same set."""
     return sorted(p.relative_to(NBS) for p in NBS.rglob('*.ipynb')
                   if not any(part.startswith(('_', '.')) for part in p.relative_to(NBS).parts))
 
@@ -55,6 +57,7 @@ def _public_names(module_file: Path) -> list[str]:
 def build(tmp_path_factory) -> tuple[Path, str]:
     "The site, built by the same command `make docs` runs, into a temporary folder; and the build's output."
     out = tmp_path_factory.mktemp('site')
+    _notebooks()
     r = subprocess.run([sys.executable, str(ROOT / 'tools' / 'build_docs.py'), '--out', str(out), '--quiet'],
                        cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, f"tools/build_docs.py failed:\n{r.stdout[-5000:]}\n{r.stderr[-5000:]}"
