@@ -23,8 +23,8 @@ demo: $(STAMP)
 ## The whole test suite: notebooks clean and exported, every lesson, every pytest.
 test: $(STAMP)
 	$(BIN)/python .ci/check_sync.py
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/nbdev-test --n-workers 2
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/nbdev-test --n-workers 2
+	OMP_NUM_THREADS=1 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
 ## Static docs site from nbdev's processed notebooks (no Quarto needed).
 docs: $(STAMP)
