@@ -4,13 +4,14 @@
     Contenders, interleaved round by round in one process: StreamingAggregator with index tensors from
     `register_items` (the fast path), StreamingAggregator with string keys, and the obvious per-path Python
     dict aggregator (one dict of running statistics per key, Welford updates, same statistics).
-(b) Snapshot of the 1,000,000 items to JSON: `save_json` (streamed, chunked) vs building the whole document
-    as a dict and `json.dump`-ing it. Peak extra memory is the growth of the process's peak RSS during the
-    call (Linux `VmHWM`, reset through /proc/self/clear_refs before each contender); with --tracemalloc also
-    the tracemalloc peak of a separate traced `save_json` (Python and numpy allocations only).
+(b) Snapshot of 1,000,000 items (each seen twice) to JSON: `save_json` (streamed, chunked) vs building the
+    whole document as a dict and `json.dump`-ing it. Each contender runs in a fresh process that first builds
+    the aggregator; peak extra memory is the growth of that process's peak RSS during the call (Linux
+    `VmHWM`, reset through /proc/self/clear_refs just before it); with --tracemalloc also the tracemalloc
+    peak of a separate traced `save_json` (Python and numpy allocations only, not torch's).
 
 Times are CPU time of this process (robust to other jobs on a shared machine); wall-clock is given too.
-Run: python bench/bench_aggregator.py [--items 1000000] [--batch 1024] [--rounds 5] [--threads 1]
+Run: python bench/bench_aggregator.py [--items 1000000] [--batch 1024] [--rounds 3] [--threads 1]
 Writes bench/results/aggregator.md.
 """
 import argparse
@@ -20,6 +21,8 @@ import math
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import tracemalloc
@@ -99,9 +102,9 @@ def bench_updates(n_items, batch, rounds, per_round, seed=0):
     gc.collect()
     gc.freeze()   # the baseline's million dicts would otherwise make every cyclic GC pass slow, for all contenders
     contenders = {
-        "StreamingAggregator, index tensor (fast path)": lambda i, k, l, s: ours_idx.update("train", i, l, step=s),
-        "StreamingAggregator, str keys": lambda i, k, l, s: ours_str.update("train", k, l, step=s),
-        "Python dict per path (baseline)": lambda i, k, l, s: base.update(k, l, s),
+        "StreamingAggregator, index tensor (fast path)": (lambda i, k, l, s: ours_idx.update("train", i, l, step=s), ours_idx.flush),
+        "StreamingAggregator, str keys": (lambda i, k, l, s: ours_str.update("train", k, l, step=s), ours_str.flush),
+        "Python dict per path (baseline)": (lambda i, k, l, s: base.update(k, l, s), lambda: None),
     }
     times = {name: [] for name in contenders}
     walls = {name: [] for name in contenders}
@@ -110,10 +113,11 @@ def bench_updates(n_items, batch, rounds, per_round, seed=0):
         idx = [torch.randint(0, n_items, (batch,), generator=g) for _ in range(per_round)]
         ks = [[keys[j] for j in b.tolist()] for b in idx]
         ls = [torch.rand(batch, generator=g) for _ in range(per_round)]
-        for name, fn in contenders.items():
+        for name, (fn, flush) in contenders.items():
             gc.collect()
             t0 = clock()
             for j in range(per_round): fn(idx[j], ks[j], ls[j], step + j)
+            flush()                              # the queued losses are recorded inside the timed region
             c, w = since(t0)
             times[name].append(c / per_round)
             walls[name].append(w / per_round)
@@ -126,6 +130,7 @@ def bench_updates(n_items, batch, rounds, per_round, seed=0):
         assert a[k]["count"] == b[k]["count"] == bb["count"], k
         assert a[k]["min_loss"] == bb["min"] and a[k]["max_loss"] == bb["max"] and a[k]["last_loss"] == bb["last"]
         assert math.isclose(a[k]["average_loss"], bb["mean"], rel_tol=1e-9)
+    gc.unfreeze()
     med = {n: statistics.median(v) for n, v in times.items()}
     medw = {n: statistics.median(v) for n, v in walls.items()}
     return med, medw, {n: min(v) for n, v in times.items()}, ours_idx, keys
@@ -157,32 +162,66 @@ def measure(fn, traced=False):
     return c, w, (_status("VmHWM") - base) if base else None
 
 
-def bench_snapshot(agg, tmp: Path, traced: bool):
-    ours_path = tmp / "bench_000000001.json"
-    ours = measure(lambda: agg.save_json(tmp, "bench", 1))
-    size = ours_path.stat().st_size
-    base_path = tmp / "baseline.json"
-    base = measure(lambda: build_dict_and_dump(agg, base_path))
-    # the two files hold the same items and numbers (summary worst-list formatting aside)
-    a, b = load_item_stats(ours_path), json.load(open(base_path))
+def snapshot_agg(n_items: int) -> StreamingAggregator:
+    "An aggregator holding `n_items` items, each seen twice (index fast path)."
+    agg = StreamingAggregator()
+    slots = agg.register_items("train", [f"train/images/img_{i:07d}.png" for i in range(n_items)])
+    g = torch.Generator().manual_seed(1)
+    for step in (1, 2):
+        losses = torch.rand(n_items, generator=g)
+        for lo in range(0, n_items, 65536): agg.update("train", slots[lo:lo + 65536], losses[lo:lo + 65536], step=step)
+    agg.flush()
+    return agg
+
+
+def child(kind: str, n_items: int, out_dir: str, traced: bool):
+    "Run one snapshot contender in this fresh process; print its figures as JSON."
+    agg = snapshot_agg(n_items)
+    out = Path(out_dir)
+    path = out / ("bench_000000001.json" if kind == "ours" else "baseline.json")
+    fn = (lambda: agg.save_json(out, "bench", 1)) if kind == "ours" else (lambda: build_dict_and_dump(agg, path))
+    if traced:
+        print(json.dumps({"tracemalloc": measure(fn, traced=True)}))
+        return
+    c, w, rss = measure(fn)
+    print(json.dumps({"cpu": c, "wall": w, "rss": rss, "size": path.stat().st_size}))
+
+
+def run_child(kind, n_items, out_dir, traced=False, threads=1):
+    cmd = [sys.executable, __file__, "--child", kind, "--items", str(n_items), "--dir", out_dir, "--threads", str(threads)]
+    if traced: cmd.append("--tracemalloc")
+    res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def bench_snapshot(n_items: int, tmp: Path, traced: bool, threads: int):
+    "Each contender in a fresh process (so peak RSS growth is its own), then a content check."
+    ours = run_child("ours", n_items, str(tmp), threads=threads)
+    base = run_child("base", n_items, str(tmp), threads=threads)
+    a, b = load_item_stats(tmp / "bench_000000001.json"), json.load(open(tmp / "baseline.json"))
     ia, ib = a["datasets"]["train"]["item_stats"], b["datasets"]["train"]["item_stats"]
-    assert len(ia) == len(ib) and all(ia[k] == ib[k] for k in list(ib)[:: max(1, len(ib) // 5000)])
+    assert len(ia) == len(ib) == n_items and all(ia[k] == ib[k] for k in list(ib)[:: max(1, len(ib) // 5000)])
     del a, b, ia, ib
-    ours_traced = measure(lambda: agg.save_json(tmp, "bench", 2), traced=True) if traced else None
-    return ours, base, ours_traced, size, base_path.stat().st_size
+    traced_peak = run_child("ours", n_items, str(tmp), traced=True, threads=threads)["tracemalloc"] if traced else None
+    return ((ours["cpu"], ours["wall"], ours["rss"]), (base["cpu"], base["wall"], base["rss"]), traced_peak,
+            ours["size"], base["size"])
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", type=int, default=1_000_000)
     ap.add_argument("--batch", type=int, default=1024)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--per-round", type=int, default=40)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--per-round", type=int, default=64, help="batches per contender and round (64 x 1024 = one queue flush)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tracemalloc", action="store_true", help="also report save_json's tracemalloc peak (slow)")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--child", choices=["ours", "base"], help=argparse.SUPPRESS)
+    ap.add_argument("--dir", help=argparse.SUPPRESS)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.child:
+        return child(a.child, a.items, a.dir, a.tracemalloc)
 
     med, medw, best, agg, keys = bench_updates(a.items, a.batch, a.rounds, a.per_round)
     bname = "Python dict per path (baseline)"
@@ -190,8 +229,10 @@ def main():
     for n in med:
         print(f"  {n:48s} {med[n]*1e6:9.1f} us  x{med[bname]/med[n]:6.2f} vs baseline  (wall {medw[n]*1e6:9.1f} us)")
 
+    del agg, keys
+    gc.collect()
     with tempfile.TemporaryDirectory() as d:
-        ours, base, traced, size, base_size = bench_snapshot(agg, Path(d), a.tracemalloc)
+        ours, base, traced, size, base_size = bench_snapshot(a.items, Path(d), a.tracemalloc, a.threads)
     print(f"(b) snapshot of {a.items:,} items: file {size/2**20:.1f} MiB")
     tm = f"  tracemalloc peak {traced/2**20:7.1f} MiB" if traced else ""
     print(f"  save_json           CPU {ours[0]:7.2f} s  wall {ours[1]:7.2f} s  peak RSS growth {ours[2]/2**20 if ours[2] is not None else float('nan'):7.1f} MiB{tm}")
@@ -218,7 +259,17 @@ def main():
     lines += ["",
         f"- Target >= 25x the dict baseline: index path **{med[bname]/med[idx_name]:.1f}x**, string keys "
         f"**{med[bname]/med[str_name]:.1f}x** ({'met' if med[bname]/med[idx_name] >= 25 else 'not met'}).",
-        "- The three contenders are checked to hold the same statistics at the end.", "",
+        "- The three contenders are checked to hold the same statistics at the end.",
+        "- Where the time goes: `update` only validates and queues a batch (about 50 us of Python and two small "
+        "copies); the queue is recorded every 65,536 losses with ~40 vectorised operations, about 20 of them random "
+        "accesses (`index_add_`/`scatter_reduce_`/`index_select`/`index_copy_`) into million-slot float64 vectors, "
+        "which cost ~10-20 ns per loss each on this CPU because every access misses the cache. That puts the "
+        "floor at a few hundred ns per loss against the dict baseline's ~4 us, i.e. ~10x; 25x would need fewer "
+        "passes than the statistics require (count, non-finite count, two shifted sums, min, max, first/last "
+        "value and step with exact duplicate handling) or a fused kernel. On an accelerator the same code runs "
+        "without host synchronisation, while the dict baseline additionally needs a device-to-host copy "
+        "(`.tolist()`) per step. The string-key path adds one dict lookup per key (a C-level `itemgetter`), "
+        "which on a million-key table costs as much as the tensor work.", "",
         f"## (b) Snapshot of {a.items:,} items to JSON", "",
         "| contender | CPU time (s) | wall (s) | peak RSS growth (MiB) | vs file size |", "|---|---:|---:|---:|---:|",
         f"| `save_json` (streamed) | {ours[0]:.2f} | {ours[1]:.2f} | {ours[2]/2**20:.1f} | {ours[2]/size:.2f}x |",
@@ -227,6 +278,12 @@ def main():
         f"- `save_json` is **{speed:.1f}x** faster (target >= 5x: {'met' if speed >= 5 else 'not met'}); its peak "
         f"extra memory is **{mem_ratio:.2f}x** the file size (target <= 1.5x: {'met' if mem_ratio <= 1.5 else 'not met'})"
         + (f"; tracemalloc peak (Python and numpy allocations only) {traced/2**20:.1f} MiB." if traced else "."),
+        "- What `save_json` holds at its peak: one host copy of the state as a `[9, items]` float64 array "
+        "(72 bytes per item, derived columns computed in place), a mask, and one chunk of 16,384 formatted "
+        "entries; the file itself is streamed to a temporary file and renamed. The baseline holds a dict per "
+        "item (~0.5 KB each) plus `json.dump`'s pure-Python encoder state.",
+        "- Float formatting (`repr`, shortest round-trip) is most of `save_json`'s time; it reuses the text of "
+        "min/max for first/last values equal to them and writes `0.0` for zero spread.",
     ]
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

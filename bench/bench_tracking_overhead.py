@@ -6,7 +6,8 @@ variants is shuffled in every repetition) so machine load hits them alike:
 
 - baseline:   loss = F.cross_entropy(logits, y)
 - loss only:  per = compute_per_example_loss(logits, y, "cross_entropy"); loss = per.mean()
-- tracked:    the above + tracker.record("train", slots[idx], per, step)     (exact, one update per step)
+- tracked:    the above + tracker.record("train", idx, per, step)  (exact, one update per step; idx are the
+              batch's dataset indices, which are the slots of keys registered once in dataset order)
 - tracked/16: the same with ItemLossTracker(flush_every=16)                  (one update per 16 steps)
 - tracked/64: the same with ItemLossTracker(flush_every=64)
 
@@ -57,11 +58,12 @@ def make_variants(X, y, hidden, save_root):
         m, opt = make_model(hidden)
         tracker = ItemLossTracker(save_root, f"bench_{flush_every}", flush_every=flush_every)
         slots = tracker.register("train", paths)
+        assert torch.equal(slots, torch.arange(len(paths)))  # keys registered in dataset order: slot == index
         def step(s, idx):
             per = compute_per_example_loss(m(X[idx]), y[idx], "cross_entropy")
             loss = per.mean()
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-            if record: tracker.record("train", slots[idx], per, s)
+            if record: tracker.record("train", idx, per, s)
         return step
 
     return {"baseline": baseline(), "loss only": tracked(False), "tracked": tracked(True),

@@ -15,8 +15,8 @@ import warnings
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['format_table', 'runs_table', 'worst_items', 'items_table', 'build_parser', 'CLIError', 'UsageError', 'cmd_plot',
-           'cmd_runs', 'cmd_items', 'cmd_demo', 'main']
+__all__ = ['format_table', 'format_runs_table', 'worst_items', 'items_table', 'add_demo_arguments', 'build_parser', 'CLIError',
+           'UsageError', 'cmd_plot', 'cmd_runs', 'cmd_items', 'cmd_demo', 'main']
 
 # %% ../nbs/10_cli.ipynb #196e9dfa
 def format_table(rows:list[list], # the cells, row by row (converted with `str`)
@@ -30,17 +30,16 @@ def format_table(rows:list[list], # the cells, row by row (converted with `str`)
     return "\n".join([_line(cells[0]), "  ".join("-" * w for w in widths)] + [_line(r) for r in cells[1:]])
 
 # %% ../nbs/10_cli.ipynb #cf101408
-def runs_table(runs:list, # `RunRecord`s, e.g. from `discover_runs`
-              ) -> str:
-    "A table of runs: run, time, model type, main accuracy per task, paper_metrics_avg."
+def format_runs_table(runs:list, # `RunRecord`s, e.g. from `discover_runs`
+                     ) -> str:
+    "`results.runs_table` as aligned text: run, time, model type, main accuracy per task, paper_metrics_avg."
+    from datetime import datetime
+    from caption_evaluator.results import runs_table
     tasks = list(dict.fromkeys(t for r in runs for t in r.main_metrics))
-    rows = []
-    for r in runs:
-        mm, avg = r.main_metrics, r.aggregate.get("paper_metrics_avg")
-        rows.append([r.name, r.time.strftime("%Y-%m-%d %H:%M:%S"), r.model_type]
-                    + [f"{mm[t]:.4f}" if t in mm else "-" for t in tasks]
-                    + [f"{avg:.4f}" if isinstance(avg, (int, float)) else "-"])
-    return format_table(rows, ["run", "time", "model type", *tasks, "avg"], right=set(range(3, 4 + len(tasks))))
+    def num(v): return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
+    cells = [[row["run"], datetime.fromisoformat(row["time"]).strftime("%Y-%m-%d %H:%M:%S"), row["model_type"],
+              *(num(row.get(t)) for t in tasks), num(row.get("aggregate.paper_metrics_avg"))] for row in runs_table(runs)]
+    return format_table(cells, ["run", "time", "model type", *tasks, "avg"], right=set(range(3, 4 + len(tasks))))
 
 # %% ../nbs/10_cli.ipynb #084aa0aa
 def _loss_key(stats:dict) -> float:
@@ -88,6 +87,16 @@ def _figure_path(text:str) -> Path:
     return Path(text)
 
 # %% ../nbs/10_cli.ipynb #5176f4f9
+def add_demo_arguments(p:argparse.ArgumentParser, # the parser of `caption-eval demo` or of `python -m caption_evaluator.demo`
+                      ) -> argparse.ArgumentParser:
+    "Add the demo's options to `p`: one definition for both ways of running the demo."
+    p.add_argument("--output-dir", default="demo_output", help="parent folder of the run folders (default demo_output)")
+    p.add_argument("--seed", type=int, default=0, help="seed of corruption, initialisation and shuffling (default 0)")
+    p.add_argument("--noise", type=float, default=0.1, help="share of corrupted training labels, in [0, 1) (default 0.1)")
+    p.add_argument("--epochs", type=_positive_int, default=5, help="training epochs (default 5)")
+    p.add_argument("--quiet", action="store_true", help="print only the run folder")
+    return p
+
 def build_parser() -> argparse.ArgumentParser:
     "The `caption-eval` argument parser."
     p = argparse.ArgumentParser(prog="caption-eval", description="Plot, compare and inspect saved caption_evaluator results.")
@@ -112,10 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     it.add_argument("--dataset", "-d", help="only this dataset (default: every dataset in the snapshot)")
     dm = sub.add_parser("demo", help="run the end-to-end demo (train, track per-item loss, validate, save, plot)",
                         description="Train a small digits classifier with corrupted labels and write everything to OUTPUT_DIR.")
-    dm.add_argument("--output-dir", default="demo_output", help="where results, snapshots and figures go (default demo_output)")
-    dm.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    dm.add_argument("--noise", type=float, default=0.1, help="share of corrupted training labels, in [0, 1) (default 0.1)")
-    dm.add_argument("--epochs", type=_positive_int, default=5, help="training epochs (default 5)")
+    add_demo_arguments(dm)
     return p
 
 # %% ../nbs/10_cli.ipynb #7c167c03
@@ -157,7 +163,7 @@ def cmd_plot(args:argparse.Namespace, # parsed arguments of `build_parser`
     else:
         runs = [load_run(r) for r in args.compare] if args.compare else _discover(args.compare_all)
         if args.list_runs:
-            print(runs_table(runs)); return 0
+            print(format_runs_table(runs)); return 0
         default = Path(args.compare_all) / "analysis" / "comparison_plots.png" if args.compare_all else Path("comparison_plots.png")
         out = args.output or default
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -171,7 +177,7 @@ def cmd_runs(args:argparse.Namespace, # parsed arguments of `build_parser`
     "`caption-eval runs DIR`: the runs table (or JSON lines)."
     runs = _discover(args.dir)
     if not args.json:
-        print(runs_table(runs)); return 0
+        print(format_runs_table(runs)); return 0
     for r in runs:
         print(json.dumps({"run": r.name, "path": r.run_dir.relative_to(args.dir).as_posix(), "time": r.time.isoformat(),
                           "model_type": r.model_type, "main_metrics": r.main_metrics, "aggregate": r.aggregate}))
@@ -199,7 +205,9 @@ def cmd_demo(args:argparse.Namespace, # parsed arguments of `build_parser`
     "`caption-eval demo`: run `caption_evaluator.demo.run_demo`."
     if not 0 <= args.noise < 1: raise UsageError(f"--noise must be a share in [0, 1), got {args.noise}")
     from caption_evaluator.demo import run_demo
-    run_demo(output_dir=args.output_dir, seed=args.seed, noise=args.noise, epochs=args.epochs)  # prints its report
+    result = run_demo(output_dir=args.output_dir, seed=args.seed, noise=args.noise, epochs=args.epochs,
+                      verbose=not args.quiet)  # prints its report unless --quiet
+    if args.quiet: print(result.run_dir)
     return 0
 
 # %% ../nbs/10_cli.ipynb #e4e89d24

@@ -8,10 +8,8 @@ Docs: https://caption-evaluator.github.io/caption_evaluator/demo.html.md"""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +24,7 @@ from .loggers import (ConsoleLogger, TensorBoardLogger, log_dataset_summary,
                                        log_item_loss_histogram)
 from .losses import compute_per_example_loss
 from .models import DigitsMLP
+from .results import to_jsonable, write_json_atomic
 from .tasks import DIGITS_SPLIT_SEED, build_eval_config, digits_splits, get_task
 from fastcore.imports import in_ipython
 
@@ -122,7 +121,9 @@ class DemoData:
     corrupted: torch.Tensor # positions (into this set) of the corrupted items
 
     @property
-    def corrupted_keys(self) -> list[str]: return [self.keys[i] for i in self.corrupted.tolist()]
+    def corrupted_keys(self) -> list[str]:
+        "Keys of the corrupted items, in the order of `corrupted`."
+        return [self.keys[i] for i in self.corrupted.tolist()]
 
 def demo_data(noise: float = 0.1, # share of training labels to corrupt
               seed: int = 0, # seed of the corruption
@@ -136,15 +137,8 @@ def demo_data(noise: float = 0.1, # share of training labels to corrupt
 
 # %% ../nbs/12_demo.ipynb #ae72589f
 def _write_json(path: Path, obj) -> Path:
-    "Write `obj` as JSON atomically (temp file in the same folder, then `os.replace`)."
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh: json.dump(obj, fh, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    "Write `obj` as JSON atomically; tensors, numpy values and paths are converted, NaN/inf become `null`."
+    return write_json_atomic(path, to_jsonable(obj, path.name))
 
 def _corruption_record(data: DemoData, noise: float, seed: int) -> dict:
     items = [{"key": data.keys[i], "digits_index": int(data.index[i]), "true_label": int(data.true_labels[i]),
@@ -382,13 +376,8 @@ def _report(r: DemoResult, say):
 # %% ../nbs/12_demo.ipynb #a609dd6b
 def build_parser() -> argparse.ArgumentParser:
     "Options of `python -m caption_evaluator.demo` (the same as `caption-eval demo`)."
-    p = argparse.ArgumentParser(prog="python -m caption_evaluator.demo", description=run_demo.__doc__)
-    p.add_argument("--output-dir", default="demo_output", help="parent folder of the run folders (default demo_output)")
-    p.add_argument("--seed", type=int, default=0, help="seed of corruption, initialisation and shuffling (default 0)")
-    p.add_argument("--noise", type=float, default=0.1, help="share of corrupted training labels in [0, 1) (default 0.1)")
-    p.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
-    p.add_argument("--quiet", action="store_true", help="print only the run folder")
-    return p
+    from caption_evaluator.cli import add_demo_arguments  # the options are defined once, for both entry points
+    return add_demo_arguments(argparse.ArgumentParser(prog="python -m caption_evaluator.demo", description=run_demo.__doc__))
 
 def main(argv: Sequence[str] | None = None, # arguments; default `sys.argv[1:]`
         ) -> int:

@@ -26,13 +26,19 @@ class Logger(Protocol):
                     metrics: Mapping, # nested dict of numbers; flattened with `flatten_metrics`
                     step: int, # global step (or epoch) the values belong to
                     prefix: str = "", # prepended to every name, e.g. "val" gives "val/accuracy"
-                   ) -> None: ...
+                   ) -> None:
+        "Record every number in `metrics` at `step`."
+        ...
     def log_histogram(self,
                       name: str, # tag of the histogram, e.g. "items/train/average_loss"
                       values, # 1-D sequence, numpy array or tensor of numbers
                       step: int, # global step the values belong to
-                     ) -> None: ...
-    def close(self) -> None: ...
+                     ) -> None:
+        "Record the distribution of `values` at `step`."
+        ...
+    def close(self) -> None:
+        "Flush and release whatever the logger holds open (files, runs)."
+        ...
 
 # %% ../nbs/09_loggers.ipynb #f2c09120
 def _as_float(value) -> float | None:
@@ -70,7 +76,7 @@ def _finite_values(values) -> np.ndarray:
     return arr[np.isfinite(arr)]
 
 # %% ../nbs/09_loggers.ipynb #c1680a56
-class ConsoleLogger:
+class ConsoleLogger(Logger):
     "Print metrics and histogram summaries as compact, readable lines."
     def __init__(self,
                  stream: TextIO | None = None, # where lines go; default `sys.stdout` at each call
@@ -110,8 +116,8 @@ def _missing_extra(package: str, extra: str) -> ImportError:
     return ImportError(f"{package} is not installed; install it with `pip install caption_evaluator[{extra}]` "
                        f"(or `pip install {package}`).")
 
-class _ContextLogger:
-    "Mixin: `with logger:` closes the logger on exit."
+class _ContextLogger(Logger):
+    "A `Logger` that is also a context manager: `with logger:` closes it on exit."
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
@@ -138,7 +144,9 @@ class TensorBoardLogger(_ContextLogger):
         v = _finite_values(values)
         if v.size: self.writer.add_histogram(name, v, global_step=step)
 
-    def flush(self): self.writer.flush()
+    def flush(self):
+        "Write pending events to disk now (they are also flushed every `flush_secs` and on `close`)."
+        self.writer.flush()
 
     def close(self):
         "Flush and close the event file."

@@ -105,10 +105,14 @@ class StreamingMetric:
         setattr(self, name, torch.zeros(shape, dtype=dtype))
 
     @property
-    def state_names(self) -> list[str]: return list(self._defaults)
+    def state_names(self) -> list[str]:
+        "Names of the declared states, in the order `add_state` declared them."
+        return list(self._defaults)
 
     @property
-    def device(self) -> torch.device: return self._device
+    def device(self) -> torch.device:
+        "Where the states live: the device of the last update's inputs (CPU before the first update)."
+        return self._device
 
     def _to(self, device: torch.device) -> None:
         "Move the states to `device` (called by `update` with the device of its inputs)."
@@ -130,7 +134,7 @@ class StreamingMetric:
         if device != self._device: self._to(device)
 
     def update(self, *args, **kwargs) -> None:
-        "Add one batch to the states (each metric defines its own arguments)."
+        "Add one batch to the states; each metric replaces `*args`/`**kwargs` with its own documented arguments."
         raise NotImplementedError(f"{type(self).__name__} must define update()")
 
     def compute(self) -> dict:
@@ -375,7 +379,9 @@ class PairMetric(StreamingMetric):
         self.pairs: dict = {}  # pair_id -> [half_points, renditions]
 
     @property
-    def device(self) -> torch.device: return torch.device("cpu")
+    def device(self) -> torch.device:
+        "Always the CPU: pair scores are kept per pair id in a Python dict, whatever device the scores came from."
+        return torch.device("cpu")
 
     def reset(self) -> None:
         super().reset(); self.pairs = {}

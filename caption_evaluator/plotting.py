@@ -11,7 +11,6 @@ import io
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
-from .results import discover_runs, load_run
+from .results import _wilson, discover_runs, load_run, write_atomic
 
 # %% auto #0
 __all__ = ['figure_to_png', 'plot_run', 'plot_comparison', 'ItemTable', 'item_table', 'plot_item_loss_histogram',
@@ -81,14 +80,6 @@ def _as_run(run: Any) -> _Run:
 _NUM = (int, float, np.integer, np.floating)
 
 def _is_num(x) -> bool: return isinstance(x, _NUM) and not isinstance(x, bool) and math.isfinite(float(x))
-
-def _wilson(correct: float, n: float, z: float = 1.96) -> tuple[float, float]:
-    "Wilson score interval for `correct` successes out of `n`."
-    p = correct / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 def _accuracy(entry: Any) -> tuple[float, float | None, float | None] | None:
     "(accuracy, ci_low, ci_high) of a task result, or None when it has no accuracy."
@@ -164,13 +155,7 @@ def _finish(fig: Figure, output: str | os.PathLike | None, dpi: int = 120) -> Fi
     if fmt is None:
         raise ValueError(f"output: unsupported extension {out.suffix!r} in {str(out)!r}; use .png, .svg or .pdf")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f: fig.savefig(f, format=fmt, dpi=dpi)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
-        raise
+    write_atomic(out, lambda f: fig.savefig(f, format=fmt, dpi=dpi), mode="wb", fsync=False)
     return fig
 
 def figure_to_png(
@@ -519,7 +504,10 @@ class ItemTable:
 
     def __len__(self): return len(self.keys)
 
-    def order(self, by: str = "average_loss", descending: bool = True) -> np.ndarray:
+    def order(self,
+              by: str = "average_loss",  # the statistic to sort by: one of the `stats` keys
+              descending: bool = True,  # highest first (the worst items by loss)
+             ) -> np.ndarray:
         "Item indices sorted by `by` (NaN last), worst first when `descending`."
         if by not in self.stats: raise ValueError(f"by: {by!r} is not a statistic; use one of {list(self.stats)}")
         v = self.stats[by]

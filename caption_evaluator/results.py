@@ -13,6 +13,7 @@ import functools
 import inspect
 import json
 import math
+import numbers
 import os
 import platform
 import re
@@ -27,31 +28,47 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 # %% auto #0
-__all__ = ['SCHEMA', 'LEGACY_SCHEMA', 'write_text_atomic', 'write_json_atomic', 'to_jsonable', 'environment_versions', 'git_info',
-           'register_model_type_detector', 'detect_model_type', 'model_type_slug', 'normalize_results', 'metric_value',
-           'main_metrics', 'aggregate_metrics', 'accuracy_interval', 'format_summary', 'build_results_doc',
-           'dumps_results_doc', 'save_results', 'RunRecord', 'migrate_results_doc', 'load_run', 'RunLoadWarning',
-           'discover_runs', 'PaperMetricsConfig', 'load_paper_metrics_config', 'PaperMetricsScheduler']
+__all__ = ['SCHEMA', 'LEGACY_SCHEMA', 'write_atomic', 'write_text_atomic', 'write_json_atomic', 'to_jsonable',
+           'environment_versions', 'git_info', 'register_model_type_detector', 'detect_model_type', 'model_type_slug',
+           'normalize_results', 'metric_value', 'main_metrics', 'aggregate_metrics', 'accuracy_interval',
+           'format_summary', 'build_results_doc', 'dumps_results_doc', 'save_results', 'RunRecord',
+           'migrate_results_doc', 'load_run', 'RunLoadWarning', 'discover_runs', 'runs_table', 'PaperMetricsConfig',
+           'load_paper_metrics_config', 'PaperMetricsScheduler']
 
 # %% ../nbs/06_results.ipynb #142974bb
-def write_text_atomic(path:str|Path, # destination file; its folder must exist
-                      text:str, # the whole content
-                      fsync:bool=True, # flush to disk before the rename (survives a power cut, costs a few ms)
-                     ) -> Path:
-    "Write `text` to `path` through a temporary file and `os.replace`, so `path` is never half written."
+def _umask() -> int:
+    "The process umask (read by setting it and putting it back)."
+    mask = os.umask(0o022); os.umask(mask)
+    return mask
+
+def write_atomic(path:str|Path, # destination file; its folder must exist
+                 write:Callable, # called with the open temporary file; writes the whole content
+                 mode:str="w", # "w" for text (UTF-8), "wb" for bytes (a figure, a gzip stream)
+                 fsync:bool=True, # flush to disk before the rename (survives a power cut, costs a few ms)
+                ) -> Path:
+    "Call `write(f)` on a temporary file next to `path`, then `os.replace` it onto `path`: never half written."
+    if mode not in ("w", "wb"): raise ValueError(f"mode: {mode!r} is not supported; use 'w' (text) or 'wb' (bytes)")
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
+            write(f)
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
+        os.chmod(tmp_name, 0o666 & ~_umask())  # the permissions of an ordinary new file, not mkstemp's 0600
         os.replace(tmp_name, path)
     except BaseException:
         if os.path.exists(tmp_name): os.unlink(tmp_name)
         raise
     return path
+
+def write_text_atomic(path:str|Path, # destination file; its folder must exist
+                      text:str, # the whole content
+                      fsync:bool=True, # flush to disk before the rename (survives a power cut, costs a few ms)
+                     ) -> Path:
+    "Write `text` to `path` through a temporary file and `os.replace`, so `path` is never half written."
+    return write_atomic(path, lambda f: f.write(text), fsync=fsync)
 
 # %% ../nbs/06_results.ipynb #eee8b5b1
 def write_json_atomic(path:str|Path, # destination file; its folder must exist
@@ -228,7 +245,8 @@ def normalize_results(results:Mapping|list, # flat `{task: {metric: value}}`, a 
     return out, curves, info
 
 # %% ../nbs/06_results.ipynb #386f34e3
-def metric_value(value:Any) -> float|None:
+def metric_value(value:Any, # a number, or a stats dict such as `{"accuracy": 0.75, "samples": 4, ...}`
+                ) -> float|None:
     "A metric as a float: numbers as they are, stats dicts (`{'accuracy': ...}` or `{'value': ...}`) by their value."
     if isinstance(value, bool): return None
     if isinstance(value, (int, float)): return float(value) if math.isfinite(value) else None
@@ -479,21 +497,37 @@ class RunRecord:
     schema: str = SCHEMA  # the schema the file was written in
 
     @property
-    def run_dir(self) -> Path: return self.path.parent
+    def run_dir(self) -> Path:
+        "The run directory (the folder holding results.json)."
+        return self.path.parent
     @property
-    def name(self) -> str: return self.path.parent.name
+    def name(self) -> str:
+        "The run directory's name, e.g. `run_20251003_143022_ttt`."
+        return self.path.parent.name
     @property
-    def model_type(self) -> str: return str(self.metadata.get("model_type") or "unknown")
+    def model_type(self) -> str:
+        "The model type recorded in the metadata, `unknown` when none was."
+        return str(self.metadata.get("model_type") or "unknown")
     @property
-    def timestamp(self) -> str: return str(self.metadata.get("timestamp") or self.time.strftime("%Y%m%d_%H%M%S"))
+    def timestamp(self) -> str:
+        "The run's `YYYYmmdd_HHMMSS` stamp (from the metadata, else from `time`)."
+        return str(self.metadata.get("timestamp") or self.time.strftime("%Y%m%d_%H%M%S"))
     @property
-    def time(self) -> datetime: return _parse_time(self.metadata, self.path)
+    def time(self) -> datetime:
+        "When the run was saved, timezone-aware (see `_parse_time` for the fallbacks)."
+        return _parse_time(self.metadata, self.path)
     @property
-    def tasks(self) -> list[str]: return [t for t in self.results if t != "aggregate"]
+    def tasks(self) -> list[str]:
+        "The task names of `results`, without the aggregate entry."
+        return [t for t in self.results if t != "aggregate"]
     @property
-    def main_metrics(self) -> dict[str, float]: return main_metrics(self.results)
+    def main_metrics(self) -> dict[str, float]:
+        "`{task: main accuracy}` (see `main_metrics`)."
+        return main_metrics(self.results)
     @property
-    def aggregate(self) -> dict: return dict(self.results.get("aggregate") or {})
+    def aggregate(self) -> dict:
+        "The aggregate entry, e.g. `{'paper_metrics_avg': 0.5185}`; `{}` when there is none."
+        return dict(self.results.get("aggregate") or {})
     def interval(self, task:str, # a task name of `results`
                 ) -> tuple[float, float]|None:
         "95 % interval of `task`'s main accuracy (see `accuracy_interval`)."
@@ -564,6 +598,27 @@ def discover_runs(results_dir:str|Path, # the folder to search
             warnings.warn(f"skipped {reason}", RunLoadWarning, stacklevel=2)
     keyed = [(r.time, r.name, r) for r in runs]
     return [r for _, _, r in sorted(keyed, key=lambda x: (x[0], x[1]))]
+
+# %% ../nbs/06_results.ipynb #84245eb4
+def _is_number(v:Any) -> bool: return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+def runs_table(runs:list[RunRecord], # runs from `discover_runs` / `load_run`
+              ) -> list[dict]:
+    "One row per run: name, time, model type, each task's main metric with its interval, the aggregates."
+    rows = []
+    for r in runs:
+        row = {"run": r.name, "time": r.time.isoformat(), "model_type": r.model_type}
+        accs = r.main_metrics
+        for task, metrics in r.results.items():
+            if task == "aggregate" or not isinstance(metrics, Mapping): continue
+            if task in accs:
+                ci = r.interval(task)
+                row.update({task: accs[task], f"{task}_ci_low": ci[0] if ci else None, f"{task}_ci_high": ci[1] if ci else None})
+            else:
+                row.update({f"{task}.{k}": float(v) for k, v in metrics.items() if _is_number(v) and k not in _STATS_KEYS})
+        row.update({f"aggregate.{k}": float(v) for k, v in r.aggregate.items() if _is_number(v)})
+        rows.append(row)
+    return rows
 
 # %% ../nbs/06_results.ipynb #026c656a
 @dataclass

@@ -26,13 +26,12 @@ from matplotlib.figure import Figure
 from .aggregator import diff_item_stats, load_item_stats
 from .plotting import ItemTable, figure_to_png, item_table, plot_comparison, plot_item_diff, plot_run
 from .results import (RunLoadWarning, RunRecord, accuracy_interval, build_results_doc, discover_runs,
-                                       main_metrics, save_results, to_jsonable, write_json_atomic, write_text_atomic)
+                                       runs_table, save_results, to_jsonable, write_json_atomic, write_text_atomic)
 from .router import run_eval
 from .tasks import build_eval_config, get_task, list_tasks
 
 # %% auto #0
-__all__ = ['metric_rows', 'runs_table', 'html_table', 'write_rows_csv', 'EvalView', 'CompareView', 'thumbnail_png',
-           'ItemLossExplorer']
+__all__ = ['metric_rows', 'html_table', 'write_rows_csv', 'EvalView', 'CompareView', 'thumbnail_png', 'ItemLossExplorer']
 
 # %% ../nbs/08_widgets.ipynb #330e7db9
 _STATS_FIELDS = {"samples", "correct", "stderr", "ci_low", "ci_high"}
@@ -54,26 +53,6 @@ def metric_rows(
         ci = accuracy_interval(stats) if "accuracy" in stats else None
         rows.append({"metric": k, "value": float(v), "ci_low": ci[0] if ci else None,
                      "ci_high": ci[1] if ci else None, "samples": stats.get("samples")})
-    return rows
-
-# %% ../nbs/08_widgets.ipynb #e8ea934c
-def runs_table(
-    runs: Sequence[RunRecord],  # runs from `discover_runs` / `load_run`
-) -> list[dict]:
-    "One row per run: name, time, model type, each task's main metric with its interval, the aggregates."
-    rows = []
-    for r in runs:
-        row = {"run": r.name, "time": r.time.isoformat(), "model_type": r.model_type}
-        accs = main_metrics(r.results)
-        for task, metrics in r.results.items():
-            if task == "aggregate" or not isinstance(metrics, Mapping): continue
-            if task in accs:
-                ci = r.interval(task)
-                row.update({task: accs[task], f"{task}_ci_low": ci[0] if ci else None, f"{task}_ci_high": ci[1] if ci else None})
-            else:
-                row.update({f"{task}.{k}": float(v) for k, v in metrics.items() if _num(v) and k not in _STATS_FIELDS})
-        row.update({f"aggregate.{k}": float(v) for k, v in r.aggregate.items() if _num(v)})
-        rows.append(row)
     return rows
 
 # %% ../nbs/08_widgets.ipynb #3744d850

@@ -52,7 +52,7 @@ def _worker(rank: int, port: int, out_dir: str):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
-        agg = StreamingAggregator(keep_window=True)
+        agg = StreamingAggregator(keep_window=True, flush_every=100)   # queue boundaries inside the stream
         _feed(agg, [rank])
         before = agg.state_dict()
         synced = agg.sync()

@@ -181,3 +181,58 @@ def test_window_since_last_save(tmp_path):
     for k, e in expect.items():
         assert window[k]["count"] == e["count"]
         assert window[k]["average_loss"] == pytest.approx(e["average_loss"], rel=1e-5)
+
+
+# --- torch.distributed: every rank calls on_save, rank 0 writes the merged statistics -------------------
+
+WORLD = 2
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_records(rank, step):
+    "(paths, losses) of `rank` at `step`: private items plus items shared by both ranks."
+    rng = random.Random(100 * step + rank)
+    paths = [f"rank{rank}/{rng.randrange(6)}.png" for _ in range(5)] + [f"shared/{rng.randrange(3)}.png" for _ in range(3)]
+    return paths, [rng.uniform(0.1, 3.0) for _ in paths]
+
+
+def _ddp_worker(rank, port, out_dir):
+    import os
+    import torch.distributed as dist
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        tracker = ItemLossTracker(out_dir, "ddp", save_every=4)
+        written = []
+        for step in range(1, 9):
+            paths, losses = _rank_records(rank, step)
+            tracker.record("train", paths, torch.tensor(losses, dtype=torch.float64), step)
+            written.append(tracker.maybe_save(step))
+        saved = [str(p) for p in written if p is not None]
+        with open(f"{out_dir}/rank{rank}.json", "w") as f: json.dump(saved, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_on_save_writes_merged_snapshot_on_rank0(tmp_path):
+    import torch.multiprocessing as mp
+    mp.spawn(_ddp_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    with open(tmp_path / "rank0.json") as f: saved0 = json.load(f)
+    with open(tmp_path / "rank1.json") as f: saved1 = json.load(f)
+    assert [p.rsplit("/", 1)[-1] for p in saved0] == ["ddp_000000004.json", "ddp_000000008.json"]
+    assert saved1 == []  # only rank 0 writes
+    recorded = [(step, p, l) for step in range(1, 9) for r in range(WORLD) for p, l in zip(*_rank_records(r, step))]
+    for step in (4, 8):  # the second save does not double-count what the first one merged
+        doc = load_item_stats(tmp_path / f"ddp_{step:09d}.json")
+        stats = doc["datasets"]["train"]["item_stats"]
+        expect = expected_stats(recorded, step)
+        assert set(stats) == set(expect)
+        for k, e in expect.items():
+            assert stats[k]["count"] == e["count"], k
+            for f in ("average_loss", "min_loss", "max_loss"): assert stats[k][f] == pytest.approx(e[f], rel=1e-12), (k, f)
