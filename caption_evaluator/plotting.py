@@ -174,6 +174,17 @@ def _grid(n: int, ncols: int = 3, size: tuple[float, float] = (5.2, 3.8)) -> tup
     fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
     return fig, [fig.add_subplot(nrows, ncols, i + 1) for i in range(n)]
 
+def _draw_panels(panels: list, title: str, output: str | os.PathLike | None, empty: str, **grid) -> Figure:
+    "Draw the wanted `(name, wanted, draw)` panels on one grid (axes labelled `name`), title it, save it."
+    panels = [(name, draw) for name, wanted, draw in panels if wanted]
+    if not panels: raise ValueError(empty)
+    fig, axes = _grid(len(panels), **grid)
+    for ax, (name, draw) in zip(axes, panels):
+        draw(ax)
+        ax.set_label(name)
+    fig.suptitle(title, fontsize=13)
+    return _finish(fig, output)
+
 # %% ../nbs/07_plotting.ipynb #913d4eeb
 def _panel_benchmarks(ax, run: _Run, accs: dict) -> None:
     "Accuracy bars with Wilson 95 % intervals as error bars."
@@ -308,14 +319,8 @@ def plot_run(
         ("summary", bool(accs or lc or _aggregate(r)),
          lambda ax: _text_panel(ax, "Performance summary", _summary_lines(r, accs, lc))),
     ]
-    panels = [(name, draw) for name, ok, draw in panels if ok]
-    if not panels: raise ValueError("run: nothing to plot; the run has no accuracies, losses, slopes or config")
-    fig, axes = _grid(len(panels))
-    for ax, (name, draw) in zip(axes, panels):
-        draw(ax)
-        ax.set_label(name)
-    fig.suptitle(title or f"Evaluation run: {r.label}", fontsize=13)
-    return _finish(fig, output)
+    return _draw_panels(panels, title or f"Evaluation run: {r.label}", output,
+                        "run: nothing to plot; the run has no accuracies, losses, slopes or config")
 
 # %% ../nbs/07_plotting.ipynb #a04e11e9
 def _as_runs(runs: Any) -> tuple[list[_Run], list[str]]:
@@ -457,14 +462,9 @@ def plot_comparison(
     panels = [("benchmarks", has_acc, lambda ax: _panel_compare_bench(ax, rs, labels, cols, type_col, many)),
               ("long_context", has_lc, lambda ax: _panel_compare_lc(ax, rs, labels, cols, type_col, many)),
               ("aggregate", has_agg, lambda ax: _panel_compare_agg(ax, rs, labels, cols, many))]
-    panels = [(n, d) for n, ok, d in panels if ok]
-    if not panels: raise ValueError("runs: none of the runs has accuracies, long-context losses or aggregates to compare")
-    fig, axes = _grid(len(panels), ncols=2, size=(7.0, 4.6))
-    for ax, (name, draw) in zip(axes, panels):
-        draw(ax)
-        ax.set_label(name)
-    fig.suptitle(title or f"Comparison of {len(rs)} run{'s' if len(rs) != 1 else ''}", fontsize=13)
-    return _finish(fig, output)
+    return _draw_panels(panels, title or f"Comparison of {len(rs)} run{'s' if len(rs) != 1 else ''}", output,
+                        "runs: none of the runs has accuracies, long-context losses or aggregates to compare",
+                        ncols=2, size=(7.0, 4.6))
 
 # %% ../nbs/07_plotting.ipynb #ae429fbe
 def _load_snapshot(snapshot: Any) -> dict:
