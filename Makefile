@@ -22,9 +22,11 @@ demo: $(STAMP)
 
 ## The whole test suite: notebooks clean and exported, every lesson, every pytest.
 test: $(STAMP)
-	$(BIN)/python .ci/check_sync.py
-	OMP_NUM_THREADS=1 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/nbdev-test --n-workers 2
-	OMP_NUM_THREADS=1 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+	@export OMP_NUM_THREADS=1 PATH="$(CURDIR)/$(BIN):$$PATH"; failed=""; \
+	python .ci/check_sync.py                || failed="$$failed sync"; \
+	nbdev-test --n-workers 2 --timing       || failed="$$failed nbdev-test"; \
+	python -m pytest -q --durations=15      || failed="$$failed pytest"; \
+	if [ -n "$$failed" ]; then echo "FAILED:$$failed"; exit 1; fi; echo "all checks passed"
 
 ## Static docs site from nbdev's processed notebooks (no Quarto needed).
 docs: $(STAMP)
