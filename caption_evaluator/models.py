@@ -26,7 +26,11 @@ class DigitsMLP(nn.Module):
                  in_features: int = 64):  # input features (8x8 digits: 64)
         super().__init__()
         self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
-    def forward(self, x: torch.Tensor) -> torch.Tensor: return self.net(x)
+    def forward(self,
+                x: torch.Tensor,  # inputs `[B, in_features]`, e.g. a `vision_tiny` batch's "inputs"
+               ) -> torch.Tensor:
+        "Logits `[B, num_classes]`."
+        return self.net(x)
 
 # %% ../nbs/03a_models.ipynb #dc9aaf4d
 def train_classifier(
@@ -62,7 +66,10 @@ class CharLM(nn.Module):
         self.emb = nn.Embedding(vocab_size, dim)
         self.rnn = nn.GRU(dim, dim, num_layers=layers, batch_first=True)
         self.head = nn.Linear(dim, vocab_size)
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self,
+                input_ids: torch.Tensor,  # token ids `[B, T]`, e.g. a `text_tiny` batch's "input_ids"
+               ) -> torch.Tensor:
+        "Next-token logits `[B, T, vocab_size]`: position `t` sees only `input_ids[:, :t+1]`."
         return self.head(self.rnn(self.emb(input_ids))[0])
 
 # %% ../nbs/03a_models.ipynb #96490e53

@@ -30,9 +30,17 @@ __all__ = ['METRIC_ROUTES', 'ModelAdapter', 'model_logits', 'VisionClassificatio
 @runtime_checkable
 class ModelAdapter(Protocol):
     "How a model is called on a task's batches: `forward` for outputs, `compute_loss` for training."
-    def forward(self, model: nn.Module, batch: dict, task_spec: TaskSpec) -> dict:
+    def forward(self,
+                model: nn.Module,  # the model being evaluated (or trained)
+                batch: dict,  # one batch of the task's DataLoader, already on the device
+                task_spec: TaskSpec | None,  # the task; `None` is fine for adapters that do not read it
+               ) -> dict:
         "Run `model` on `batch`: the outputs the task's metric route reads (table below)."
-    def compute_loss(self, outputs: dict, batch: dict, task_spec: TaskSpec) -> Tensor:
+    def compute_loss(self,
+                     outputs: dict,  # what `forward` returned for `batch`
+                     batch: dict,  # the same batch
+                     task_spec: TaskSpec | None,  # the task; `None` is fine for adapters that do not read it
+                    ) -> Tensor:
         "The scalar loss to backpropagate in training."
 
 # %% ../nbs/05_router.ipynb #237e87f9
@@ -47,14 +55,23 @@ def model_logits(
                     "an object with .logits, or a dict with 'logits' (or write your own adapter)")
 
 # %% ../nbs/05_router.ipynb #6fdf0052
-class VisionClassificationAdapter:
+class VisionClassificationAdapter(ModelAdapter):
     "Classifier on `batch[input_key]` -> `{'logits': [B, C]}`; cross-entropy against `batch['labels']`."
     def __init__(self,
                  input_key: str = "inputs"):  # batch key of the model input
         self.input_key = input_key
-    def forward(self, model, batch, task_spec): return {"logits": model_logits(model(batch[self.input_key]))}
-    def compute_loss(self, outputs, batch, task_spec): return F.cross_entropy(outputs["logits"], batch["labels"])
-    def per_example_loss(self, outputs, batch, task_spec):
+    def forward(self, model, batch, task_spec):
+        "`{'logits': [B, C]}` of `model(batch[input_key])`."
+        return {"logits": model_logits(model(batch[self.input_key]))}
+    def compute_loss(self, outputs, batch, task_spec):
+        "Mean cross-entropy of the logits against `batch['labels']`."
+        return F.cross_entropy(outputs["logits"], batch["labels"])
+    def per_example_loss(self,
+                         outputs: dict,  # what `forward` returned for `batch`
+                         batch: dict,  # the same batch, with "labels" `[B]`
+                         task_spec: TaskSpec | None,  # the task (not read)
+                        ) -> Tensor:
+        "Cross-entropy of each example, `[B]` (what `run_eval` feeds an `item_tracker`)."
         return F.cross_entropy(outputs["logits"], batch["labels"], reduction="none")
 
 # %% ../nbs/05_router.ipynb #73dcdaac
@@ -67,26 +84,38 @@ def token_losses(
     nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
     return nll.view(labels.shape), mask
 
-class TextLMAdapter:
+class TextLMAdapter(ModelAdapter):
     "Causal LM on `batch['input_ids']` -> `{'logits': [B, T, V], 'labels': [B, T]}`; token-weighted cross-entropy."
     def __init__(self,
                  shift: bool = False):  # labels equal input_ids (HF style): drop the last logit and the first label
         self.shift = shift
     def forward(self, model, batch, task_spec):
+        "`{'logits', 'labels'}` aligned so that `labels[:, t]` is the target of `logits[:, t]`."
         logits, labels = model_logits(model(batch["input_ids"])), batch["labels"]
         if self.shift: logits, labels = logits[:, :-1], labels[:, 1:]
         return {"logits": logits, "labels": labels}
     def compute_loss(self, outputs, batch, task_spec):
+        "Mean cross-entropy per scored token of the whole batch (padding, -100, ignored)."
         nll, mask = token_losses(outputs["logits"], outputs["labels"])
         return nll.sum() / mask.sum().clamp(min=1)
-    def per_example_loss(self, outputs, batch, task_spec):
+    def per_example_loss(self,
+                         outputs: dict,  # what `forward` returned for `batch`
+                         batch: dict,  # the same batch
+                         task_spec: TaskSpec | None,  # the task (not read)
+                        ) -> Tensor:
+        "Mean cross-entropy per scored token of each sequence, `[B]` (what `run_eval` feeds an `item_tracker`)."
         nll, mask = token_losses(outputs["logits"], outputs["labels"])
         return nll.sum(1) / mask.sum(1).clamp(min=1)
 
 # %% ../nbs/05_router.ipynb #07e631df
 class LongContextAdapter(TextLMAdapter):
     "A `TextLMAdapter` whose outputs add `token_losses [B, T]` and `mask [B, T]` for loss by position."
-    def forward(self, model, batch, task_spec):
+    def forward(self,
+                model: nn.Module,  # causal LM: ids `[B, T]` -> logits `[B, T, V]`
+                batch: dict,  # a text batch: "input_ids" and "labels" `[B, T]`
+                task_spec: TaskSpec | None,  # the task (not read)
+               ) -> dict:
+        "`TextLMAdapter.forward`'s outputs plus `token_losses` and `mask`, both `[B, T]`."
         out = super().forward(model, batch, task_spec)
         out["token_losses"], out["mask"] = token_losses(out["logits"], out["labels"])
         return out
@@ -104,14 +133,17 @@ def sequence_log_likelihood(
     total = tok.sum(1)
     return total / mask[:, 1:].sum(1).clamp(min=1) if normalize else total
 
-class PairwiseLikelihoodAdapter:
+class PairwiseLikelihoodAdapter(ModelAdapter):
     "Scores both members of each minimal pair by (summed or length-normalised) log-likelihood."
     def __init__(self,
                  normalize: bool = False):  # mean log-likelihood per token instead of the sum
         self.normalize = normalize
     @property
-    def scoring(self) -> str: return "mean_log_likelihood" if self.normalize else "sum_log_likelihood"
+    def scoring(self) -> str:
+        "How pairs are scored, recorded in the metrics: `'sum_log_likelihood'` or `'mean_log_likelihood'`."
+        return "mean_log_likelihood" if self.normalize else "sum_log_likelihood"
     def forward(self, model, batch, task_spec):
+        "`{'pair_id', 'good_scores' [B], 'bad_scores' [B]}`: the log-likelihood of each member under `model`."
         score = lambda side: sequence_log_likelihood(model, batch[f"{side}_ids"], batch[f"{side}_mask"], self.normalize)
         return {"pair_id": batch["pair_id"], "good_scores": score("good"), "bad_scores": score("bad")}
     def compute_loss(self, outputs, batch, task_spec):
@@ -124,7 +156,12 @@ class MetricRoute:
     "How one modality is measured: build the metric state, feed it a batch, split its result."
     make: Callable[[TaskSpec], Any]  # task spec -> a metric state with update/compute/sync
     update: Callable[[Any, dict, dict], None]  # (metric, outputs, batch) -> None
-    split: Callable[[dict], tuple[dict, dict]] = lambda m: (m, {})  # computed dict -> (metrics, detailed)
+    split: Callable[[dict], tuple[dict, dict]] | None = None  # computed dict -> (metrics, detailed); None: all metrics
+
+    def __post_init__(self):
+        if self.split is None: self.split = _no_detail
+
+def _no_detail(m: dict) -> tuple[dict, dict]: return m, {}
 
 def _vision_split(m: dict) -> tuple[dict, dict]:
     cm = m.pop("confusion_matrix", None)

@@ -421,7 +421,9 @@ class EvalConfig:
                 raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
 
     @property
-    def task(self) -> TaskSpec: return get_task(self.task_name)
+    def task(self) -> TaskSpec:
+        "The `TaskSpec` registered as `task_name` (looked up on each access, so a re-registered task is seen)."
+        return get_task(self.task_name)
 
     def indices(self,
                 n: int,  # length of the task's dataset
