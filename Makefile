@@ -1,5 +1,5 @@
 # The two commands a new user needs (README.md): `make demo` and `make test`.
-# Each creates .venv on first use and reinstalls only when pyproject.toml or the constraints change.
+# Each creates .venv on first use and reinstalls only when the content of pyproject.toml or the constraints changes.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -8,7 +8,7 @@ PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c co
 
 .PHONY: demo test install check-sync lessons pytest docs bench clean
 
-$(STAMP): pyproject.toml constraints-dev.txt
+$(STAMP):  # the name holds the checksum of pyproject.toml + constraints: new content, new stamp
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) -e ".[dev]"

@@ -32,7 +32,6 @@ _EMPTY = dict(count=0.0, nonfinite=0.0, first=math.nan, s1=0.0, s2=0.0, min=math
               last=math.nan, first_step=-1.0, last_step=-1.0)
 ITEM_SCHEMA = "caption_evaluator/item_stats@1"
 _STATE_FORMAT = "caption_evaluator/aggregator_state@1"
-_M = 2**31  # position keys: flush number * _M + position, so the scratch vectors never need resetting
 
 def _empty_state(n: int, device) -> dict[str, torch.Tensor]:
     "One float64 vector of length `n` per statistic, every slot unseen."
@@ -79,8 +78,6 @@ class _DatasetState:
         self.index: dict[str, int] = {}
         self.keep_window = keep_window
         self.state = self.window = None
-        self.fpos = self.lpos = None   # scratch: keys of each slot's first/last finite position in the latest flush
-        self.flushes = 0
         self.batches = self.window_batches = 0
         self.max_index = None  # device-side max index seen, for sync-free accelerator updates
         self.pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []   # queued (slots, losses, step)
@@ -128,8 +125,6 @@ class _DatasetState:
         device = self.device or device
         self.state = _grow(self.state, cap, device)
         if self.keep_window: self.window = _grow(self.window, cap, device)
-        self.fpos = torch.full((cap + 1,), -1, dtype=torch.long, device=device)
-        self.lpos = torch.full((cap + 1,), -1, dtype=torch.long, device=device)
 
     def settle(self):
         "Before any read: record queued batches, name slots written through unchecked accelerator indices."
@@ -149,27 +144,33 @@ def _grow(state: dict|None, cap: int, device) -> dict[str, torch.Tensor]:
 
 # %% ../nbs/01_aggregator.ipynb #96e0348d
 def _batch_positions(ds: _DatasetState, idx: torch.Tensor, x: torch.Tensor, steps: torch.Tensor) -> dict[str, torch.Tensor]:
-    "Per-occurrence facts shared by the cumulative and window states."
+    "Sort the flush by slot (stable) and derive the per-occurrence facts shared by the cumulative and window states."
     B = x.shape[0]
-    base = ds.flushes * _M                          # keys of earlier flushes are all below `base`
-    ds.flushes += 1
-    fin = torch.isfinite(x)
-    pos = ds.arange(B)
-    ds.fpos.scatter_reduce_(0, idx, torch.where(fin, (base + _M - 1) - pos, -1), "amax")   # max key = min position
-    ds.lpos.scatter_reduce_(0, idx, torch.where(fin, base + pos, -1), "amax")
-    fk, lk = ds.fpos.index_select(0, idx), ds.lpos.index_select(0, idx)
-    has = lk >= base                                # the slot has a finite loss in this batch
-    fp, lp = ((base + _M - 1) - fk).clamp(0, B - 1), (lk - base).clamp(0, B - 1)
-    w = fin.to(x.dtype)
     spare = ds.capacity
-    return dict(fin=fin, w=w, nw=1.0 - w, has=has, spare=spare,
-                idx_has=torch.where(has, idx, spare), idx_nonfinite=torch.where(fin, spare, idx),
-                xf=x.index_select(0, fp), xl=x.index_select(0, lp),
-                sf=steps.index_select(0, fp), sl=steps.index_select(0, lp),
-                xmin=torch.where(fin, x, math.inf), xmax=torch.where(fin, x, -math.inf))
+    key = idx.to(torch.int32) if spare < 2**31 - 1 else idx       # int32 sorts faster; slots fit while capacity < 2**31
+    s, order = torch.sort(key, stable=True)                       # stable: arrival order within each slot
+    s = s.long()
+    xs, ss = x.index_select(0, order), steps.index_select(0, order)
+    new = torch.ones(B, dtype=torch.bool, device=x.device)
+    torch.ne(s[1:], s[:-1], out=new[1:])
+    seg = torch.cumsum(new, 0) - 1                                # segment (= distinct slot) of each sorted loss
+    fin = torch.isfinite(xs)
+    pos = ds.arange(B)
+    fp = torch.full((B,), B, dtype=torch.long, device=x.device).scatter_reduce_(0, seg, torch.where(fin, pos, B), "amin")
+    lp = torch.full((B,), -1, dtype=torch.long, device=x.device).scatter_reduce_(0, seg, torch.where(fin, pos, -1), "amax")
+    fp, lp = fp.index_select(0, seg), lp.index_select(0, seg)    # each loss: its slot's first/last finite position
+    has = lp >= 0                                                 # the slot has a finite loss in this flush
+    fp, lp = fp.clamp_(max=B - 1), lp.clamp_(min=0)
+    w = fin.to(x.dtype)
+    return dict(idx=s, x=xs, fin=fin, w=w, nw=1.0 - w, has=has, spare=spare,
+                idx_has=torch.where(has, s, spare), idx_nonfinite=torch.where(fin, spare, s),
+                xf=xs.index_select(0, fp), xl=xs.index_select(0, lp),
+                sf=ss.index_select(0, fp), sl=ss.index_select(0, lp),
+                xmin=torch.where(fin, xs, math.inf), xmax=torch.where(fin, xs, -math.inf))
 
-def _record(st: dict[str, torch.Tensor], idx: torch.Tensor, x: torch.Tensor, b: dict):
-    "Add one batch to the statistic vectors `st` in place."
+def _record(st: dict[str, torch.Tensor], b: dict):
+    "Add one sorted flush `b` (from `_batch_positions`) to the statistic vectors `st` in place."
+    idx, x = b["idx"], b["x"]
     first = st["first"].index_select(0, idx)
     is_new = b["has"] & torch.isnan(first)          # `first` is NaN until the item's first finite loss
     first = torch.where(is_new, b["xf"], first)
@@ -193,8 +194,9 @@ def _flush(ds: _DatasetState):
     idx, x = torch.cat([q[0] for q in p]), torch.cat([q[1] for q in p])
     steps = torch.cat([q[2].expand(q[1].shape[0]) for q in p])
     b = _batch_positions(ds, idx, x, steps)
-    _record(ds.state, idx, x, b)
-    if ds.window is not None: _record(ds.window, idx, x, b)
+    _record(ds.state, b)
+    if ds.window is not None: _record(ds.window, b)
+
 
 # %% ../nbs/01_aggregator.ipynb #b71d5ff7
 class StreamingAggregator:

@@ -186,13 +186,18 @@ def _draw_panels(panels: list, title: str, output: str | os.PathLike | None, emp
     return _finish(fig, output)
 
 # %% ../nbs/07_plotting.ipynb #913d4eeb
+def _yerr(h, lo, hi) -> np.ndarray:
+    "Error-bar extents [2, N] below and above `h` for an interval [lo, hi]: never negative (an interval's end can sit 1 ulp inside its point estimate, e.g. Wilson at p = 1), 0 where unknown."
+    h, lo, hi = (np.asarray(a, float) for a in (h, lo, hi))
+    return np.clip(np.nan_to_num(np.vstack([h - lo, hi - h])), 0.0, None)
+
 def _panel_benchmarks(ax, run: _Run, accs: dict) -> None:
     "Accuracy bars with Wilson 95 % intervals as error bars."
     names = list(accs)
     h = np.array([accs[t][0] for t in names])
-    lo = np.array([accs[t][0] - accs[t][1] if accs[t][1] is not None else 0.0 for t in names])
-    hi = np.array([accs[t][2] - accs[t][0] if accs[t][2] is not None else 0.0 for t in names])
-    ax.bar(np.arange(len(names)), h, yerr=np.vstack([lo, hi]), capsize=4, color="C0", alpha=0.85)
+    lo = np.array([accs[t][1] if accs[t][1] is not None else accs[t][0] for t in names])
+    hi = np.array([accs[t][2] if accs[t][2] is not None else accs[t][0] for t in names])
+    ax.bar(np.arange(len(names)), h, yerr=_yerr(h, lo, hi), capsize=4, color="C0", alpha=0.85)
     for x, v in enumerate(h): ax.annotate(f"{v:.3f}", (x, v), xytext=(0, -12), textcoords="offset points",
                                           ha="center", fontsize=8, color="white")
     if any(0.0 < accs[t][0] < 1.0 for t in names) and len(names) > 1: ax.axhline(0.5, color="grey", lw=0.8, ls=":")
@@ -214,7 +219,7 @@ def _panel_per_class(ax, task: str, per_class: Mapping) -> None:
     for i, v in enumerate(per_class.values()):
         n, c = v.get("support"), v.get("correct")
         if _is_num(n) and n > 0 and _is_num(c): lo[i], hi[i] = _wilson(float(c), float(n))
-    ax.bar(np.arange(len(names)), acc, yerr=np.vstack([np.nan_to_num(acc - lo), np.nan_to_num(hi - acc)]),
+    ax.bar(np.arange(len(names)), acc, yerr=_yerr(acc, lo, hi),
            capsize=2, color="C4", alpha=0.85)
     for i in np.flatnonzero(np.isnan(acc)): ax.annotate("n=0", (i, 0.02), ha="center", fontsize=7, color="grey")
     ax.set_xticks(np.arange(len(names)), names, fontsize=8 if len(names) <= 20 else 6)
@@ -352,8 +357,7 @@ def _bench_grouped(ax, tasks, table, labels, cols) -> None:
     x = np.arange(len(tasks))
     for i in range(n):
         h, lo, hi = table[:, i, 0], table[:, i, 1], table[:, i, 2]
-        err = np.vstack([np.nan_to_num(h - lo), np.nan_to_num(hi - h)])
-        ax.bar(x - 0.4 + width * (i + 0.5), h, width, yerr=err, capsize=2, color=tuple(cols[i]), label=labels[i])
+        ax.bar(x - 0.4 + width * (i + 0.5), h, width, yerr=_yerr(h, lo, hi), capsize=2, color=tuple(cols[i]), label=labels[i])
 
 def _bench_strip(ax, tasks, table, runs, cols) -> None:
     "Strip plot for many runs: a dot per run and task, its interval as a thin vertical line."
