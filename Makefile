@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints-dev.txt 2>/dev/null | cksum | cut -d' ' -f1)
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints-dev.txt
 
-.PHONY: demo test install check-sync lessons pytest docs bench clean
+.PHONY: demo test install docs bench clean
 
 $(STAMP):  # the name holds the checksum of pyproject.toml + constraints: new content, new stamp
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
