@@ -137,9 +137,11 @@ def bench_compare_all(tmp, n_max, sizes, repeats, points):
     t_cli = time.perf_counter() - t
     assert p.returncode == 0, p.stderr
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import caption_evaluator.plotting"], check=True)
+    probe = subprocess.run([sys.executable, "-c", "import sys, caption_evaluator.plotting; print('torch' in sys.modules)"],
+                           check=True, capture_output=True, text=True)
     t_import = time.perf_counter() - t
-    return {"create": t_create, "loading": loading, "total": total, "cpu": cpu, "discover": t_disc, "plot": t_plot, "cli": t_cli, "import": t_import,
+    torch_loaded = probe.stdout.strip() == "True"
+    return {"create": t_create, "loading": loading, "total": total, "cpu": cpu, "discover": t_disc, "plot": t_plot, "cli": t_cli, "import": t_import, "torch_loaded": torch_loaded,
             "png": png.stat().st_size, "n_created": sum(sizes)}
 
 
@@ -211,7 +213,7 @@ def main():
               f"CPU time of the process {c['cpu']:.2f} s (wall time above CPU time is other jobs sharing the 2 cores).",
               f"- The CLI end to end (`python -m caption_evaluator.cli plot --compare-all DIR --output F`, interpreter "
               f"start and imports included): {c['cli']:.2f} s, of which {c['import']:.2f} s is a fresh interpreter "
-              "importing `caption_evaluator.plotting` (it imports torch through `caption_evaluator.aggregator`).",
+              f"importing `caption_evaluator.plotting` (torch {'is' if c['torch_loaded'] else 'is not'} imported on this path).",
               f"- Loading is linear: the per-run cost at {args.runs} runs is {per[args.runs]/per[sizes[0]]:.2f}x the "
               f"per-run cost at {sizes[0]} runs.",
               *([f"- Stress: {args.runs} runs with {args.stress_points}-point curves (1M points overlaid): "
