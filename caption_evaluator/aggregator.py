@@ -80,7 +80,7 @@ class _DatasetState:
         self.state = self.window = None
         self.batches = self.window_batches = 0
         self.max_index = None  # device-side max index seen, for sync-free accelerator updates
-        self.pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []   # queued (slots, losses, step)
+        self.pending: list[tuple[torch.Tensor, torch.Tensor, float|torch.Tensor]] = []   # queued (slots, losses, step)
         self.pending_n = 0
         self._arange = {}
 
@@ -187,12 +187,22 @@ def _record(st: dict[str, torch.Tensor], b: dict):
     st["min"].scatter_reduce_(0, idx, b["xmin"], "amin")
     st["max"].scatter_reduce_(0, idx, b["xmax"], "amax")
 
+def _queued_steps(p: list, device) -> torch.Tensor:
+    "One float64 step per queued loss: python steps become one tensor here, once per flush, not once per update."
+    vals = [q[2] for q in p]
+    if any(isinstance(v, torch.Tensor) for v in vals):   # 0-d tensors (already copied on the state's device)
+        per_batch = torch.stack([v if isinstance(v, torch.Tensor) else torch.full((), v, dtype=torch.float64, device=device) for v in vals])
+    else: per_batch = torch.tensor(vals, dtype=torch.float64).to(device, non_blocking=True)   # staged copy: no device sync
+    if len(p) == 1: return per_batch.expand(p[0][1].shape[0])
+    sizes = [q[1].shape[0] for q in p]
+    return per_batch.repeat_interleave(torch.tensor(sizes).to(device, non_blocking=True), output_size=sum(sizes))
+
 def _flush(ds: _DatasetState):
     "Record the queued batches in one pass; their concatenation keeps the stream order."
     if not ds.pending: return
     p, ds.pending, ds.pending_n = ds.pending, [], 0
     idx, x = torch.cat([q[0] for q in p]), torch.cat([q[1] for q in p])
-    steps = torch.cat([q[2].expand(q[1].shape[0]) for q in p])
+    steps = _queued_steps(p, x.device)
     b = _batch_positions(ds, idx, x, steps)
     _record(ds.state, b)
     if ds.window is not None: _record(ds.window, b)
@@ -247,13 +257,15 @@ def register_items(self: StreamingAggregator,
 # %% ../nbs/01_aggregator.ipynb #7d8791e9
 def _as_index(self: StreamingAggregator, ds: _DatasetState, items, n: int, device) -> torch.Tensor:
     "Slots of `items` as a LongTensor on `device`, growing the key table as needed."
-    if isinstance(items, (str, bytes)): raise TypeError("items must be a sequence of keys or indices, not one str")
-    if isinstance(items, np.ndarray): items = torch.from_numpy(items)
-    if isinstance(items, torch.Tensor):
+    if not isinstance(items, torch.Tensor):
+        if isinstance(items, (str, bytes)): raise TypeError("items must be a sequence of keys or indices, not one str")
+        if isinstance(items, np.ndarray): items = torch.from_numpy(items)
+    if isinstance(items, torch.Tensor):                           # the fast path: checks are attribute reads plus one aminmax
         if items.ndim != 1: raise ValueError(f"items must be 1-D, got shape {tuple(items.shape)}")
         if items.dtype.is_floating_point or items.dtype == torch.bool: raise TypeError(f"items tensor must hold integer indices, got {items.dtype}")
         if items.shape[0] != n: raise ValueError(f"items and losses must have the same length, got {items.shape[0]} items and {n} losses")
-        idx = items.to(device=device, dtype=torch.long, copy=True)
+        idx = items.to(device, torch.long)
+        if idx is items: idx = idx.clone()                       # a copy: the caller may reuse its index buffer
         if idx.device.type == "cpu":
             if n:
                 lo, hi = torch.aminmax(idx)
@@ -294,22 +306,28 @@ def update(self: StreamingAggregator,
     "Record one batch of per-item losses (queued, then recorded in bulk): exact for duplicates, no host sync on the tensor path."
     if not isinstance(losses, torch.Tensor): losses = torch.as_tensor(losses)
     if losses.ndim != 1: raise ValueError(f"losses must be a 1-D tensor of per-example losses, got shape {tuple(losses.shape)}; reduce other dimensions first (compute_per_example_loss)")
-    ds = self._dataset(dataset, create=True)
-    device = ds.device or self.device or losses.device
+    ds = self._data.get(dataset) if dataset.__class__ is str else None
+    if ds is None: ds = self._dataset(dataset, create=True)
+    state = ds.state
+    device = state["count"].device if state is not None else self.device or losses.device
     n = losses.shape[0]
     idx = _as_index(self, ds, items, n, device)
-    if isinstance(step, torch.Tensor):
+    # python steps stay python floats in the queue (one tensor per flush, not one per update)
+    if step is None: st = -1.0
+    elif isinstance(step, int) and step.__class__ is not bool: st = float(step)
+    elif isinstance(step, torch.Tensor):
         if step.numel() != 1: raise ValueError(f"step must be an int or a 0-d tensor, got shape {tuple(step.shape)}")
         st = step.detach().reshape(()).to(device=device, dtype=torch.float64, copy=True)
-    elif step is None: st = torch.full((), -1.0, dtype=torch.float64, device=device)   # a fill: no host-to-device copy
-    elif isinstance(step, (int, np.integer)) and not isinstance(step, bool): st = torch.full((), float(step), dtype=torch.float64, device=device)
+    elif isinstance(step, np.integer): st = float(step)
     else: raise TypeError(f"step must be an int, a 0-d tensor or None, got {type(step).__name__}")
-    ds.ensure(ds.size, device)
+    if state is None or len(ds.keys) >= state["count"].shape[0]: ds.ensure(ds.size, device)   # capacity = length - 1
     ds.batches += 1
     ds.window_batches += 1
     if n == 0: return
     # copies: the caller may reuse its buffers (or increment a step tensor in place) before the queue is recorded
-    x = losses.detach().to(device=device, dtype=torch.float64, copy=True)
+    if losses.requires_grad: losses = losses.detach()
+    x = losses.to(device, torch.float64)
+    if x is losses: x = x.clone()   # already float64 on `device`: `to` returned the caller's tensor
     ds.pending.append((idx, x, st))
     ds.pending_n += n
     if ds.pending_n >= self.flush_every: _flush(ds)

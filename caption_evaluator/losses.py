@@ -17,6 +17,7 @@ __all__ = ['LOSS_TYPES', 'compute_per_example_loss']
 # %% ../nbs/00_losses.ipynb #7bdae8d4
 LOSS_TYPES = ("mse", "mae", "huber", "pseudo_huber", "cross_entropy", "token_cross_entropy")
 _REGRESSION = ("mse", "mae", "huber", "pseudo_huber")
+_FULL_FLOATS = (torch.float32, torch.float64)
 
 def _upcast(x: Tensor) -> Tensor:
     "`x` in at least float32: half precision is upcast, float64 stays float64."
@@ -114,6 +115,11 @@ def compute_per_example_loss(
     empty_value: float = 0.0,  # loss of a sample with nothing counted (all masked / all ignored)
 ) -> Tensor | tuple[Tensor, Tensor]:  # losses [B] on `pred`'s device, float32 (float64 for float64 input); counts [B] alike
     "One loss per sample: elementwise loss, times `weights`, masked mean over all non-batch dims."
+    if (loss_type == "cross_entropy" and mask is None and weights is None and not return_token_counts and empty_value == 0
+            and isinstance(pred, Tensor) and isinstance(target, Tensor) and pred.ndim == 2 and target.ndim == 1
+            and target.dtype == torch.long and pred.dtype in _FULL_FLOATS and target.shape[0] == pred.shape[0]):
+        # hot path of classifier training: exactly what the general path below computes, minus its checks
+        return F.cross_entropy(pred, target, reduction="none", ignore_index=ignore_index, label_smoothing=label_smoothing)
     if not isinstance(pred, Tensor) or not isinstance(target, Tensor):
         raise TypeError(f"`pred` and `target` must be torch tensors, got {type(pred).__name__} and {type(target).__name__}.")
     if pred.ndim == 0:

@@ -75,8 +75,8 @@ def record(self: ItemLossTracker,
             step: int | Tensor | None = None,  # training (optimiser) step, recorded as `last_step`
            ) -> None:
     "Add one (micro-)batch of per-item losses."
+    if self.flush_every == 1: return self.aggregator.update(dataset, items, per_item_losses, step=step)  # detaches, copies
     losses = per_item_losses.detach()
-    if self.flush_every == 1: return self.aggregator.update(dataset, items, losses, step=step)
     if losses.ndim != 1 or len(items) != losses.shape[0]:
         raise ValueError(f"`per_item_losses` must be 1-D with one loss per item: got shape {tuple(losses.shape)} "
                          f"for {len(items)} `items`.")
