@@ -11,7 +11,7 @@ evaluation machinery differs:
 Contenders are interleaved and repeated; medians of process CPU time (robust on a shared machine) and wall time.
 Peak memory growth of `run_eval` vs the seed loop is measured in fresh processes at N and 10 N samples.
 
-Run: python bench/bench_router.py [--repeats 5] [--threads 1]
+Run: python bench/bench_router.py [--repeats 3] [--threads 1]
 Writes bench/results/router.md.
 """
 import argparse

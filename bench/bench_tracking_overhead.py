@@ -14,7 +14,9 @@ variants is shuffled in every repetition) so machine load hits them alike:
 Reports the median over repetitions of each variant's time / baseline time in the same repetition,
 for CPU time of the timing thread (`time.thread_time`; with 1 intra-op thread all tensor work runs on
 it, and time spent waiting for a core on a shared machine is not counted) and for wall time.
-No host synchronisation in any variant (no .item()). Writes bench/results/tracking_overhead.md.
+No host synchronisation in any variant (no .item()). Each timed block ends by applying the tracker's and the
+aggregator's queues inside the timing, so the amortised flush cost is in every block rather than in one block
+in four (a median would otherwise drop it). Writes bench/results/tracking_overhead.md.
 
     python bench/bench_tracking_overhead.py [--reps 21] [--steps 64] [--threads 1] [--hidden 256 64]
 """
@@ -64,6 +66,10 @@ def make_variants(X, y, hidden, save_root):
             loss = per.mean()
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
             if record: tracker.record("train", idx, per, s)
+        def settle():
+            "Apply everything queued, so each timed block pays for its own flushes (none hide between blocks)."
+            tracker.flush(); tracker.aggregator.flush()
+        if record: step.settle = settle
         return step
 
     return {"baseline": baseline(), "loss only": tracked(False), "tracked": tracked(True),
@@ -86,6 +92,7 @@ def measure(X, y, hidden: int, reps: int, steps: int) -> list[tuple]:
                 f = variants[name]
                 t0, c0 = time.perf_counter(), time.thread_time()
                 for s, idx in enumerate(batches, start=step_no): f(s, idx)
+                getattr(f, "settle", lambda: None)()
                 cpu[name].append((time.thread_time() - c0) / steps)
                 wall[name].append((time.perf_counter() - t0) / steps)
             step_no += steps

@@ -289,8 +289,8 @@ def _as_index(self: StreamingAggregator, ds: _DatasetState, items, n: int, devic
             if bad is not None: raise TypeError(f"items mixes str keys and {type(bad).__name__} ({bad!r}); use one kind per call")
             idx = ds.add_keys(items)
     else:
-        try: idx = [int(i) for i in items if not isinstance(i, (str, bool))]
-        except (TypeError, ValueError): idx = []
+        try: idx = [operator.index(i) for i in items if not isinstance(i, (str, bool))]   # index(): 1.5 is refused, not truncated
+        except TypeError: idx = []
         if len(idx) != n: raise TypeError("items must be all str keys or all int indices")
         if min(idx) < 0: raise ValueError(f"items: indices must be >= 0, got {min(idx)}")
         if max(idx) >= ds.size: ds.extend_numeric(max(idx) + 1)
@@ -562,6 +562,7 @@ def reset_window(self: StreamingAggregator,
                  dataset: str|None=None, # only this dataset; `None`: all
                 ) -> None:
     "Clear the since-last-save statistics (called by `save_json`)."
+    if dataset is not None: self._dataset(dataset)   # an unknown name is an error, not a silent no-op
     for name, ds in self._data.items():
         if dataset is not None and name != dataset: continue
         ds.settle()                                  # queued batches belong to the window being closed

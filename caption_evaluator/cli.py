@@ -166,7 +166,6 @@ def cmd_plot(args:argparse.Namespace, # parsed arguments of `build_parser`
             print(format_runs_table(runs)); return 0
         default = Path(args.compare_all) / "analysis" / "comparison_plots.png" if args.compare_all else Path("comparison_plots.png")
         out = args.output or default
-        out.parent.mkdir(parents=True, exist_ok=True)
         _plotting().plot_comparison(runs, output=out)
     print(f"wrote {out}")
     return 0

@@ -334,10 +334,10 @@ def run_demo(output_dir: str | os.PathLike = "demo_output", # parent folder; eac
                                            results_dir=run_dir / "evaluation_results", model=model,
                                            model_type="DigitsMLP", seed=seed, step=step)
     figures = _make_figures(plotting, results_dir, snapshots[-1], run_dir / "figures", notes) if plotting else {}
-    (run_dir / "figures").mkdir(exist_ok=True)
-    figures["label_noise"] = run_dir / "figures" / "label_noise.png"
-    if detection: plot_label_noise(scores, data.corrupted_keys, output=figures["label_noise"])
-    else: del figures["label_noise"]
+    if detection:
+        (run_dir / "figures").mkdir(exist_ok=True)
+        figures["label_noise"] = run_dir / "figures" / "label_noise.png"
+        plot_label_noise(scores, data.corrupted_keys, output=figures["label_noise"])
     seconds = time.perf_counter() - start
     summary = _write_json(run_dir / "demo_summary.json", {
         "detection": detection, "validation": val["metrics"] if val else None, "history": history,

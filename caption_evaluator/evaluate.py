@@ -101,6 +101,7 @@ def _to_device(batch, device: torch.device):
     "`batch` with every tensor moved to `device` (dicts, lists and tuples are walked)."
     if isinstance(batch, Tensor): return batch.to(device, non_blocking=True)
     if isinstance(batch, Mapping): return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"): return type(batch)(*(_to_device(v, device) for v in batch))
     if isinstance(batch, (list, tuple)): return type(batch)(_to_device(v, device) for v in batch)
     return batch
 
@@ -147,7 +148,7 @@ def evaluate_dataset(
     modes = [(m, m.training) for m in model.modules()]
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
-    rng_devices = [device.index or 0] if device.type == "cuda" else []
+    rng_devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     model.eval()
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=rng_devices):

@@ -227,9 +227,12 @@ def log_item_loss_histogram(loggers: Logger | Sequence[Logger] | None, # one log
                            ) -> np.ndarray:
     "Log a histogram of one per-item statistic to every logger; returns the values logged."
     if isinstance(item_stats, Mapping):
-        missing = [k for k, s in item_stats.items() if field not in s]
-        if missing: raise KeyError(f"log_item_loss_histogram: `field` {field!r} is missing from item "
-                                   f"{missing[0]!r}; use one of {sorted(next(iter(item_stats.values())))}.")
+        for k, s in item_stats.items():
+            if not isinstance(s, Mapping):
+                raise TypeError(f"log_item_loss_histogram: `item_stats` must map each item to a dict of stats, but item "
+                                f"{k!r} has a {type(s).__name__}; pass the losses themselves as a list or array instead.")
+            if field not in s: raise KeyError(f"log_item_loss_histogram: `field` {field!r} is missing from item "
+                                              f"{k!r}; use one of {sorted(s)}.")
         values = [s[field] for s in item_stats.values()]
         values = [np.nan if v is None else v for v in values]
     else: values = item_stats

@@ -21,7 +21,7 @@ _FULL_FLOATS = (torch.float32, torch.float64)
 
 def _upcast(x: Tensor) -> Tensor:
     "`x` in at least float32: half precision is upcast, float64 stays float64."
-    if x.dtype in (torch.float32, torch.float64): return x
+    if x.dtype in _FULL_FLOATS: return x
     return x.to(torch.promote_types(x.dtype, torch.float32)) if x.is_floating_point() else x.float()
 
 # %% ../nbs/00_losses.ipynb #1583eb06

@@ -415,7 +415,8 @@ def update(self: PairMetric,
     half = (2 * (good > bad).long() + (good == bad).long()).tolist()   # 2 = good wins, 1 = tie, 0 = bad wins
     self.nan_scores.add_(int((~finite).sum()))
     for pid, h, ok in zip(ids, half, finite.tolist()):
-        if ok: _add_pair_table(self.pairs, {pid: (h, 1)})
+        if ok:
+            cur = self.pairs.setdefault(pid, [0, 0]); cur[0] += h; cur[1] += 1
 
 # %% ../nbs/04_metrics.ipynb #f531b8d7
 @patch
@@ -461,6 +462,7 @@ class PositionLossMetric(StreamingMetric):
         super().__init__()
         if bucket_size < 1: raise ValueError(f"PositionLossMetric: bucket_size must be >= 1, got {bucket_size}")
         if not 0 < early_fraction <= 1: raise ValueError(f"PositionLossMetric: early_fraction must be in (0, 1], got {early_fraction}")
+        if any(int(p) < 0 for p in positions): raise ValueError(f"PositionLossMetric: positions must be >= 0 (token indices), got {tuple(positions)}")
         self.bucket_size, self.positions, self.early_fraction = int(bucket_size), tuple(int(p) for p in positions), float(early_fraction)
         self.add_state("loss_sum", (0,), torch.float64)
         self.add_state("count", (0,), torch.long)

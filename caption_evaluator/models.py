@@ -42,6 +42,7 @@ def train_classifier(
     seed: int = 0,  # seed of the shuffling
 ) -> list[float]:
     "Train `model` with cross-entropy; the mean training loss of each epoch."
+    if len(dataset) == 0: raise ValueError("train_classifier: dataset is empty; pass a dataset with at least one item")
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     dl = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
     model.train()
@@ -82,6 +83,7 @@ def train_char_lm(
     seed: int = 0,  # seed of the shuffling
 ) -> list[float]:
     "Train a character LM with token cross-entropy; the loss of each step."
+    if len(dataset) == 0: raise ValueError("train_char_lm: dataset is empty (the step loop would never end); pass a dataset with at least one item")
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     dl = DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=pad_lm_batch,
                     generator=torch.Generator().manual_seed(seed))

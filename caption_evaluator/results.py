@@ -284,7 +284,7 @@ def _wilson(correct:float, n:int, z:float=1.96) -> tuple[float, float]:
 # %% ../nbs/06_results.ipynb #31645f3e
 def accuracy_interval(stats:Mapping, # a task's metrics or an accuracy-stats dict
                      ) -> tuple[float, float]|None:
-    "The 95 % interval of `stats['accuracy']`: stored `ci_low`/`ci_high`, else Wilson, else normal; `None` if unknown."
+    "The 95 % interval of `stats['accuracy']`: stored `ci_low`/`ci_high`, else Wilson from `correct` (or accuracy×samples) of `samples`; `None` if unknown."
     if not isinstance(stats, Mapping): return None
     acc = stats.get("accuracy")
     if isinstance(acc, Mapping): return accuracy_interval(acc)
@@ -292,9 +292,8 @@ def accuracy_interval(stats:Mapping, # a task's metrics or an accuracy-stats dic
         return float(stats["ci_low"]), float(stats["ci_high"])
     n, correct = stats.get("samples"), stats.get("correct")
     if not isinstance(n, (int, float)) or n <= 0 or metric_value(acc) is None: return None
-    if isinstance(correct, (int, float)): return _wilson(float(correct), int(n))
-    p, half = metric_value(acc), 1.96 * math.sqrt(max(metric_value(acc) * (1 - metric_value(acc)), 0) / n)
-    return max(0.0, p - half), min(1.0, p + half)
+    if not isinstance(correct, (int, float)) or isinstance(correct, bool): correct = metric_value(acc) * n
+    return _wilson(float(correct), int(n))
 
 # %% ../nbs/06_results.ipynb #c0914c73
 _STATS_KEYS = {"samples", "correct", "stderr", "ci_low", "ci_high"}
@@ -371,7 +370,7 @@ def format_summary(doc:Mapping, # a results document (schema @1)
         body += ["", "config", "-" * 60]
         body += [f"  {k}: {_fmt(v)}" for k, v in list(cfg.items())[:max_config]]
         if len(cfg) > max_config: body.append(f"  ... and {len(cfg) - max_config} more settings in results.json")
-    body += ["", "95% CI: stored interval, else Wilson score from correct/samples, else normal approximation."]
+    body += ["", "95% CI: stored interval, else Wilson score from correct (or accuracy x samples) of samples."]
     return "\n".join(head + body) + "\n"
 
 # %% ../nbs/06_results.ipynb #f133bb16

@@ -7,7 +7,6 @@ Docs: https://caption-evaluator.github.io/caption_evaluator/router.html.md"""
 # %% ../nbs/05_router.ipynb #4254a7c4
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
@@ -129,7 +128,8 @@ def sequence_log_likelihood(
 ) -> Tensor:
     "Log-likelihood `[B]` of each sequence's tokens after the first, given their prefixes."
     logp = torch.log_softmax(model_logits(model(ids[:, :-1])).float(), dim=-1)
-    tok = logp.gather(-1, ids[:, 1:, None]).squeeze(-1) * mask[:, 1:]
+    # where, not a product: a padded target the model rules out (-inf) would give -inf * 0 = NaN
+    tok = torch.where(mask[:, 1:].bool(), logp.gather(-1, ids[:, 1:, None]).squeeze(-1), 0.0)
     total = tok.sum(1)
     return total / mask[:, 1:].sum(1).clamp(min=1) if normalize else total
 

@@ -21,7 +21,6 @@ from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
@@ -326,9 +325,9 @@ def subset_pairs(
     seed: int = 0,  # seed of the choice
 ) -> list[dict]:
     "Rows of `max_pairs` pair ids drawn deterministically; all renditions of a kept id are kept."
+    if max_pairs is not None and max_pairs < 1: raise ValueError(f"max_pairs must be a positive integer or None, got {max_pairs}")
     ids = sorted({r["pair_id"] for r in rows})
     if max_pairs is None or max_pairs >= len(ids): return list(rows)
-    if max_pairs < 1: raise ValueError(f"max_pairs must be a positive integer or None, got {max_pairs}")
     keep = set(random.Random(seed).sample(ids, max_pairs))
     return [r for r in rows if r["pair_id"] in keep]
 
@@ -372,8 +371,10 @@ def long_context_dataset(
     n_seqs: int = 8,  # number of sequences
 ) -> CharLMDataset:
     "Consecutive `seq_len`-character windows of the joined corpus, as a `CharLMDataset`."
+    if seq_len < 1 or n_seqs < 1: raise ValueError(f"seq_len and n_seqs must be >= 1, got seq_len={seq_len}, n_seqs={n_seqs}")
     stream = " ".join(stdlib_paragraphs())
-    if len(stream) < seq_len * n_seqs: raise ValueError(f"the corpus has {len(stream)} characters, fewer than seq_len*n_seqs")
+    if len(stream) < seq_len * n_seqs:
+        raise ValueError(f"the corpus has {len(stream)} characters, fewer than seq_len*n_seqs={seq_len}*{n_seqs}; lower seq_len or n_seqs")
     return CharLMDataset([stream[i * seq_len:(i + 1) * seq_len] for i in range(n_seqs)], max_len=seq_len)
 
 # %% ../nbs/03_tasks.ipynb #f1cd96bc

@@ -98,8 +98,10 @@ def _concat(items: list):
     return [k for i in items for k in i]
 
 def _group_key(record) -> tuple:
-    "Records can share one update when they have the same dataset and the same kind of items."
-    return record[0], isinstance(record[1], Tensor)
+    "Records can share one update when they have the same dataset and the same kind of items (tensor, str keys, ints)."
+    items = record[1]
+    if isinstance(items, Tensor): return record[0], "tensor"
+    return record[0], "str" if len(items) and isinstance(items[0], str) else "int"
 
 @patch
 def flush(self: ItemLossTracker) -> None:

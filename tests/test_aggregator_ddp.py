@@ -2,7 +2,8 @@
 
 Each rank sees its own items plus some shared ones (also at the same step on both ranks, with duplicates
 inside batches and a few NaN/inf losses). Rank 0 writes the JSON snapshot of the synced aggregator; the test
-compares it with the snapshot of a single process that saw both ranks' batches, rank 0's first at each step.
+compares it with the snapshot of a single process that saw both ranks' batches, rank 0's first at each step,
+and both with statistics computed by plain Python/numpy from the raw batches.
 """
 import math
 import os
@@ -91,6 +92,32 @@ def _assert_same(doc, ref):
             assert [k for k, _ in s["worst"]] == [k for k, _ in r["worst"]]
 
 
+def _brute_force_train() -> dict:
+    "Per-key statistics of both ranks' train batches, by plain Python/numpy on the raw losses (no aggregator)."
+    vals, nonfinite = {}, {}
+    for step in range(STEPS):
+        for r in range(WORLD):
+            keys, losses = _batches(r, step)
+            for k, v in zip(keys, losses.double().tolist()):
+                nonfinite[k] = nonfinite.get(k, 0) + (not math.isfinite(v))
+                vals.setdefault(k, [])
+                if math.isfinite(v): vals[k].append(v)
+    return {k: (len(v), nonfinite[k], np.mean(v) if v else None, np.std(v) if v else None, min(v, default=None),
+                max(v, default=None)) for k, v in vals.items()}
+
+
+def _assert_brute_force(doc):
+    stats, want = doc["datasets"]["train"]["item_stats"], _brute_force_train()
+    assert sorted(stats) == sorted(want)
+    for k, (n, nf, mean, std, lo, hi) in want.items():
+        s = stats[k]
+        assert (s["count"], s["nonfinite"], s["min_loss"], s["max_loss"]) == (n, nf, lo, hi), k
+        if mean is None: assert s["average_loss"] is None and s["std_loss"] is None, k
+        else:
+            assert math.isclose(s["average_loss"], mean, rel_tol=1e-12), k
+            assert math.isclose(s["std_loss"], std, rel_tol=1e-9, abs_tol=1e-12), k
+
+
 def test_sync_matches_single_process(tmp_path):
     ref_agg = StreamingAggregator(keep_window=True)
     _feed(ref_agg, range(WORLD))
@@ -100,7 +127,9 @@ def test_sync_matches_single_process(tmp_path):
 
     out = tmp_path / "ddp"
     mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    _assert_brute_force(ref)                                             # the reference is right by definition
     _assert_same(load_item_stats(out / f"ddp_{STEPS:09d}.json"), ref)
+    _assert_brute_force(load_item_stats(out / f"ddp_{STEPS:09d}.json"))
     _assert_same(load_item_stats(out / "again" / f"ddp_{STEPS:09d}.json"), ref)
 
 
