@@ -4,19 +4,21 @@ Reference step: an MLP (64 -> 256 -> 256 -> 10, ReLU; also H = 64 as a worst cas
 forward, loss, backward, optimiser step. Variants, timed in interleaved repetitions (the order of the
 variants is shuffled in every repetition) so machine load hits them alike:
 
-- baseline:   loss = F.cross_entropy(logits, y)
-- loss only:  per = compute_per_example_loss(logits, y, "cross_entropy"); loss = per.mean()
-- tracked:    the above + tracker.record("train", idx, per, step)  (exact, one update per step; idx are the
-              batch's dataset indices, which are the slots of keys registered once in dataset order)
-- tracked/16: the same with ItemLossTracker(flush_every=16)                  (one update per 16 steps)
-- tracked/64: the same with ItemLossTracker(flush_every=64)
+- baseline:          loss = F.cross_entropy(logits, y)
+- per-item .mean():  per = compute_per_example_loss(logits, y, "cross_entropy"); loss = per.mean()
+- loss only:         loss, per = loss_and_per_example(logits, y, "cross_entropy")  (fused scalar + detached per-item)
+- tracked:           loss only + tracker.record("train", idx, per, step)  (exact, one update per step; idx are the
+                     batch's dataset indices, which are the slots of keys registered once in dataset order)
+- tracked, .mean():  per-item .mean() + tracker.record(...)
+- tracked/16:        tracked with ItemLossTracker(flush_every=16)  (one update per 16 steps, still exact)
 
 Reports the median over repetitions of each variant's time / baseline time in the same repetition,
 for CPU time of the timing thread (`time.thread_time`; with 1 intra-op thread all tensor work runs on
 it, and time spent waiting for a core on a shared machine is not counted) and for wall time.
 No host synchronisation in any variant (no .item()). Each timed block ends by applying the tracker's and the
 aggregator's queues inside the timing, so the amortised flush cost is in every block rather than in one block
-in four (a median would otherwise drop it). Writes bench/results/tracking_overhead.md.
+in four (a median would otherwise drop it). That flush records only the block's own 16,384 losses, which costs
+more per loss than the default 262,144-loss flush of a real run, so the figures are on the high side. Writes bench/results/tracking_overhead.md.
 
     python bench/bench_tracking_overhead.py [--reps 21] [--steps 64] [--threads 1] [--hidden 256 64]
 """
@@ -32,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
-from caption_evaluator.losses import compute_per_example_loss
+from caption_evaluator.losses import compute_per_example_loss, loss_and_per_example
 from caption_evaluator.training import ItemLossTracker
 
 BATCH = 256
@@ -56,14 +58,16 @@ def make_variants(X, y, hidden, save_root):
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         return step
 
-    def tracked(record: bool, flush_every: int = 1):
+    def tracked(record: bool, flush_every: int = 1, fused: bool = True):
         m, opt = make_model(hidden)
         tracker = ItemLossTracker(save_root, f"bench_{flush_every}", flush_every=flush_every)
         slots = tracker.register("train", paths)
         assert torch.equal(slots, torch.arange(len(paths)))  # keys registered in dataset order: slot == index
         def step(s, idx):
-            per = compute_per_example_loss(m(X[idx]), y[idx], "cross_entropy")
-            loss = per.mean()
+            if fused: loss, per = loss_and_per_example(m(X[idx]), y[idx], "cross_entropy")
+            else:
+                per = compute_per_example_loss(m(X[idx]), y[idx], "cross_entropy")
+                loss = per.mean()
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
             if record: tracker.record("train", idx, per, s)
         def settle():
@@ -72,8 +76,8 @@ def make_variants(X, y, hidden, save_root):
         if record: step.settle = settle
         return step
 
-    return {"baseline": baseline(), "loss only": tracked(False), "tracked": tracked(True),
-            "tracked/16": tracked(True, 16), "tracked/64": tracked(True, 64)}
+    return {"baseline": baseline(), "per-item .mean()": tracked(False, fused=False), "loss only": tracked(False),
+            "tracked": tracked(True), "tracked, .mean()": tracked(True, fused=False), "tracked/16": tracked(True, 16)}
 
 
 def measure(X, y, hidden: int, reps: int, steps: int) -> list[tuple]:
@@ -134,10 +138,11 @@ def main():
                   "|---|---:|---:|---:|---:|---:|"]
         lines += [f"| {n} | {c:.1f} | {rc:.4f} | {100 * (rc - 1):+.2f} % | {w:.1f} | {rw:.4f} |" for n, c, rc, w, rw in rows]
         lines.append("")
-    lines += ["Variants: `baseline` = `F.cross_entropy`; `loss only` = `compute_per_example_loss(...).mean()`; "
-              "`tracked` = plus `ItemLossTracker.record` every step (exact); `tracked/N` = `flush_every=N` "
-              "(one aggregator update per N steps; all statistics exact except `last_step`, rounded to the "
-              "group's end).", "", f"Command: `{cmd}`", ""]
+    lines += ["Variants: `baseline` = `F.cross_entropy`; `per-item .mean()` = `compute_per_example_loss(...).mean()`; "
+              "`loss only` = `loss_and_per_example(...)` (the scalar from PyTorch's fused reduction plus the detached "
+              "per-item losses); `tracked` = `loss only` plus `ItemLossTracker.record` every step (exact); "
+              "`tracked, .mean()` = `per-item .mean()` plus `record`; `tracked/16` = `tracked` with "
+              "`flush_every=16` (one aggregator update per 16 steps, still exact, `last_step` included).", "", f"Command: `{cmd}`", ""]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))

@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 from importlib import import_module as _import_module
 
 _ROOT_NAMES = {
-    "losses": ["compute_per_example_loss"],
+    "losses": ["compute_per_example_loss", "loss_and_per_example"],
     "aggregator": ["StreamingAggregator", "load_item_stats", "diff_item_stats"],
     "evaluate": ["evaluate_dataset"],
     "training": ["ItemLossTracker"],

@@ -71,6 +71,48 @@ def _combine(a: Mapping[str, torch.Tensor], # statistics of the earlier part (ve
             "last_step": torch.where(take_last, b["last_step"], a["last_step"])}
 
 # %% ../nbs/01_aggregator.ipynb #aed8ca49
+class _Queue:
+    "Losses waiting to be recorded, in arrival order: slot, loss and step buffers written in place (no allocation per update)."
+    def __init__(self):
+        self.n = self.size = 0
+        self.idx = self.x = self.steps = None   # int64 / float64 / float64 buffers on the state's device
+        self.host = None                        # numpy views of the same buffers when they live on the CPU
+
+    def reserve(self, n: int, device, limit: int):
+        "Room for `n` more losses after the queued ones: the buffers double (up to `limit`), keeping their content."
+        if self.n + n <= self.size: return
+        old, new_size = (self.idx, self.x, self.steps), max(self.n + n, min(2 * self.size, limit))
+        self.idx = torch.empty(new_size, dtype=torch.long, device=device)
+        self.x, self.steps = (torch.empty(new_size, dtype=torch.float64, device=device) for _ in range(2))
+        for dst, src in zip((self.idx, self.x, self.steps), old):
+            if src is not None: dst[:self.n] = src[:self.n]
+        self.host = (self.idx.numpy(), self.x.numpy(), self.steps.numpy()) if self.x.is_cpu else None
+        self.size = new_size
+
+    def push(self, idx, x: torch.Tensor, step):
+        "Append one batch: slots `idx` (numpy array or tensor), losses `x` (detached tensor), `step` (number or tensor)."
+        a, b = self.n, self.n + x.shape[0]
+        hi, hx, hs = self.host or (None, None, None)
+        _put(self.idx, hi, a, b, idx)
+        _put(self.x, hx, a, b, x)
+        _put(self.steps, hs, a, b, step)
+        self.n = b
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        "The queued slots, losses and steps (views into the buffers, valid until the next `push`); empties the queue."
+        n, self.n = self.n, 0
+        return self.idx[:n], self.x[:n], self.steps[:n]
+
+def _put(buf: torch.Tensor, host: np.ndarray|None, a: int, b: int, src):
+    "`buf[a:b] = src` (broadcast): through numpy for CPU buffers (a numpy slice assignment costs a fraction of a torch op), else `copy_`/`fill_`."
+    if host is not None:
+        if not isinstance(src, torch.Tensor): host[a:b] = src; return
+        try: host[a:b] = src.numpy(); return
+        except TypeError: pass                  # not in host memory, or a dtype numpy lacks (bfloat16): torch copies it
+    if isinstance(src, np.ndarray): src = torch.from_numpy(src)
+    if isinstance(src, torch.Tensor): buf[a:b].copy_(src, non_blocking=True)   # host memory is staged: the caller may reuse it
+    else: buf[a:b].fill_(src)
+
 class _DatasetState:
     "Key table plus the statistics (cumulative and optional window) of one dataset."
     def __init__(self, keep_window: bool):
@@ -78,26 +120,13 @@ class _DatasetState:
         self.index: dict[str, int] = {}
         self.keep_window = keep_window
         self.state = self.window = None
+        self.capacity, self.device = 0, None   # slots allocated (plus the spare slot), and where
         self.batches = self.window_batches = 0
         self.max_index = None  # device-side max index seen, for sync-free accelerator updates
-        self.pending: list[tuple[torch.Tensor, torch.Tensor, float|torch.Tensor]] = []   # queued (slots, losses, step)
-        self.pending_n = 0
-        self._arange = {}
-
-    def arange(self, n: int) -> torch.Tensor:
-        "Cached `torch.arange(n)` on the state's device."
-        a = self._arange.get(n)
-        if a is None:
-            if len(self._arange) > 16: self._arange.clear()      # batch sizes vary: keep the cache small
-            a = self._arange[n] = torch.arange(n, device=self.device)
-        return a
+        self.queue = _Queue()
 
     @property
     def size(self) -> int: return len(self.keys)
-    @property
-    def capacity(self) -> int: return 0 if self.state is None else self.state["count"].shape[0] - 1
-    @property
-    def device(self): return None if self.state is None else self.state["count"].device
 
     def add_keys(self, keys: Iterable[str]) -> list[int]:
         "Slots of `keys`, appending the unknown ones to the table."
@@ -122,9 +151,10 @@ class _DatasetState:
         "Allocate on `device` (first time) and grow capacity to at least `n` slots by doubling."
         if self.state is not None and n <= self.capacity: return
         cap = max(n, 1024) if self.state is None else max(n, 2 * self.capacity)
-        device = self.device or device
+        device = torch.device(self.device or device)
         self.state = _grow(self.state, cap, device)
         if self.keep_window: self.window = _grow(self.window, cap, device)
+        self.capacity, self.device = cap, device
 
     def settle(self):
         "Before any read: record queued batches, name slots written through unchecked accelerator indices."
@@ -143,70 +173,69 @@ def _grow(state: dict|None, cap: int, device) -> dict[str, torch.Tensor]:
     return out
 
 # %% ../nbs/01_aggregator.ipynb #96e0348d
-def _batch_positions(ds: _DatasetState, idx: torch.Tensor, x: torch.Tensor, steps: torch.Tensor) -> dict[str, torch.Tensor]:
-    "Sort the flush by slot (stable) and derive the per-occurrence facts shared by the cumulative and window states."
-    B = x.shape[0]
-    spare = ds.capacity
-    key = idx.to(torch.int32) if spare < 2**31 - 1 else idx       # int32 sorts faster; slots fit while capacity < 2**31
-    s, order = torch.sort(key, stable=True)                       # stable: arrival order within each slot
-    s = s.long()
-    xs, ss = x.index_select(0, order), steps.index_select(0, order)
-    new = torch.ones(B, dtype=torch.bool, device=x.device)
-    torch.ne(s[1:], s[:-1], out=new[1:])
-    seg = torch.cumsum(new, 0) - 1                                # segment (= distinct slot) of each sorted loss
-    fin = torch.isfinite(xs)
-    pos = ds.arange(B)
-    fp = torch.full((B,), B, dtype=torch.long, device=x.device).scatter_reduce_(0, seg, torch.where(fin, pos, B), "amin")
-    lp = torch.full((B,), -1, dtype=torch.long, device=x.device).scatter_reduce_(0, seg, torch.where(fin, pos, -1), "amax")
-    fp, lp = fp.index_select(0, seg), lp.index_select(0, seg)    # each loss: its slot's first/last finite position
-    has = lp >= 0                                                 # the slot has a finite loss in this flush
-    fp, lp = fp.clamp_(max=B - 1), lp.clamp_(min=0)
-    w = fin.to(x.dtype)
-    return dict(idx=s, x=xs, fin=fin, w=w, nw=1.0 - w, has=has, spare=spare,
-                idx_has=torch.where(has, s, spare), idx_nonfinite=torch.where(fin, spare, s),
-                xf=xs.index_select(0, fp), xl=xs.index_select(0, lp),
-                sf=ss.index_select(0, fp), sl=ss.index_select(0, lp),
-                xmin=torch.where(fin, xs, math.inf), xmax=torch.where(fin, xs, -math.inf))
+def _route(slot: torch.Tensor, keep: torch.Tensor, spare: int) -> torch.Tensor:
+    "`slot` where `keep` (0/1) else the spare slot, as the int64 index that scatters take (integer arithmetic, cheaper than `where`)."
+    return ((slot - spare) * keep + spare).long()
 
-def _record(st: dict[str, torch.Tensor], b: dict):
-    "Add one sorted flush `b` (from `_batch_positions`) to the statistic vectors `st` in place."
-    idx, x = b["idx"], b["x"]
-    first = st["first"].index_select(0, idx)
-    is_new = b["has"] & torch.isnan(first)          # `first` is NaN until the item's first finite loss
-    first = torch.where(is_new, b["xf"], first)
-    idx_new = torch.where(is_new, idx, b["spare"])
-    st["first"].index_copy_(0, idx_new, b["xf"])
-    st["first_step"].index_copy_(0, idx_new, b["sf"])
-    st["last"].index_copy_(0, b["idx_has"], b["xl"])
-    st["last_step"].index_copy_(0, b["idx_has"], b["sl"])
-    d = torch.where(b["fin"], x - first, 0.0)
-    st["count"].index_add_(0, idx, b["w"])
-    st["nonfinite"].index_add_(0, b["idx_nonfinite"], b["nw"])    # finite losses go to the spare slot
-    st["s1"].index_add_(0, idx, d)
-    st["s2"].index_add_(0, idx, d * d)
-    st["min"].scatter_reduce_(0, idx, b["xmin"], "amin")
-    st["max"].scatter_reduce_(0, idx, b["xmax"], "amax")
+_RADIX_MIN = 32768   # torch's CPU sort switches from a comparison sort (~80 ns/key) to a radix sort (~17 ns/key) here
 
-def _queued_steps(p: list, device) -> torch.Tensor:
-    "One float64 step per queued loss: python steps become one tensor here, once per flush, not once per update."
-    vals = [q[2] for q in p]
-    if any(isinstance(v, torch.Tensor) for v in vals):   # 0-d tensors (already copied on the state's device)
-        per_batch = torch.stack([v if isinstance(v, torch.Tensor) else torch.full((), v, dtype=torch.float64, device=device) for v in vals])
-    else: per_batch = torch.tensor(vals, dtype=torch.float64).to(device, non_blocking=True)   # staged copy: no device sync
-    if len(p) == 1: return per_batch.expand(p[0][1].shape[0])
-    sizes = [q[1].shape[0] for q in p]
-    return per_batch.repeat_interleave(torch.tensor(sizes).to(device, non_blocking=True), output_size=sum(sizes))
+def _stable_sort(key: torch.Tensor, cheap: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    "Stable sort of `key`; a mid-sized CPU key is padded (with its dtype's largest value) to the radix sort's size."
+    n = key.shape[0]
+    if not (cheap and _RADIX_MIN // 4 <= n < _RADIX_MIN): return torch.sort(key, stable=True)
+    padded = torch.full((_RADIX_MIN,), torch.iinfo(key.dtype).max, dtype=key.dtype)
+    padded[:n] = key
+    sk, order = torch.sort(padded, stable=True)     # stable: the padding, placed last, stays last
+    return sk[:n], order[:n]
+
+def _runs(ds: _DatasetState, idx: torch.Tensor, x: torch.Tensor, steps: torch.Tensor) -> dict:
+    "Sort a flush by (slot, finite) and find each run's ends: what the cumulative and window states share."
+    spare, dev = ds.capacity, x.device
+    fin = torch.isfinite(x)
+    cheap = dev.type == "cpu"                          # reading a flag costs no device sync: passes that change nothing are skipped
+    mixed = not (cheap and bool(fin.all()))            # NaN/inf possible: key on (slot, finite) so finite losses form their own runs
+    key = idx.to(torch.int32) if 2 * spare + 1 < 2**31 else idx   # int32 sorts ~2.5x faster than int64 on a CPU
+    if mixed: key = key * 2 + fin
+    sk, order = _stable_sort(key, cheap)                # stable: arrival order within each run
+    slot, fins = (sk >> 1, sk & 1) if mixed else (sk, None)
+    edge = sk[1:] != sk[:-1]
+    one = torch.ones(1, dtype=torch.bool, device=dev)
+    start, end = torch.cat([one, edge]), torch.cat([edge, one])     # first / last loss of each run
+    return dict(slot=slot.long(), slot32=slot, spare=spare, cheap=cheap, start=start if fins is None else start & fins.bool(),
+                xs=x.index_select(0, order), ss=steps.index_select(0, order), ones=torch.ones_like(x),
+                slot_fin=slot.long() if fins is None else _route(slot, fins, spare),
+                slot_last=_route(slot, end if fins is None else end * fins, spare),
+                slot_nonfinite=None if fins is None else _route(slot, 1 - fins, spare))
+
+def _record(st: dict[str, torch.Tensor], r: dict):
+    "Add one sorted flush `r` (from `_runs`) to the statistic vectors `st` in place: one scatter per statistic."
+    slot, xs, ss, spare = r["slot"], r["xs"], r["ss"], r["spare"]
+    shift = st["first"].index_select(0, slot)           # the item's first finite loss; NaN until it has one
+    is_new = torch.isnan(shift)
+    if not r["cheap"] or bool(is_new.any()):
+        pos = torch.arange(xs.shape[0], device=xs.device)
+        run_first = xs.index_select(0, torch.cummax(pos * r["start"], 0).values)   # first loss of each loss's run
+        shift = torch.where(is_new, run_first, shift)
+        slot_first = _route(r["slot32"], r["start"] & is_new, spare)
+        st["first"].scatter_(0, slot_first, xs)
+        st["first_step"].scatter_(0, slot_first, ss)
+    d = xs - shift
+    sf = r["slot_fin"]                                  # NaN/inf losses land in the spare slot
+    st["count"].scatter_add_(0, sf, r["ones"])
+    st["s1"].scatter_add_(0, sf, d)
+    st["s2"].scatter_add_(0, sf, d * d)
+    st["min"].scatter_reduce_(0, sf, xs, "amin")
+    st["max"].scatter_reduce_(0, sf, xs, "amax")
+    st["last"].scatter_(0, r["slot_last"], xs)
+    st["last_step"].scatter_(0, r["slot_last"], ss)
+    if r["slot_nonfinite"] is not None: st["nonfinite"].scatter_add_(0, r["slot_nonfinite"], r["ones"])
 
 def _flush(ds: _DatasetState):
-    "Record the queued batches in one pass; their concatenation keeps the stream order."
-    if not ds.pending: return
-    p, ds.pending, ds.pending_n = ds.pending, [], 0
-    idx, x = torch.cat([q[0] for q in p]), torch.cat([q[1] for q in p])
-    steps = _queued_steps(p, x.device)
-    b = _batch_positions(ds, idx, x, steps)
-    _record(ds.state, b)
-    if ds.window is not None: _record(ds.window, b)
-
+    "Record the queued batches in one pass; the queue holds them in stream order."
+    if not ds.queue.n: return
+    r = _runs(ds, *ds.queue.take())
+    _record(ds.state, r)
+    if ds.window is not None: _record(ds.window, r)
 
 # %% ../nbs/01_aggregator.ipynb #b71d5ff7
 class StreamingAggregator:
@@ -214,7 +243,7 @@ class StreamingAggregator:
     def __init__(self,
                  device: str|torch.device|None=None, # where the state lives; `None`: the device of each dataset's first losses
                  keep_window: bool=False, # also keep statistics since the last `save_json` (reset there), saved as `window`
-                 flush_every: int=65536, # losses queued per dataset before they are recorded in one pass (1: every batch at once)
+                 flush_every: int=262144, # losses queued per dataset before they are recorded in one pass (1: every batch at once; larger: less work per loss)
                 ):
         if not isinstance(flush_every, int) or flush_every < 1: raise ValueError(f"flush_every must be an int >= 1, got {flush_every!r}")
         self.device = None if device is None else torch.device(device)
@@ -255,82 +284,94 @@ def register_items(self: StreamingAggregator,
     return torch.tensor(idx, dtype=torch.long, device=ds.device or self.device)
 
 # %% ../nbs/01_aggregator.ipynb #7d8791e9
-def _as_index(self: StreamingAggregator, ds: _DatasetState, items, n: int, device) -> torch.Tensor:
-    "Slots of `items` as a LongTensor on `device`, growing the key table as needed."
-    if not isinstance(items, torch.Tensor):
-        if isinstance(items, (str, bytes)): raise TypeError("items must be a sequence of keys or indices, not one str")
-        if isinstance(items, np.ndarray): items = torch.from_numpy(items)
-    if isinstance(items, torch.Tensor):                           # the fast path: checks are attribute reads plus one aminmax
+_UNSIGNED = {np.dtype(t): np.dtype(t.replace("int", "uint")) for t in ("int8", "int16", "int32", "int64")}
+
+def _check_host_slots(ds: _DatasetState, a: np.ndarray):
+    "Refuse negative indices and name indices beyond the key table; one reduction when all are known slots."
+    u = _UNSIGNED.get(a.dtype)
+    top = np.maximum.reduce(a if u is None else a.view(u))   # seen as unsigned, a negative index is huge
+    if top < ds.size: return
+    if int(a.min()) < 0: raise ValueError(f"items: indices must be >= 0, got {int(a.min())}")
+    ds.extend_numeric(int(a.max()) + 1)
+
+def _device_index(ds: _DatasetState, items: torch.Tensor, n: int) -> torch.Tensor:
+    "Accelerator indices for accelerator state: checked by attributes only; the largest is tracked on the device (no host sync)."
+    if items.dtype.is_floating_point or items.dtype.is_complex or items.dtype == torch.bool:
+        raise TypeError(f"items tensor must hold integer indices, got {items.dtype}")
+    if items.ndim != 1: raise ValueError(f"items must be 1-D, got shape {tuple(items.shape)}")
+    if items.shape[0] != n: raise ValueError(f"items and losses must have the same length, got {items.shape[0]} items and {n} losses")
+    if n:
+        if ds.size == 0: ds.extend_numeric(int(items.max()) + 1)   # one sync to size a new dataset
+        else:
+            mx = items.max()
+            ds.max_index = mx if ds.max_index is None else torch.maximum(ds.max_index, mx)
+    return items
+
+def _as_index(self: StreamingAggregator, ds: _DatasetState, items, n: int, device: torch.device):
+    "Slots of `items`, checked, growing the key table as needed: a host numpy array, or a tensor on an accelerator `device`."
+    if isinstance(items, torch.Tensor):                        # the fast path: checks on a numpy view (cheaper than torch's)
+        if not items.is_cpu and device.type != "cpu": return _device_index(ds, items, n)
+        try: items = items.numpy() if items.is_cpu else items.cpu().numpy()
+        except TypeError: raise TypeError(f"items tensor must hold integer indices, got {items.dtype}") from None
+    if isinstance(items, np.ndarray):
+        if items.dtype.kind not in "iu": raise TypeError(f"items must hold integer indices, got dtype {items.dtype}")
         if items.ndim != 1: raise ValueError(f"items must be 1-D, got shape {tuple(items.shape)}")
-        if items.dtype.is_floating_point or items.dtype == torch.bool: raise TypeError(f"items tensor must hold integer indices, got {items.dtype}")
         if items.shape[0] != n: raise ValueError(f"items and losses must have the same length, got {items.shape[0]} items and {n} losses")
-        idx = items.to(device, torch.long)
-        if idx is items: idx = idx.clone()                       # a copy: the caller may reuse its index buffer
-        if idx.device.type == "cpu":
-            if n:
-                lo, hi = torch.aminmax(idx)
-                if int(lo) < 0: raise ValueError(f"items: indices must be >= 0, got {int(lo)}")
-                if int(hi) >= ds.size: ds.extend_numeric(int(hi) + 1)
-        elif n:
-            if ds.size == 0: ds.extend_numeric(int(idx.max()) + 1)   # one sync to size a new dataset
-            else:
-                mx = idx.max()
-                ds.max_index = mx if ds.max_index is None else torch.maximum(ds.max_index, mx)
-        return idx
+        if n: _check_host_slots(ds, items)
+        return items
+    if isinstance(items, (str, bytes)): raise TypeError("items must be a sequence of keys or indices, not one str")
     items = list(items)
     if len(items) != n: raise ValueError(f"items and losses must have the same length, got {len(items)} items and {n} losses")
-    if not items: return torch.zeros(0, dtype=torch.long, device=device)
+    if not items: return np.zeros(0, dtype=np.int64)
     if isinstance(items[0], str):
         try:
             found = operator.itemgetter(*items)(ds.index)      # one C-level loop of dict lookups
-            return torch.from_numpy(np.array(found if n > 1 else (found,), dtype=np.int64)).to(device, non_blocking=True)
+            return np.array(found if n > 1 else (found,), dtype=np.int64)
         except (KeyError, TypeError):
             bad = next((k for k in items if not isinstance(k, str)), None)
             if bad is not None: raise TypeError(f"items mixes str keys and {type(bad).__name__} ({bad!r}); use one kind per call")
-            idx = ds.add_keys(items)
-    else:
-        try: idx = [operator.index(i) for i in items if not isinstance(i, (str, bool))]   # index(): 1.5 is refused, not truncated
-        except TypeError: idx = []
-        if len(idx) != n: raise TypeError("items must be all str keys or all int indices")
-        if min(idx) < 0: raise ValueError(f"items: indices must be >= 0, got {min(idx)}")
-        if max(idx) >= ds.size: ds.extend_numeric(max(idx) + 1)
-    return torch.tensor(idx, dtype=torch.long).to(device, non_blocking=True)
+            return np.array(ds.add_keys(items), dtype=np.int64)
+    try: idx = [operator.index(i) for i in items if not isinstance(i, (str, bool))]   # index(): 1.5 is refused, not truncated
+    except TypeError: idx = []
+    if len(idx) != n: raise TypeError("items must be all str keys or all int indices")
+    a = np.array(idx, dtype=np.int64)
+    _check_host_slots(ds, a)
+    return a
+
+def _as_step(step, n: int):
+    "`step` as the queue stores it: a float (`-1.0` for `None`) or a detached tensor of 1 or `n` steps."
+    if step is None: return -1.0
+    if isinstance(step, (int, np.integer)) and not isinstance(step, (bool, np.bool_)): return float(step)
+    if isinstance(step, torch.Tensor):
+        if step.numel() == 1: return step.detach().reshape(())
+        if step.ndim == 1 and step.shape[0] == n and not step.dtype.is_complex: return step.detach()
+        raise ValueError(f"step must be an int, a 0-d tensor or a 1-D tensor of one step per item ({n}), got shape {tuple(step.shape)}")
+    raise TypeError(f"step must be an int, a tensor or None, got {type(step).__name__}")
 
 @patch
 def update(self: StreamingAggregator,
            dataset: str, # dataset name, e.g. "train" or "val"
            items, # LongTensor of slots (fast path), list of int indices, or list of str keys; length B
            losses: torch.Tensor, # per-example losses, shape [B] (detached or not; any float dtype and device)
-           step: int|torch.Tensor|None=None, # training step recorded as `last_step`; int or 0-d tensor
+           step: int|torch.Tensor|None=None, # training step recorded as `last_step`: an int, a 0-d tensor, or a [B] tensor (one per item)
           ) -> None:
     "Record one batch of per-item losses (queued, then recorded in bulk): exact for duplicates, no host sync on the tensor path."
     if not isinstance(losses, torch.Tensor): losses = torch.as_tensor(losses)
     if losses.ndim != 1: raise ValueError(f"losses must be a 1-D tensor of per-example losses, got shape {tuple(losses.shape)}; reduce other dimensions first (compute_per_example_loss)")
     ds = self._data.get(dataset) if dataset.__class__ is str else None
     if ds is None: ds = self._dataset(dataset, create=True)
-    state = ds.state
-    device = state["count"].device if state is not None else self.device or losses.device
     n = losses.shape[0]
+    device = ds.device or self.device or losses.device
     idx = _as_index(self, ds, items, n, device)
-    # python steps stay python floats in the queue (one tensor per flush, not one per update)
-    if step is None: st = -1.0
-    elif isinstance(step, int) and step.__class__ is not bool: st = float(step)
-    elif isinstance(step, torch.Tensor):
-        if step.numel() != 1: raise ValueError(f"step must be an int or a 0-d tensor, got shape {tuple(step.shape)}")
-        st = step.detach().reshape(()).to(device=device, dtype=torch.float64, copy=True)
-    elif isinstance(step, np.integer): st = float(step)
-    else: raise TypeError(f"step must be an int, a 0-d tensor or None, got {type(step).__name__}")
-    if state is None or len(ds.keys) >= state["count"].shape[0]: ds.ensure(ds.size, device)   # capacity = length - 1
+    st = _as_step(step, n)
+    if ds.state is None or ds.size > ds.capacity: ds.ensure(ds.size, device)
     ds.batches += 1
     ds.window_batches += 1
     if n == 0: return
-    # copies: the caller may reuse its buffers (or increment a step tensor in place) before the queue is recorded
-    if losses.requires_grad: losses = losses.detach()
-    x = losses.to(device, torch.float64)
-    if x is losses: x = x.clone()   # already float64 on `device`: `to` returned the caller's tensor
-    ds.pending.append((idx, x, st))
-    ds.pending_n += n
-    if ds.pending_n >= self.flush_every: _flush(ds)
+    q = ds.queue
+    if q.n + n > q.size: q.reserve(n, ds.device, limit=self.flush_every + n)
+    q.push(idx, losses.detach() if losses.requires_grad else losses, st)   # copies: the caller may reuse its buffers
+    if q.n >= self.flush_every: _flush(ds)
 
 # %% ../nbs/01_aggregator.ipynb #4634be7b
 @patch
@@ -449,7 +490,7 @@ def state_dict(self: StreamingAggregator) -> dict:
 
 def _install(ds: _DatasetState, keys: list[str], state: Mapping, window: Mapping|None, device):
     "Replace `ds`'s content by `keys` and their statistics."
-    ds.keys, ds.index, ds.state, ds.window, ds.max_index = [], {}, None, None, None
+    ds.keys, ds.index, ds.state, ds.window, ds.max_index, ds.capacity, ds.device = [], {}, None, None, None, 0, None
     ds.add_keys(keys)
     if len(ds.index) != len(keys): raise ValueError("state_dict: duplicate keys in a dataset's key table")
     ds.ensure(len(keys), device)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['LOSS_TYPES', 'compute_per_example_loss']
+__all__ = ['LOSS_TYPES', 'compute_per_example_loss', 'loss_and_per_example']
 
 # %% ../nbs/00_losses.ipynb #7bdae8d4
 LOSS_TYPES = ("mse", "mae", "huber", "pseudo_huber", "cross_entropy", "token_cross_entropy")
@@ -137,3 +137,28 @@ def compute_per_example_loss(
     if not return_token_counts: return loss
     if counts is None: counts = torch.full_like(loss, float(l[0].numel()))
     return loss, counts
+
+# %% ../nbs/00_losses.ipynb #5a1e0c02
+def _fused_ce_ok(pred, target, loss_type: str, kwargs: dict) -> bool:
+    "The plain classifier case: `[B, C]` float32/64 logits, `[B]` int64 labels, nothing but `ignore_index` given."
+    return (loss_type == "cross_entropy" and not (kwargs.keys() - {"ignore_index"}) and isinstance(pred, Tensor)
+            and isinstance(target, Tensor) and pred.ndim == 2 and target.ndim == 1 and target.dtype == torch.long
+            and pred.dtype in _FULL_FLOATS and target.shape[0] == pred.shape[0])
+
+def loss_and_per_example(
+    pred: Tensor,  # predictions, as for `compute_per_example_loss`
+    target: Tensor,  # targets, as for `compute_per_example_loss`
+    loss_type: str = "mse",  # one of `LOSS_TYPES`
+    **kwargs,  # `mask`, `weights`, `ignore_index`, `huber_delta`, `label_smoothing`, `empty_value` of `compute_per_example_loss`
+) -> tuple[Tensor, Tensor]:  # (scalar loss with its graph, per-item losses [B] detached)
+    "The scalar to back-propagate and the detached per-item losses to track, from one computation."
+    if "return_token_counts" in kwargs:
+        raise TypeError("`return_token_counts` is not an argument of loss_and_per_example (it returns (loss, per_item)); "
+                        "call compute_per_example_loss(..., return_token_counts=True) for token counts.")
+    if _fused_ce_ok(pred, target, loss_type, kwargs):
+        logp, ignore = F.log_softmax(pred, 1), kwargs.get("ignore_index", -100)
+        return F.nll_loss(logp, target, ignore_index=ignore), F.nll_loss(logp.detach(), target, ignore_index=ignore, reduction="none")
+    per = compute_per_example_loss(pred, target, loss_type, **kwargs)
+    if loss_type == "cross_entropy" and target.ndim == 1 and not target.is_floating_point():
+        return per.sum() / (target != kwargs.get("ignore_index", -100)).sum(), per.detach()   # F.cross_entropy's mean
+    return per.mean(), per.detach()

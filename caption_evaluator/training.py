@@ -80,6 +80,8 @@ def record(self: ItemLossTracker,
     if losses.ndim != 1 or len(items) != losses.shape[0]:
         raise ValueError(f"`per_item_losses` must be 1-D with one loss per item: got shape {tuple(losses.shape)} "
                          f"for {len(items)} `items`.")
+    if not (step is None or isinstance(step, (int, Tensor)) and not isinstance(step, bool)):
+        raise TypeError(f"`step` must be an int, a tensor or None, got {type(step).__name__}.")
     self._pending.append((dataset, items, losses, step))
     if len(self._pending) >= self.flush_every: self.flush()
 
@@ -103,6 +105,19 @@ def _group_key(record) -> tuple:
     if isinstance(items, Tensor): return record[0], "tensor"
     return record[0], "str" if len(items) and isinstance(items[0], str) else "int"
 
+def _group_steps(group: list):
+    "The step of every item of a group of records (so `last_step` stays exact), or the one step they all share."
+    steps = [r[3] for r in group]
+    tensors = any(isinstance(s, Tensor) for s in steps)
+    if not tensors and len(set(steps)) == 1: return steps[0]
+    dev = group[0][2].device
+    def dev_copy(t): return t.to(dev, torch.float64, non_blocking=True)   # staged host copies: no device sync
+    def number(s): return torch.tensor(-1.0 if s is None else float(s), dtype=torch.float64)
+    if tensors: per_record = torch.stack([dev_copy(s.detach().reshape(()) if isinstance(s, Tensor) else number(s)) for s in steps])
+    else: per_record = dev_copy(torch.tensor([-1.0 if s is None else float(s) for s in steps], dtype=torch.float64))
+    sizes = [r[2].shape[0] for r in group]
+    return per_record.repeat_interleave(torch.tensor(sizes).to(dev, non_blocking=True), output_size=sum(sizes))
+
 @patch
 def flush(self: ItemLossTracker) -> None:
     "Hand buffered records to the aggregator: one update per run of records of the same dataset."
@@ -112,7 +127,7 @@ def flush(self: ItemLossTracker) -> None:
         if end < len(pending) and _group_key(pending[end]) == _group_key(pending[start]): continue
         group = pending[start:end]
         self.aggregator.update(group[0][0], _concat([r[1] for r in group]),
-                               torch.cat([r[2] for r in group]), step=group[-1][3])
+                               torch.cat([r[2] for r in group]), step=_group_steps(group))
         start = end
 
 # %% ../nbs/11_training.ipynb #057c3d1b
