@@ -17,10 +17,10 @@ for CPU time of the timing thread (`time.thread_time`; with 1 intra-op thread al
 it, and time spent waiting for a core on a shared machine is not counted) and for wall time.
 No host synchronisation in any variant (no .item()). Each timed block ends by applying the tracker's and the
 aggregator's queues inside the timing, so the amortised flush cost is in every block rather than in one block
-in four (a median would otherwise drop it). That flush records only the block's own 16,384 losses, which costs
-more per loss than the default 262,144-loss flush of a real run, so the figures are on the high side. Writes bench/results/tracking_overhead.md.
+in four (a median would otherwise drop it). That flush records the block's own 65,536 losses (256 steps), which
+costs somewhat more per loss than the default 262,144-loss flush of a real run, so the figures lean high. Writes bench/results/tracking_overhead.md.
 
-    python bench/bench_tracking_overhead.py [--reps 21] [--steps 64] [--threads 1] [--hidden 256 64]
+    python bench/bench_tracking_overhead.py [--reps 21] [--steps 256] [--threads 1] [--hidden 256 64]
 """
 import argparse
 import platform
@@ -113,8 +113,8 @@ def measure(X, y, hidden: int, reps: int, steps: int) -> list[tuple]:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=21)
-    ap.add_argument("--steps", type=int, default=64,
-                    help="training steps per timed block; a multiple of 64 so every block holds the same number of flushes")
+    ap.add_argument("--steps", type=int, default=256,
+                    help="training steps per timed block (each block ends with a flush of its losses)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: least noise on a shared CPU)")
     ap.add_argument("--hidden", type=int, nargs="+", default=[256, 64], help="hidden widths; the first is the reference")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "tracking_overhead.md"))

@@ -13,7 +13,6 @@ import json
 import math
 import operator
 import os
-import tempfile
 from datetime import datetime, timezone
 from json.encoder import encode_basestring_ascii as _json_str
 from pathlib import Path
@@ -22,6 +21,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 from fastcore.basics import patch
+
+from .core import write_atomic
 
 # %% auto #0
 __all__ = ['STAT_FIELDS', 'ITEM_SCHEMA', 'ITEM_FIELDS', 'StreamingAggregator', 'load_item_stats', 'diff_item_stats']
@@ -667,10 +668,6 @@ def _check_save_root(save_root) -> Path:
     if not os.access(root, os.W_OK | os.X_OK): raise OSError(f"save_root {str(save_root)!r} is not writable; pass a writable directory")
     return root
 
-def _umask() -> int:
-    m = os.umask(0); os.umask(m)
-    return m
-
 @patch
 def save_json(self: StreamingAggregator,
               save_root: str|os.PathLike, # directory for the snapshot (created if missing), e.g. the checkpoint dir
@@ -687,21 +684,13 @@ def save_json(self: StreamingAggregator,
         raise ValueError(f"step must be a non-negative int, got {step!r}")
     root = _check_save_root(save_root)
     path = root / f"{job_name}_{int(step):09d}.json{'.gz' if gzip else ''}"
-    try: fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e: raise OSError(f"save_root {str(save_root)!r} is not writable ({e}); pass a writable directory") from e
-    try:
-        with open(fd, "wb") as raw:
-            z = _gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) if gzip else None
-            fh = io.TextIOWrapper(z if gzip else raw, encoding="utf-8", newline="\n", write_through=False)
-            self._write_document(fh, job_name, int(step), k)
-            fh.flush(); fh.detach()
-            if z is not None: z.close()
-            raw.flush(); os.fsync(raw.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
-        raise
+    def write(raw):  # `raw`: the binary temporary file of `write_atomic`, fsynced and renamed onto `path` after this
+        z = _gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) if gzip else None
+        fh = io.TextIOWrapper(z if gzip else raw, encoding="utf-8", newline="\n", write_through=False)
+        self._write_document(fh, job_name, int(step), k)
+        fh.flush(); fh.detach()
+        if z is not None: z.close()
+    write_atomic(path, write, mode="wb")
     if self.keep_window: self.reset_window()
     return path
 

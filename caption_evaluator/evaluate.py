@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .aggregator import StreamingAggregator
+from .core import write_atomic
 from .losses import compute_per_example_loss
 
 # %% auto #0
@@ -70,20 +71,6 @@ def classification_loss(
     return compute_per_example_loss(logits, targets, kind)
 
 # %% ../nbs/02_evaluate.ipynb #091c773e
-def _atomic_write_text(path: Path, write: Callable) -> Path:
-    "Call `write(file)` on a temporary file next to `path`, then move it into place."
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise OSError(f"Cannot write {str(path)!r}: its directory {str(path.parent)!r} does not exist; create it first.")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f: write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
 def write_item_stats_csv(
     item_stats: Mapping[str, Mapping],  # {key: {"average_loss": ..., ...}}, e.g. `StreamingAggregator.item_stats(dataset)`
     path: str | Path,  # CSV file to write (replaced atomically)
@@ -94,7 +81,7 @@ def write_item_stats_csv(
         w = csv.writer(f)
         w.writerow(["item", *fields])
         for key, s in item_stats.items(): w.writerow([key, *(s.get(c, "") for c in fields)])
-    return _atomic_write_text(Path(path), write)
+    return write_atomic(path, write, newline="")  # the csv module writes its own line endings
 
 # %% ../nbs/02_evaluate.ipynb #e2e68543
 def _to_device(batch, device: torch.device):

@@ -16,24 +16,14 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from torch import Tensor
 
+from .core import wilson_interval
+
 # %% auto #0
-__all__ = ['wilson_interval', 'accuracy_stats', 'compute_topk_accuracy', 'StreamingMetric', 'ClassificationMetric',
-           'TokenLMMetric', 'PairMetric', 'PositionLossMetric']
+__all__ = ['accuracy_stats', 'compute_topk_accuracy', 'StreamingMetric', 'ClassificationMetric', 'TokenLMMetric', 'PairMetric',
+           'PositionLossMetric', 'wilson_interval']
 
 # %% ../nbs/04_metrics.ipynb #f97493e2
-def wilson_interval(
-    correct: float,  # number of successes (may be fractional, e.g. pair scores with ties)
-    n: int,  # number of trials; must be > 0
-    z: float = 1.96,  # normal quantile: 1.96 gives a 95 % interval
-) -> tuple[float, float]:
-    "Wilson score interval `(low, high)` for a proportion `correct / n`."
-    if n <= 0: raise ValueError(f"wilson_interval: n must be > 0, got n={n}; no samples were evaluated")
-    if not 0 <= correct <= n: raise ValueError(f"wilson_interval: correct must be in [0, n={n}], got correct={correct}")
-    p, z2 = correct / n, z * z
-    denom = 1 + z2 / n
-    center = (p + z2 / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
-    return max(0.0, center - half), min(1.0, center + half)
+_all_ = ["wilson_interval"]
 
 # %% ../nbs/04_metrics.ipynb #dd3dcd3b
 def accuracy_stats(

@@ -21,7 +21,8 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
-from .results import _wilson, discover_runs, load_run, write_atomic
+from .core import wilson_interval, write_atomic
+from .results import discover_runs, load_run
 
 # %% auto #0
 __all__ = ['figure_to_png', 'plot_run', 'plot_comparison', 'ItemTable', 'item_table', 'plot_item_loss_histogram',
@@ -81,6 +82,11 @@ _NUM = (int, float, np.integer, np.floating)
 
 def _is_num(x) -> bool: return isinstance(x, _NUM) and not isinstance(x, bool) and math.isfinite(float(x))
 
+def _interval(correct: float, n: float) -> tuple[float, float] | None:
+    "Wilson 95 % interval of `correct` of `n`, or None when a saved file holds counts no proportion can have."
+    try: return wilson_interval(correct, n)
+    except ValueError: return None
+
 def _accuracy(entry: Any, key: str = "accuracy") -> tuple[float, float | None, float | None] | None:
     "(accuracy, ci_low, ci_high) of a task result's `key` (with its `<key>_stats`), or None when it has none."
     if not isinstance(entry, Mapping): return None
@@ -92,7 +98,8 @@ def _accuracy(entry: Any, key: str = "accuracy") -> tuple[float, float | None, f
     if _is_num(lo) and _is_num(hi): return float(acc), float(lo), float(hi)
     n, c = stats.get("samples", stats.get("tokens")), stats.get("correct")
     if _is_num(n) and n > 0:
-        return (float(acc), *_wilson(float(c) if _is_num(c) else float(acc) * n, float(n)))
+        ci = _interval(float(c) if _is_num(c) else float(acc) * n, float(n))
+        return (float(acc), *(ci or (None, None)))
     return float(acc), None, None
 
 _LOSS_AT = re.compile(r"^loss_(\d+(?:\.\d+)?)(k?)$")
@@ -244,7 +251,8 @@ def _panel_per_class(ax, task: str, per_class: Mapping) -> None:
     lo, hi = acc.copy(), acc.copy()
     for i, v in enumerate(per_class.values()):
         n, c = v.get("support"), v.get("correct")
-        if _is_num(n) and n > 0 and _is_num(c): lo[i], hi[i] = _wilson(float(c), float(n))
+        ci = _interval(float(c), float(n)) if _is_num(n) and n > 0 and _is_num(c) else None
+        if ci: lo[i], hi[i] = ci
     ax.bar(np.arange(len(names)), acc, yerr=_yerr(acc, lo, hi),
            capsize=2, color="C4", alpha=0.85)
     for i in np.flatnonzero(np.isnan(acc)): ax.annotate("n=0", (i, 0.02), ha="center", fontsize=7, color="grey")

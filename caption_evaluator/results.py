@@ -14,11 +14,9 @@ import inspect
 import json
 import math
 import numbers
-import os
 import platform
 import re
 import subprocess
-import tempfile
 import time
 import types
 import warnings
@@ -27,41 +25,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from .core import wilson_interval, write_atomic
+
 # %% auto #0
-__all__ = ['SCHEMA', 'LEGACY_SCHEMA', 'write_atomic', 'write_text_atomic', 'write_json_atomic', 'to_jsonable',
-           'environment_versions', 'git_info', 'register_model_type_detector', 'detect_model_type', 'model_type_slug',
-           'normalize_results', 'metric_value', 'main_metrics', 'aggregate_metrics', 'accuracy_interval',
-           'format_summary', 'build_results_doc', 'dumps_results_doc', 'save_results', 'RunRecord',
-           'migrate_results_doc', 'load_run', 'RunLoadWarning', 'discover_runs', 'runs_table', 'PaperMetricsConfig',
-           'load_paper_metrics_config', 'PaperMetricsScheduler']
+__all__ = ['SCHEMA', 'LEGACY_SCHEMA', 'write_text_atomic', 'write_json_atomic', 'to_jsonable', 'environment_versions', 'git_info',
+           'register_model_type_detector', 'detect_model_type', 'model_type_slug', 'normalize_results', 'metric_value',
+           'main_metrics', 'aggregate_metrics', 'accuracy_interval', 'format_summary', 'build_results_doc',
+           'dumps_results_doc', 'save_results', 'RunRecord', 'migrate_results_doc', 'load_run', 'RunLoadWarning',
+           'discover_runs', 'runs_table', 'PaperMetricsConfig', 'load_paper_metrics_config', 'PaperMetricsScheduler',
+           'write_atomic']
 
 # %% ../nbs/06_results.ipynb #142974bb
-def _umask() -> int:
-    "The process umask (read by setting it and putting it back)."
-    mask = os.umask(0o022); os.umask(mask)
-    return mask
-
-def write_atomic(path:str|Path, # destination file; its folder must exist
-                 write:Callable, # called with the open temporary file; writes the whole content
-                 mode:str="w", # "w" for text (UTF-8), "wb" for bytes (a figure, a gzip stream)
-                 fsync:bool=True, # flush to disk before the rename (survives a power cut, costs a few ms)
-                ) -> Path:
-    "Call `write(f)` on a temporary file next to `path`, then `os.replace` it onto `path`: never half written."
-    if mode not in ("w", "wb"): raise ValueError(f"mode: {mode!r} is not supported; use 'w' (text) or 'wb' (bytes)")
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
-            write(f)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.chmod(tmp_name, 0o666 & ~_umask())  # the permissions of an ordinary new file, not mkstemp's 0600
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name): os.unlink(tmp_name)
-        raise
-    return path
+_all_ = ["write_atomic"]
 
 def write_text_atomic(path:str|Path, # destination file; its folder must exist
                       text:str, # the whole content
@@ -273,14 +248,6 @@ def aggregate_metrics(results:Mapping, # `{task: metrics}`
     accs = list(main_metrics(results).values())
     return {"paper_metrics_avg": sum(accs) / len(accs)} if accs else {}
 
-# %% ../nbs/06_results.ipynb #1d0ae56b
-def _wilson(correct:float, n:int, z:float=1.96) -> tuple[float, float]:
-    "Wilson score interval of `correct` successes out of `n`."
-    p = correct / n
-    centre = (p + z*z/(2*n)) / (1 + z*z/n)
-    half = z * math.sqrt(p*(1-p)/n + z*z/(4*n*n)) / (1 + z*z/n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
 # %% ../nbs/06_results.ipynb #31645f3e
 def accuracy_interval(stats:Mapping, # a task's metrics or an accuracy-stats dict
                      ) -> tuple[float, float]|None:
@@ -293,7 +260,8 @@ def accuracy_interval(stats:Mapping, # a task's metrics or an accuracy-stats dic
     n, correct = stats.get("samples"), stats.get("correct")
     if not isinstance(n, (int, float)) or n <= 0 or metric_value(acc) is None: return None
     if not isinstance(correct, (int, float)) or isinstance(correct, bool): correct = metric_value(acc) * n
-    return _wilson(float(correct), int(n))
+    try: return wilson_interval(float(correct), int(n))
+    except ValueError: return None  # counts no proportion can have (a hand-edited file)
 
 # %% ../nbs/06_results.ipynb #c0914c73
 _STATS_KEYS = {"samples", "correct", "stderr", "ci_low", "ci_high"}
