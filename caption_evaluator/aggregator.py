@@ -116,7 +116,8 @@ def _put(buf: torch.Tensor, host: np.ndarray|None, a: int, b: int, src):
 
 class _DatasetState:
     "Key table plus the statistics (cumulative and optional window) of one dataset."
-    def __init__(self, keep_window: bool):
+    def __init__(self, keep_window: bool, read_hooks: list):
+        self.read_hooks = read_hooks            # the aggregator's: called before any read (e.g. a tracker's buffered records)
         self.keys: list[str] = []
         self.index: dict[str, int] = {}
         self.keep_window = keep_window
@@ -158,7 +159,8 @@ class _DatasetState:
         self.capacity, self.device = cap, device
 
     def settle(self):
-        "Before any read: record queued batches, name slots written through unchecked accelerator indices."
+        "Before any read: hand over buffered records, record queued batches, name slots written through unchecked accelerator indices."
+        for hook in self.read_hooks: hook()
         _flush(self)
         if self.max_index is not None:
             m = int(self.max_index)
@@ -251,10 +253,12 @@ class StreamingAggregator:
         self.flush_every = flush_every
         self.keep_window = keep_window
         self._data: dict[str, _DatasetState] = {}
+        self._read_hooks: list = []   # callables run before every read, e.g. `ItemLossTracker.flush`
 
     @property
     def datasets(self) -> list[str]:
         "Names of the datasets seen so far, in order of first appearance."
+        for hook in self._read_hooks: hook()
         return list(self._data)
 
     def _dataset(self, dataset: str, create: bool=False) -> _DatasetState:
@@ -262,10 +266,11 @@ class StreamingAggregator:
         ds = self._data.get(dataset)
         if ds is None:
             if not create: raise ValueError(f"dataset {dataset!r} is unknown; known datasets: {self.datasets}")
-            ds = self._data[dataset] = _DatasetState(self.keep_window)
+            ds = self._data[dataset] = _DatasetState(self.keep_window, self._read_hooks)
         return ds
 
     def __repr__(self):
+        for hook in self._read_hooks: hook()
         parts = [f"{n}: {d.size} items, {d.batches} batches" for n, d in self._data.items()]
         return f"StreamingAggregator({'; '.join(parts) or 'empty'})"
 

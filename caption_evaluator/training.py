@@ -52,7 +52,7 @@ class ItemLossTracker:
                  gzip: bool = False,  # write `.json.gz` snapshots
                  k: int = 10,  # worst items listed in each summary
                  histogram: bool = True,  # also log a histogram of the per-item average losses
-                 flush_every: int = 1,  # hand records to the aggregator in groups of this many (see "Batching records")
+                 flush_every: int = 16,  # hand records to the aggregator in groups of this many (exact; see "Batching records")
                 ):
         if save_every is not None and not (isinstance(save_every, int) and save_every > 0):
             raise ValueError(f"`save_every` must be a positive int or None, got {save_every!r}.")
@@ -63,6 +63,7 @@ class ItemLossTracker:
         self.loggers, self.save_every, self.gzip, self.k, self.histogram = _check_loggers(loggers), save_every, gzip, k, histogram
         self.saved: list[Path] = []  # snapshots written by this tracker, oldest first
         self.flush_every, self._pending = flush_every, []
+        if flush_every > 1: self.aggregator._read_hooks.append(self.flush)   # every read of the aggregator sees the buffered records
 
     def __repr__(self): return f"ItemLossTracker({self.job_name!r} -> {str(self.save_root)!r}, {self.aggregator!r})"
 
@@ -71,7 +72,7 @@ class ItemLossTracker:
 def record(self: ItemLossTracker,
             dataset: str,  # dataset name, e.g. "train"
             items,  # keys of the batch's items: list of str paths, list of int, or a LongTensor of registered slots
-            per_item_losses: Tensor,  # losses [B], e.g. from `compute_per_example_loss` (detached here)
+            per_item_losses: Tensor,  # losses [B], e.g. from `loss_and_per_example` (detached here; kept by reference until the group is handed over)
             step: int | Tensor | None = None,  # training (optimiser) step, recorded as `last_step`
            ) -> None:
     "Add one (micro-)batch of per-item losses."
@@ -178,6 +179,7 @@ def load_state_dict(self: ItemLossTracker,
     "Restore from `state_dict()`; returns `self`."
     if not isinstance(sd, dict) or "aggregator" not in sd:
         raise ValueError("`sd` is not an ItemLossTracker.state_dict() (no 'aggregator' entry).")
+    self._pending = []                        # records buffered before the restore belong to the abandoned run
     self.aggregator.load_state_dict(sd["aggregator"])
     self.saved = [Path(p) for p in sd.get("saved", [])]
     return self
