@@ -21,7 +21,8 @@ _ROOT_NAMES = {
                "LongContextAdapter", "run_eval"],
     "results": ["save_results", "load_run", "discover_runs", "RunRecord"],
     "loggers": ["ConsoleLogger", "TensorBoardLogger", "WandbLogger"],
-    "plotting": ["plot_run", "plot_comparison", "plot_item_loss_histogram", "plot_worst_items", "plot_item_diff"],
+    "plotting": ["plot_run", "plot_comparison", "plot_confusion_matrix", "plot_item_loss_histogram", "plot_worst_items",
+                 "plot_item_diff"],
     "widgets": ["EvalView", "CompareView", "ItemLossExplorer"],
     "demo": ["run_demo"],
 }

@@ -25,8 +25,8 @@ from .core import wilson_interval, write_atomic
 from .results import discover_runs, load_run
 
 # %% auto #0
-__all__ = ['figure_to_png', 'plot_run', 'plot_comparison', 'ItemTable', 'item_table', 'plot_item_loss_histogram',
-           'plot_worst_items', 'plot_item_diff']
+__all__ = ['figure_to_png', 'plot_run', 'plot_confusion_matrix', 'plot_comparison', 'ItemTable', 'item_table',
+           'plot_item_loss_histogram', 'plot_worst_items', 'plot_item_diff']
 
 # %% ../nbs/07_plotting.ipynb #ff446326
 @dataclass
@@ -328,6 +328,52 @@ def _panel_perplexity(ax, ppl: dict[str, float]) -> None:
     ax.set_xlabel("Text task")
     ax.set_ylabel("Perplexity (exp of mean NLL per token)")
 
+# %% ../nbs/07_plotting.ipynb #c0f5a002
+def _confusions(run: _Run) -> dict[str, np.ndarray]:
+    "{task: [C, C] counts} for tasks whose detailed results hold a square `confusion_matrix`."
+    out = {}
+    for task, d in run.detailed.items():
+        cm = np.asarray(d.get("confusion_matrix", []), dtype=float)
+        if cm.ndim == 2 and cm.shape[0] == cm.shape[1] > 0 and np.isfinite(cm).all() and (cm >= 0).all(): out[task] = cm
+    return out
+
+def _class_names(run: _Run, task: str, n: int) -> list[str]:
+    "The task's class names from its saved per-class block when it names every class, else the class indices."
+    pc = run.results.get(task, {}).get("per_class") if isinstance(run.results.get(task), Mapping) else None
+    return [str(k) for k in pc] if isinstance(pc, Mapping) and len(pc) == n else [str(i) for i in range(n)]
+
+def _top_confusions(cm: np.ndarray, k: int) -> list[tuple[int, int, float]]:
+    "The `k` largest off-diagonal cells as (true, predicted, count), largest first (ties: row-major order)."
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    flat = np.argsort(-off, axis=None, kind="stable")[:k]
+    return [(int(i), int(j), float(off[i, j])) for i, j in zip(*np.unravel_index(flat, off.shape)) if off[i, j] > 0]
+
+def _panel_confusion(ax, task: str, cm: np.ndarray, names: list[str], max_classes: int = 30, k: int = 15) -> None:
+    "Row-normalised confusion heat map (counts printed up to 12 classes), or the top-`k` confusions beyond `max_classes`."
+    n = cm.shape[0]
+    if n > max_classes:
+        top = _top_confusions(cm, k)[::-1]
+        ax.barh(np.arange(len(top)), [c for _, _, c in top], color="C3", alpha=0.85)
+        ax.set_yticks(np.arange(len(top)), [f"{names[i]} → {names[j]}" for i, j, _ in top], fontsize=7)
+        ax.set_title(f"Most frequent confusions: {task} ({n} classes)")
+        ax.set_xlabel("Items (true → predicted)")
+        return
+    rows = cm.sum(1, keepdims=True)
+    frac = np.divide(cm, rows, out=np.full_like(cm, np.nan), where=rows > 0)
+    im = ax.imshow(np.ma.masked_invalid(frac), vmin=0, vmax=1, cmap="Blues")
+    if n <= 12:
+        for (i, j), c in np.ndenumerate(cm):
+            if rows[i, 0] > 0: ax.text(j, i, f"{int(c)}", ha="center", va="center", fontsize=8,
+                                       color="white" if frac[i, j] > 0.5 else "black")
+    size = 8 if n <= 12 else 6
+    ax.set_xticks(np.arange(n), names, fontsize=size, rotation=90 if n > 12 else 0)
+    ax.set_yticks(np.arange(n), names, fontsize=size)
+    ax.set_xlabel("Predicted class")
+    ax.set_ylabel("True class")
+    ax.set_title(f"Confusion matrix: {task} (share of each true class)")
+    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+
 # %% ../nbs/07_plotting.ipynb #aecba315
 def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
     out = {}
@@ -387,13 +433,15 @@ def plot_run(
     accs, lc, text = _accuracy_tasks(r), _long_context_tasks(r), _text_tasks(r)
     ppl = {t: x.perplexity for t, x in text.items() if x.perplexity is not None}
     slopes = {t: s for t in lc if (s := _slopes(r, t))}
-    per_class = _per_class(r)
+    per_class, confusions = _per_class(r), _confusions(r)
     panels = [
         ("benchmarks", bool(accs), lambda ax: _panel_benchmarks(ax, r, accs)),
         ("text_lm", any(x.next_token for x in text.values()), lambda ax: _panel_text_lm(ax, text)),
         ("perplexity", bool(ppl), lambda ax: _panel_perplexity(ax, ppl)),
         *[(f"per_class:{t}" if len(per_class) > 1 else "per_class", True,
            lambda ax, t=t, pc=pc: _panel_per_class(ax, t, pc)) for t, pc in per_class.items()],
+        *[(f"confusion:{t}" if len(confusions) > 1 else "confusion", True,
+           lambda ax, t=t, cm=cm: _panel_confusion(ax, t, cm, _class_names(r, t, cm.shape[0]))) for t, cm in confusions.items()],
         ("long_context", any(_context_losses(r.results.get(t)) for t in lc),
          lambda ax: _panel_long_context(ax, r, [t for t in lc if _context_losses(r.results.get(t))])),
         ("position", any(_curve(r, t) for t in lc), lambda ax: _panel_position(ax, r, [t for t in lc if _curve(r, t)])),
@@ -404,6 +452,26 @@ def plot_run(
     ]
     return _draw_panels(panels, title or f"Evaluation run: {r.label}", output,
                         "run: nothing to plot; the run has no accuracies, text-LM metrics, losses, slopes or config")
+
+# %% ../nbs/07_plotting.ipynb #c0f5a004
+def plot_confusion_matrix(
+    run: Any,  # a `RunRecord`, a run directory or results.json path, or the results.json dict
+    task: str | None = None,  # the classification task; `None`: the only task with a saved confusion matrix
+    output: str | os.PathLike | None = None,  # save to this .png/.svg/.pdf file as well
+    max_classes: int = 30,  # above this many classes, list the most frequent confusions instead of a heat map
+) -> Figure:
+    "The saved confusion matrix of a classification task, row-normalised (or its top confusions for many classes)."
+    r = _as_run(run)
+    cms = _confusions(r)
+    if not cms: raise ValueError("run: no task saved a confusion matrix; evaluate with ClassificationMetric(confusion_matrix=True)")
+    if task is None:
+        if len(cms) > 1: raise ValueError(f"task: the run has confusion matrices for {sorted(cms)}; name one")
+        task = next(iter(cms))
+    if task not in cms: raise ValueError(f"task: {task!r} has no saved confusion matrix; tasks with one: {sorted(cms)}")
+    fig = Figure(figsize=(5.6, 4.8) if cms[task].shape[0] <= max_classes else (6.4, 4.8), layout="constrained")
+    ax = fig.add_subplot(label="confusion")
+    _panel_confusion(ax, task, cms[task], _class_names(r, task, cms[task].shape[0]), max_classes)
+    return _finish(fig, output)
 
 # %% ../nbs/07_plotting.ipynb #1680752d
 def _as_runs(runs: Any) -> tuple[list[_Run], list[str]]:
