@@ -40,8 +40,9 @@ def accuracy_stats(
             "stderr": math.sqrt(p * (1 - p) / n), "ci_low": lo, "ci_high": hi}
 
 # %% ../nbs/04_metrics.ipynb #a0780d68
-def _check_class_inputs(logits: Tensor, labels: Tensor, num_classes: int | None = None, where: str = "update") -> None:
-    "Raise a clear error unless `logits` is [B, C] float and `labels` is [B] integer in [0, C)."
+def _check_class_inputs(logits: Tensor, labels: Tensor, num_classes: int | None = None, where: str = "update",
+                        check_range: bool = True) -> None:
+    "Raise a clear error unless `logits` is [B, C] float and `labels` is [B] integer (in [0, C) when `check_range`: a host sync)."
     if not isinstance(logits, Tensor) or not isinstance(labels, Tensor):
         raise TypeError(f"{where}: logits and labels must be torch tensors, got {type(logits).__name__} and {type(labels).__name__}")
     if logits.ndim != 2: raise ValueError(f"{where}: logits must have shape [batch, num_classes], got shape {tuple(logits.shape)}")
@@ -54,7 +55,7 @@ def _check_class_inputs(logits: Tensor, labels: Tensor, num_classes: int | None 
     C = logits.shape[1]
     if num_classes is not None and C != num_classes:
         raise ValueError(f"{where}: logits have {C} classes but the metric was built with num_classes={num_classes}")
-    if labels.numel():
+    if check_range and labels.numel():
         lo, hi = (int(v) for v in torch.aminmax(labels))
         if lo < 0 or hi >= C: raise ValueError(f"{where}: labels out of range: expected values in [0, {C - 1}], got min={lo}, max={hi}")
 
@@ -238,6 +239,7 @@ class ClassificationMetric(StreamingMetric):
         C, K, nb = self.num_classes, max(self.topk), self.calibration_bins
         self.add_state("rank_hits", (K,), torch.long)   # rank_hits[r]: label found at rank r
         self.add_state("rows", (), torch.long)          # every row seen, NaN or not
+        self.add_state("bad_labels", (), torch.long)    # labels outside [0, C): left out of every count, reported by compute
         self.add_state("support", (C,), torch.long)
         self.add_state("class_correct", (C,), torch.long)
         if self.keep_confusion: self.add_state("confusion", (C * C,), torch.long)
@@ -257,16 +259,19 @@ def update(self: ClassificationMetric,
            labels: Tensor,  # integer class indices of shape [batch], in [0, num_classes)
           ) -> None:
     "Add one batch to the counters."
-    _check_class_inputs(logits, labels, self.num_classes, where="ClassificationMetric.update")
+    _check_class_inputs(logits, labels, self.num_classes, where="ClassificationMetric.update", check_range=False)
     self.prepare_update(logits.device)
     logits, labels = logits.detach(), labels.to(logits.device)   # no autograd graph, cheaper than a no_grad context
+    in_range = (labels >= 0) & (labels < self.num_classes)   # checked on the device; compute() reports the rest
+    self.bad_labels.add_((~in_range).sum())
+    labels = labels.clamp(0, self.num_classes - 1)           # safe indices; the rows out of range get weight 0 below
     values, idx = logits.topk(self._kmax, dim=1)            # the only full pass over the logits (without ECE)
-    ok = values[:, 0] == values[:, 0]                        # False on NaN rows: topk ranks NaN first
+    ok = (values[:, 0] == values[:, 0]) & in_range           # False on NaN rows (topk ranks NaN first) and bad labels
     w = ok.long()
     hits = idx == torch.where(ok, labels, -1)[:, None]       # [B, K], at most one True per row, none on NaN rows
     hit1 = hits[:, 0].long()
     self.rank_hits.add_(hits.sum(0))
-    self.rows.add_(ok.numel())
+    self.rows.add_(ok.numel())                               # every row, so NaN rows = rows - support - bad labels
     self.support.index_add_(0, labels, w)
     self.class_correct.index_add_(0, labels, hit1)
     if self.keep_confusion: self.confusion.index_add_(0, labels * self.num_classes + idx[:, 0], w)
@@ -284,6 +289,10 @@ def _topk_key(k: int) -> str: return "accuracy" if k == 1 else f"top{k}_accuracy
 @patch
 def compute(self: ClassificationMetric) -> dict:
     "Global metrics from the counters: accuracies with stats, per-class, confusion matrix, ECE, NaN rows."
+    bad = int(self.bad_labels)
+    if bad: raise ValueError(f"ClassificationMetric.compute: {bad} labels passed to update() were outside [0, {self.num_classes - 1}] "
+                             f"(class indices must be in [0, num_classes)); they were left out of every count. Fix the labels "
+                             f"or num_classes={self.num_classes}, then evaluate again")
     n = int(self.support.sum())
     nan = int(self.rows) - n
     if n == 0:
@@ -316,6 +325,7 @@ class TokenLMMetric(StreamingMetric):
         self.add_state("tokens", (), torch.long)
         self.add_state("correct", (), torch.long)
         self.add_state("nonfinite_tokens", (), torch.long)
+        self.add_state("bad_labels", (), torch.long)   # token ids outside [0, V) (not ignore_index): excluded, reported by compute
 
     def _config(self) -> dict: return {"ignore_index": self.ignore_index}
 
@@ -334,11 +344,11 @@ def update(self: TokenLMMetric,
     if labels.is_floating_point(): raise TypeError(f"TokenLMMetric.update: labels must be integer token ids, got {labels.dtype}")
     V = logits.shape[-1]
     labels = labels.to(logits.device).long()
-    valid = labels != ig
-    if valid.any() and (int(labels[valid].min()) < 0 or int(labels[valid].max()) >= V):
-        raise ValueError(f"TokenLMMetric.update: labels out of range: token ids must be in [0, {V - 1}] or "
-                         f"ignore_index={ig}, got min={int(labels[valid].min())}, max={int(labels[valid].max())}")
+    scored = labels != ig
+    in_range = (labels >= 0) & (labels < V)                  # checked on the device; compute() reports the rest
+    valid = scored & in_range
     self.prepare_update(logits.device)
+    self.bad_labels.add_((scored & ~in_range).sum())
     flat = logits.detach().reshape(-1, V).float()
     tgt = torch.where(valid, labels, 0).reshape(-1)
     nll = F.cross_entropy(flat, tgt, reduction="none")
@@ -352,6 +362,10 @@ def update(self: TokenLMMetric,
 @patch
 def compute(self: TokenLMMetric) -> dict:
     "Token-weighted `loss`, `perplexity`, `tokens` and `next_token_accuracy` (+ `_stats`)."
+    bad = int(self.bad_labels)
+    if bad: raise ValueError(f"TokenLMMetric.compute: {bad} labels passed to update() were neither a token id in [0, vocab) "
+                             f"nor ignore_index={self.ignore_index}; they were left out of every count. Fix the labels "
+                             f"(or pass ignore_index), then evaluate again")
     n = int(self.tokens)
     if n == 0: raise ValueError("TokenLMMetric.compute: no tokens were evaluated; check that labels are not all ignore_index"
                                 f"={self.ignore_index} and that update() was called")
