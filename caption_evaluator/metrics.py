@@ -277,7 +277,8 @@ def update(self: ClassificationMetric,
     if self.keep_confusion: self.confusion.index_add_(0, labels * self.num_classes + idx[:, 0], w)
     if self.calibration_bins:
         conf = torch.exp(values[:, 0].float() - torch.logsumexp(logits.float(), dim=1))
-        conf = torch.nan_to_num(conf, nan=0.0)
+        conf = torch.nan_to_num(conf, nan=0.0)                        # NaN rows (weight 0 below) must not poison the sums
+        conf = torch.where(values[:, 0] == math.inf, 1.0, conf)       # +inf - logsumexp is NaN; the softmax limit is 1
         b = (conf * self.calibration_bins).long().clamp_(0, self.calibration_bins - 1)
         self.bin_count.index_add_(0, b, w)
         self.bin_confidence.index_add_(0, b, conf.double() * w)

@@ -118,13 +118,20 @@ def git_info(cwd:str|Path|None=None, # folder inside a git work tree; the curren
     return {"commit": commit, "dirty": any(not l.startswith("#") for l in lines)}
 
 # %% ../nbs/06_results.ipynb #caccd0c2
-_TTT_NAME = re.compile(r"ttt|test_?time_?train", re.IGNORECASE)
+_WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")   # TTTLinear -> TTT, Linear; ttt_layer -> ttt, layer
+
+def _names_ttt(name: str) -> bool:
+    "Whether `name` holds the word TTT or the words test time train(ing), as whole words (`TTTLinear`, `use_ttt`)."
+    words = [w.lower() for w in _WORDS.findall(str(name))]
+    return "ttt" in words or any(words[i:i + 2] == ["test", "time"] and words[i + 2:i + 3] in (["train"], ["training"])
+                                 for i in range(len(words)))
+
 _MODEL_TYPE_DETECTORS: list[Callable] = []
 
 # %% ../nbs/06_results.ipynb #0d12b6e8
 def _truthy_ttt_entry(key:str, value:Any) -> bool:
     "Whether config entry `key: value` switches TTT on."
-    if not _TTT_NAME.search(str(key)): return False
+    if not _names_ttt(key): return False
     if isinstance(value, Mapping):
         flag = next((value[k] for k in ("enabled", "enable", "use", "active") if k in value), None)
         return bool(value) if flag is None else bool(flag)
@@ -142,7 +149,7 @@ def _detect_ttt(model:Any, config:Any) -> str|None:
     if model is not None:
         if any(bool(getattr(model, a, False)) is True for a in ("ttt", "use_ttt", "is_ttt")): return "ttt"
         named = model.named_modules() if hasattr(model, "named_modules") else [("", model)]
-        if any(_TTT_NAME.search(name) or _TTT_NAME.search(type(m).__name__) for name, m in named): return "ttt"
+        if any(_names_ttt(name) or _names_ttt(type(m).__name__) for name, m in named): return "ttt"
         if _config_has_ttt(getattr(model, "config", None)): return "ttt"
     return "ttt" if _config_has_ttt(config) else None
 
