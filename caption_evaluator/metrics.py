@@ -287,13 +287,16 @@ def update(self: ClassificationMetric,
 # %% ../nbs/04_metrics.ipynb #bbb00878
 def _topk_key(k: int) -> str: return "accuracy" if k == 1 else f"top{k}_accuracy"
 
+def _refuse_bad_labels(where: str, bad: int, expected: str) -> None:
+    "Raise if `update` saw `bad` labels that were `expected` (e.g. outside the class range): found on the device, left out of every count."
+    if bad: raise ValueError(f"{where}: {bad} labels passed to update() were {expected}; they were left out of every "
+                             "count. Fix the labels, then evaluate again")
+
 @patch
 def compute(self: ClassificationMetric) -> dict:
     "Global metrics from the counters: accuracies with stats, per-class, confusion matrix, ECE, NaN rows."
-    bad = int(self.bad_labels)
-    if bad: raise ValueError(f"ClassificationMetric.compute: {bad} labels passed to update() were outside [0, {self.num_classes - 1}] "
-                             f"(class indices must be in [0, num_classes)); they were left out of every count. Fix the labels "
-                             f"or num_classes={self.num_classes}, then evaluate again")
+    _refuse_bad_labels("ClassificationMetric.compute", int(self.bad_labels), f"outside [0, {self.num_classes - 1}] "
+                       f"(class indices must be in [0, num_classes={self.num_classes}))")
     n = int(self.support.sum())
     nan = int(self.rows) - n
     if n == 0:
@@ -363,10 +366,8 @@ def update(self: TokenLMMetric,
 @patch
 def compute(self: TokenLMMetric) -> dict:
     "Token-weighted `loss`, `perplexity`, `tokens` and `next_token_accuracy` (+ `_stats`)."
-    bad = int(self.bad_labels)
-    if bad: raise ValueError(f"TokenLMMetric.compute: {bad} labels passed to update() were neither a token id in [0, vocab) "
-                             f"nor ignore_index={self.ignore_index}; they were left out of every count. Fix the labels "
-                             f"(or pass ignore_index), then evaluate again")
+    _refuse_bad_labels("TokenLMMetric.compute", int(self.bad_labels),
+                       f"neither a token id in [0, vocab) nor ignore_index={self.ignore_index}")
     n = int(self.tokens)
     if n == 0: raise ValueError("TokenLMMetric.compute: no tokens were evaluated; check that labels are not all ignore_index"
                                 f"={self.ignore_index} and that update() was called")
