@@ -8,6 +8,7 @@ Docs: https://caption-evaluator.github.io/caption_evaluator/core.html.md"""
 from __future__ import annotations
 
 import errno
+import functools
 import math
 import os
 import tempfile
@@ -33,22 +34,21 @@ def wilson_interval(
     return max(0.0, center - half), min(1.0, center + half)
 
 # %% ../nbs/00_core.ipynb #bd1662c3
+@functools.cache
 def _umask_by_setting() -> int:
-    "The umask, read by setting it and putting it back (not thread-safe, so only done once, at import)."
+    "The umask, read by setting it and putting it back (not thread-safe, so done at most once, and never where /proc answers)."
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
-_UMASK_AT_IMPORT = _umask_by_setting()
-
 def current_umask() -> int:
-    "The process umask: the current value from `/proc/self/status` on Linux (thread-safe), else the value at import."
+    "The process umask: the current value from `/proc/self/status` on Linux (thread-safe), else the value read once, on first use."
     try:
         with open("/proc/self/status", "rb") as status:
             for line in status:
                 if line.startswith(b"Umask:"): return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError): pass
-    return _UMASK_AT_IMPORT
+    return _umask_by_setting()
 
 # %% ../nbs/00_core.ipynb #e46a951c
 def _temp_file_next_to(path: Path) -> tuple[int, str]:
