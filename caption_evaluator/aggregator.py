@@ -258,19 +258,26 @@ class StreamingAggregator:
     @property
     def datasets(self) -> list[str]:
         "Names of the datasets seen so far, in order of first appearance."
-        for hook in self._read_hooks: hook()
+        self._handover()
         return list(self._data)
+
+    def _handover(self) -> None:
+        "Run the read hooks (e.g. hand over a tracker's buffered records, which may add datasets) before a read."
+        for hook in self._read_hooks: hook()
 
     def _dataset(self, dataset: str, create: bool=False) -> _DatasetState:
         if not isinstance(dataset, str): raise TypeError(f"dataset must be a str name, got {type(dataset).__name__}")
         ds = self._data.get(dataset)
+        if ds is None and not create:
+            self._handover()                      # the name may come with records still buffered by a tracker
+            ds = self._data.get(dataset)
         if ds is None:
             if not create: raise ValueError(f"dataset {dataset!r} is unknown; known datasets: {self.datasets}")
             ds = self._data[dataset] = _DatasetState(self.keep_window, self._read_hooks)
         return ds
 
     def __repr__(self):
-        for hook in self._read_hooks: hook()
+        self._handover()
         parts = [f"{n}: {d.size} items, {d.batches} batches" for n, d in self._data.items()]
         return f"StreamingAggregator({'; '.join(parts) or 'empty'})"
 
@@ -383,6 +390,7 @@ def update(self: StreamingAggregator,
 @patch
 def flush(self: StreamingAggregator) -> None:
     "Record every dataset's queued batches now (reads such as `item_stats` and `save_json` do this themselves)."
+    self._handover()
     for ds in self._data.values(): ds.settle()
 
 # %% ../nbs/01_aggregator.ipynb #08aee745
@@ -490,6 +498,7 @@ def _copy(st: dict|None, n: int) -> dict[str, torch.Tensor]:
 @patch
 def state_dict(self: StreamingAggregator) -> dict:
     "Plain tensors, ints and key lists (loadable with `torch.load(weights_only=True)`)."
+    self._handover()
     for ds in self._data.values(): ds.settle()
     return {"format": _STATE_FORMAT, "keep_window": self.keep_window,
             "datasets": {name: _pack_dataset(ds) for name, ds in self._data.items()}}
@@ -547,6 +556,7 @@ def merge(self: StreamingAggregator,
          ) -> StreamingAggregator:
     "Fold `other`'s statistics into this aggregator (keys matched by name); returns `self`."
     if not isinstance(other, StreamingAggregator): raise TypeError(f"other must be a StreamingAggregator, got {type(other).__name__}")
+    other._handover()
     for name, ods in other._data.items():
         ods.settle()
         ds = self._dataset(name, create=True)
@@ -572,6 +582,7 @@ def sync(self: StreamingAggregator,
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("sync needs torch.distributed to be initialised (dist.init_process_group); for one process use merge")
     world = dist.get_world_size(group)
+    self._handover()
     for ds in self._data.values(): ds.settle()
     meta = {n: (ds.keys, ds.batches, ds.window_batches) for n, ds in self._data.items()}
     metas: list = [None] * world
@@ -610,6 +621,7 @@ def reset_window(self: StreamingAggregator,
                 ) -> None:
     "Clear the since-last-save statistics (called by `save_json`)."
     if dataset is not None: self._dataset(dataset)   # an unknown name is an error, not a silent no-op
+    self._handover()
     for name, ds in self._data.items():
         if dataset is not None and name != dataset: continue
         ds.settle()                                  # queued batches belong to the window being closed
@@ -704,6 +716,7 @@ def _write_document(self: StreamingAggregator, fh, job_name: str, step: int, k: 
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     fh.write(f'{{"schema": "{ITEM_SCHEMA}", "job": {json.dumps(job_name)}, "step": {step}, '
              f'"created": "{created}", "datasets": {{')
+    self._handover()
     for n, (name, ds) in enumerate(self._data.items()):
         ds.settle()
         state = ds.state if ds.state is not None else _empty_state(ds.size, "cpu")
