@@ -10,7 +10,8 @@ from importlib import import_module as _import_module
 
 _ROOT_NAMES = {
     "losses": ["compute_per_example_loss", "loss_and_per_example"],
-    "aggregator": ["StreamingAggregator", "load_item_stats", "diff_item_stats"],
+    "aggregator": ["StreamingAggregator"],
+    "snapshots": ["load_item_stats", "diff_item_stats", "rank_items"],
     "evaluate": ["evaluate_dataset"],
     "training": ["ItemLossTracker"],
     "tasks": ["TaskSpec", "EvalConfig", "build_eval_config", "register_task", "get_task", "list_tasks"],

@@ -23,20 +23,22 @@ import torch
 from fastcore.basics import patch
 
 from .core import write_atomic
+from .snapshots import ITEM_FIELDS, ITEM_SCHEMA, VALUE_FIELDS, default_score, score_column, score_path, top_indices
 
 # %% auto #0
-__all__ = ['STAT_FIELDS', 'ITEM_SCHEMA', 'ITEM_FIELDS', 'StreamingAggregator', 'load_item_stats', 'diff_item_stats']
+__all__ = ['STAT_FIELDS', 'VALUE_STAT_FIELDS', 'StreamingAggregator']
 
 # %% ../nbs/01_aggregator.ipynb #d2b6701a
 STAT_FIELDS = ("count", "nonfinite", "first", "s1", "s2", "min", "max", "last", "first_step", "last_step")
+VALUE_STAT_FIELDS = STAT_FIELDS + ("decreases",)
 _EMPTY = dict(count=0.0, nonfinite=0.0, first=math.nan, s1=0.0, s2=0.0, min=math.inf, max=-math.inf,
-              last=math.nan, first_step=-1.0, last_step=-1.0)
-ITEM_SCHEMA = "caption_evaluator/item_stats@1"
-_STATE_FORMAT = "caption_evaluator/aggregator_state@1"
+              last=math.nan, first_step=-1.0, last_step=-1.0, decreases=0.0)
+_STATE_FORMAT = "caption_evaluator/aggregator_state@2"
+_STATE_FORMATS = (_STATE_FORMAT, "caption_evaluator/aggregator_state@1")   # @1: checkpoints without values or timesteps
 
-def _empty_state(n: int, device) -> dict[str, torch.Tensor]:
-    "One float64 vector of length `n` per statistic, every slot unseen."
-    return {f: torch.full((n,), v, dtype=torch.float64, device=device) for f, v in _EMPTY.items()}
+def _empty_state(n: int, device, fields: Sequence[str]=STAT_FIELDS) -> dict[str, torch.Tensor]:
+    "One float64 vector of length `n` per statistic in `fields`, every slot unseen."
+    return {f: torch.full((n,), _EMPTY[f], dtype=torch.float64, device=device) for f in fields}
 
 def _moments(st: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     "`(n, mean, m2)` from shifted sums (mean 0 and m2 0 for unseen slots)."
@@ -64,45 +66,70 @@ def _combine(a: Mapping[str, torch.Tensor], # statistics of the earlier part (ve
     take_last = b_has & (a_none | (b["last_step"] >= a["last_step"]))
     first = torch.where(take_first, b["first"], a["first"])
     s1 = torch.where(n > 0, n * (mean - first), 0.0)
-    return {"count": n, "nonfinite": a["nonfinite"] + b["nonfinite"], "first": first,
+    out = {"count": n, "nonfinite": a["nonfinite"] + b["nonfinite"], "first": first,
             "s1": s1, "s2": torch.where(n > 0, m2 + s1 * s1 / n.clamp(min=1.0), 0.0),
             "min": torch.minimum(a["min"], b["min"]), "max": torch.maximum(a["max"], b["max"]),
             "last": torch.where(take_last, b["last"], a["last"]),
             "first_step": torch.where(take_first, b["first_step"], a["first_step"]),
             "last_step": torch.where(take_last, b["last_step"], a["last_step"])}
+    if "decreases" in a: out["decreases"] = a["decreases"] + b["decreases"] + _boundary_decrease(a, b, na, nb)
+    return out
+
+def _boundary_decrease(a: Mapping, b: Mapping, na: torch.Tensor, nb: torch.Tensor) -> torch.Tensor:
+    "1 where the part that ends first (by step) ends higher than the other begins: the decrease across the seam."
+    both = (na > 0) & (nb > 0)
+    a_then_b = both & (b["first_step"] >= a["last_step"])
+    b_then_a = both & ~a_then_b & (a["first_step"] >= b["last_step"])
+    return ((a_then_b & (a["last"] > b["first"])) | (b_then_a & (b["last"] > a["first"]))).to(torch.float64)
 
 # %% ../nbs/01_aggregator.ipynb #aed8ca49
 class _Queue:
-    "Losses waiting to be recorded, in arrival order: slot, loss and step buffers written in place (no allocation per update)."
+    "Records waiting to be recorded, in arrival order: slot, loss and step buffers (plus timesteps and named values) written in place."
     def __init__(self):
         self.n = self.size = 0
         self.idx = self.x = self.steps = None   # int64 / float64 / float64 buffers on the state's device
         self.host = None                        # numpy views of the same buffers when they live on the CPU
+        self.extra: dict[str, torch.Tensor] = {}   # "": timesteps; other keys: named values (float64, NaN where a record had none)
+        self.extra_host: dict[str, np.ndarray] = {}
 
     def reserve(self, n: int, device, limit: int):
-        "Room for `n` more losses after the queued ones: the buffers double (up to `limit`), keeping their content."
+        "Room for `n` more records after the queued ones: the buffers double (up to `limit`), keeping their content."
         if self.n + n <= self.size: return
-        old, new_size = (self.idx, self.x, self.steps), max(self.n + n, min(2 * self.size, limit))
-        self.idx = torch.empty(new_size, dtype=torch.long, device=device)
-        self.x, self.steps = (torch.empty(new_size, dtype=torch.float64, device=device) for _ in range(2))
-        for dst, src in zip((self.idx, self.x, self.steps), old):
+        size = max(self.n + n, min(2 * self.size, limit))
+        def grown(src, dtype):
+            dst = torch.empty(size, dtype=dtype, device=device)
             if src is not None: dst[:self.n] = src[:self.n]
-        self.host = (self.idx.numpy(), self.x.numpy(), self.steps.numpy()) if self.x.is_cpu else None
-        self.size = new_size
+            return dst
+        self.idx, self.x, self.steps = grown(self.idx, torch.long), grown(self.x, torch.float64), grown(self.steps, torch.float64)
+        self.extra = {k: grown(v, torch.float64) for k, v in self.extra.items()}
+        cpu = self.x.is_cpu
+        self.host = (self.idx.numpy(), self.x.numpy(), self.steps.numpy()) if cpu else None
+        self.extra_host = {k: v.numpy() for k, v in self.extra.items()} if cpu else {}
+        self.size = size
 
-    def push(self, idx, x: torch.Tensor, step):
-        "Append one batch: slots `idx` (numpy array or tensor), losses `x` (detached tensor), `step` (number or tensor)."
+    def push(self, idx, x: torch.Tensor, step, extra: Mapping|None=None):
+        "Append one batch: slots `idx` (numpy array or tensor), losses `x` (detached tensor), `step` (number or tensor), `extra` columns."
         a, b = self.n, self.n + x.shape[0]
         hi, hx, hs = self.host or (None, None, None)
         _put(self.idx, hi, a, b, idx)
         _put(self.x, hx, a, b, x)
         _put(self.steps, hs, a, b, step)
+        if extra or self.extra: self._push_extra(a, b, extra or {})
         self.n = b
 
-    def take(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        "The queued slots, losses and steps (views into the buffers, valid until the next `push`); empties the queue."
+    def _push_extra(self, a: int, b: int, extra: Mapping):
+        "Write each extra column's rows `a:b`; a column this batch lacks gets NaN, a new column NaN for the earlier rows."
+        for name in extra:
+            if name in self.extra: continue
+            buf = self.extra[name] = torch.full((self.size,), math.nan, dtype=torch.float64, device=self.x.device)
+            if self.host is not None: self.extra_host[name] = buf.numpy()
+        for name, buf in self.extra.items():
+            _put(buf, self.extra_host.get(name), a, b, extra.get(name, math.nan))
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        "The queued slots, losses, steps and extra columns (views into the buffers, valid until the next `push`); empties the queue."
         n, self.n = self.n, 0
-        return self.idx[:n], self.x[:n], self.steps[:n]
+        return self.idx[:n], self.x[:n], self.steps[:n], {k: v[:n] for k, v in self.extra.items()}
 
 def _put(buf: torch.Tensor, host: np.ndarray|None, a: int, b: int, src):
     "`buf[a:b] = src` (broadcast): through numpy for CPU buffers (a numpy slice assignment costs a fraction of a torch op), else `copy_`/`fill_`."
@@ -115,13 +142,17 @@ def _put(buf: torch.Tensor, host: np.ndarray|None, a: int, b: int, src):
     else: buf[a:b].fill_(src)
 
 class _DatasetState:
-    "Key table plus the statistics (cumulative and optional window) of one dataset."
+    "Key table plus the statistics (cumulative and optional window) of one dataset: losses, named values, timestep tables."
     def __init__(self, keep_window: bool, read_hooks: list):
         self.read_hooks = read_hooks            # the aggregator's: called before any read (e.g. a tracker's buffered records)
         self.keys: list[str] = []
         self.index: dict[str, int] = {}
         self.keep_window = keep_window
         self.state = self.window = None
+        self.values: dict[str, dict] = {}       # name: statistics of that extra value (VALUE_STAT_FIELDS)
+        self.window_values: dict[str, dict] = {}
+        self.tb = self.window_tb = None         # timestep tables (see `_empty_tb`), once timesteps were recorded
+        self.edges = None                       # timestep bucket edges (float64 tensor on the state's device)
         self.capacity, self.device = 0, None   # slots allocated (plus the spare slot), and where
         self.batches = self.window_batches = 0
         self.max_index = None  # device-side max index seen, for sync-free accelerator updates
@@ -156,7 +187,27 @@ class _DatasetState:
         device = torch.device(self.device or device)
         self.state = _grow(self.state, cap, device)
         if self.keep_window: self.window = _grow(self.window, cap, device)
+        for vals in (self.values, self.window_values):
+            for name in vals: vals[name] = _grow(vals[name], cap, device, VALUE_STAT_FIELDS)
+        if self.tb is not None: self.tb = _grow_tb(self.tb, cap, device)
+        if self.window_tb is not None: self.window_tb = _grow_tb(self.window_tb, cap, device)
         self.capacity, self.device = cap, device
+
+    def add_value(self, name: str):
+        "Start statistics for a new named value (every slot unseen)."
+        self.values[name] = _empty_state(self.capacity + 1, self.device, VALUE_STAT_FIELDS)
+        if self.keep_window: self.window_values[name] = _empty_state(self.capacity + 1, self.device, VALUE_STAT_FIELDS)
+
+    def add_timesteps(self, edges: Sequence[float]):
+        "Start the timestep tables with bucket `edges`."
+        self.edges = torch.tensor(edges, dtype=torch.float64, device=self.device)
+        nb = len(edges) - 1
+        self.tb = _empty_tb(self.capacity + 1, nb, self.device)
+        if self.keep_window: self.window_tb = _empty_tb(self.capacity + 1, nb, self.device)
+
+    def sets(self, window: bool) -> tuple:
+        "`(state, values, tb)`: the cumulative or the window statistics."
+        return (self.window, self.window_values, self.window_tb) if window else (self.state, self.values, self.tb)
 
     def settle(self):
         "Before any read: hand over buffered records, record queued batches, name slots written through unchecked accelerator indices."
@@ -167,12 +218,25 @@ class _DatasetState:
             self.max_index = None
             if m >= self.size: self.extend_numeric(m + 1)
 
-def _grow(state: dict|None, cap: int, device) -> dict[str, torch.Tensor]:
+def _grow(state: dict|None, cap: int, device, fields: Sequence[str]=STAT_FIELDS) -> dict[str, torch.Tensor]:
     "`state` copied into vectors of `cap` slots plus the spare slot."
-    out = _empty_state(cap + 1, device)
+    out = _empty_state(cap + 1, device, fields)
     if state is not None:
         n = state["count"].shape[0] - 1
-        for f in STAT_FIELDS: out[f][:n] = state[f][:n]
+        for f in fields: out[f][:n] = state[f][:n]
+    return out
+
+def _empty_tb(n: int, nb: int, device) -> dict[str, torch.Tensor]:
+    "Timestep tables for `n` slots and `nb` buckets: per item the loss sum per bucket and the bucketed record count; per bucket (plus one for unbucketed records) count, sum and sum of squares."
+    z = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=device)
+    return {"tsum": z(n, nb), "tcount": z(n), "bcount": z(nb + 1), "bsum": z(nb + 1), "bsq": z(nb + 1)}
+
+def _grow_tb(tb: dict, cap: int, device) -> dict[str, torch.Tensor]:
+    "`tb` copied into tables of `cap` slots plus the spare slot."
+    out = _empty_tb(cap + 1, tb["tsum"].shape[1], device)
+    n = tb["tcount"].shape[0] - 1
+    out["tsum"][:n], out["tcount"][:n] = tb["tsum"][:n], tb["tcount"][:n]
+    for f in ("bcount", "bsum", "bsq"): out[f].copy_(tb[f])
     return out
 
 # %% ../nbs/01_aggregator.ipynb #96e0348d
@@ -204,7 +268,7 @@ def _runs(ds: _DatasetState, idx: torch.Tensor, x: torch.Tensor, steps: torch.Te
     edge = sk[1:] != sk[:-1]
     one = torch.ones(1, dtype=torch.bool, device=dev)
     start, end = torch.cat([one, edge]), torch.cat([edge, one])     # first / last loss of each run
-    return dict(slot=slot.long(), slot32=slot, spare=spare, cheap=cheap, start=start if fins is None else start & fins.bool(),
+    return dict(idx=idx, steps=steps, order=order, slot=slot.long(), slot32=slot, spare=spare, cheap=cheap, start=start if fins is None else start & fins.bool(),
                 xs=x.index_select(0, order), ss=steps.index_select(0, order), ones=torch.ones_like(x),
                 slot_fin=slot.long() if fins is None else _route(slot, fins, spare),
                 slot_last=_route(slot, end if fins is None else end * fins, spare),
@@ -233,22 +297,78 @@ def _record(st: dict[str, torch.Tensor], r: dict):
     st["last_step"].scatter_(0, r["slot_last"], ss)
     if r["slot_nonfinite"] is not None: st["nonfinite"].scatter_add_(0, r["slot_nonfinite"], r["ones"])
 
+def _value_runs(ds: _DatasetState, r: dict, v: torch.Tensor) -> dict:
+    "The runs of a named value's column `v`: the losses' sort reused when both are all finite on a CPU, else its own."
+    if r["slot_nonfinite"] is None and bool(torch.isfinite(v).all()): return dict(r, xs=v.index_select(0, r["order"]))
+    return _runs(ds, r["idx"], v, r["steps"])
+
+def _record_value(st: dict[str, torch.Tensor], r: dict):
+    "`_record` plus `decreases`: records lower than the item's previous finite record (its stored `last` across flushes)."
+    xs = r["xs"]
+    prev = torch.where(r["start"], st["last"].index_select(0, r["slot"]), torch.cat([xs[:1], xs[:-1]]))
+    st["decreases"].scatter_add_(0, r["slot_fin"], (prev > xs).to(torch.float64))
+    _record(st, r)
+
+def _record_timesteps(ds: _DatasetState, idx: torch.Tensor, x: torch.Tensor, t: torch.Tensor):
+    "Add each record with a finite loss and timestep to its item's bucket sum and its bucket's totals (scatters: order-free)."
+    nb = ds.edges.shape[0] - 1
+    ok = torch.isfinite(x) & torch.isfinite(t)
+    b = torch.bucketize(t, ds.edges[1:-1], right=True) * ok        # bucket i holds edges[i] <= t < edges[i+1]; outside: the end buckets
+    okf = ok.to(torch.float64)
+    slot = _route(idx, okf.long(), ds.capacity)
+    xv = torch.where(ok, x, 0.0)
+    bucket = torch.where(ok, b, nb)                                 # the extra bucket counts records it cannot place
+    for tb in (ds.tb, ds.window_tb):
+        if tb is None: continue
+        tb["tsum"].view(-1).scatter_add_(0, slot * nb + b, xv)
+        tb["tcount"].scatter_add_(0, slot, okf)
+        tb["bcount"].scatter_add_(0, bucket, torch.ones_like(xv))
+        tb["bsum"].scatter_add_(0, bucket, xv)
+        tb["bsq"].scatter_add_(0, bucket, xv * xv)
+
 def _flush(ds: _DatasetState):
     "Record the queued batches in one pass; the queue holds them in stream order."
     if not ds.queue.n: return
-    r = _runs(ds, *ds.queue.take())
+    idx, x, steps, extra = ds.queue.take()
+    r = _runs(ds, idx, x, steps)
     _record(ds.state, r)
     if ds.window is not None: _record(ds.window, r)
+    t = extra.pop("", None)
+    if t is not None: _record_timesteps(ds, idx, x, t)
+    for name, v in extra.items():
+        rv = _value_runs(ds, r, v)
+        for st in (ds.values[name], ds.window_values.get(name)):
+            if st is not None: _record_value(st, rv)
 
 # %% ../nbs/01_aggregator.ipynb #b71d5ff7
+def _timestep_edges(timestep_range, buckets) -> tuple[float, ...]|None:
+    "Bucket edges from a range and a bucket count, or given edges checked; `None` when timesteps are not declared."
+    if isinstance(buckets, (int, np.integer)) and not isinstance(buckets, bool):
+        if buckets < 1: raise ValueError(f"timestep_buckets must be >= 1, got {buckets}")
+        if timestep_range is None: return None
+        try: lo, hi = (float(v) for v in timestep_range)
+        except (TypeError, ValueError): raise ValueError(f"timestep_range must be a pair (low, high) of numbers, got {timestep_range!r}") from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi): raise ValueError(f"timestep_range must be finite with low < high, got {timestep_range!r}")
+        return tuple(float(v) for v in np.linspace(lo, hi, int(buckets) + 1))
+    try: edges = tuple(float(v) for v in buckets)
+    except (TypeError, ValueError): raise TypeError(f"timestep_buckets must be an int or a sequence of edges, got {buckets!r}") from None
+    if len(edges) < 2 or not all(math.isfinite(e) for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise ValueError(f"timestep_buckets edges must be at least 2 finite, strictly increasing numbers, got {buckets!r}")
+    if timestep_range is not None and (float(timestep_range[0]), float(timestep_range[1])) != (edges[0], edges[-1]):
+        raise ValueError(f"timestep_range {timestep_range!r} does not match the edges {edges[0]}..{edges[-1]}; give one of them")
+    return edges
+
 class StreamingAggregator:
     "Per-dataset, per-item running loss statistics kept in device tensors; mergeable, DDP-syncable, JSON snapshots."
     def __init__(self,
                  device: str|torch.device|None=None, # where the state lives; `None`: the device of each dataset's first losses
                  keep_window: bool=False, # also keep statistics since the last `save_json` (reset there), saved as `window`
                  flush_every: int=262144, # losses queued per dataset before they are recorded in one pass (1: every batch at once; larger: less work per loss)
+                 timestep_range: tuple[float, float]|None=None, # `(low, high)` of the timesteps `update` may record, e.g. `(0, 1000)` or `(0.0, 1.0)`
+                 timestep_buckets: int|Sequence[float]=10, # equal buckets over `timestep_range`, or the increasing bucket edges themselves
                 ):
         if not isinstance(flush_every, int) or flush_every < 1: raise ValueError(f"flush_every must be an int >= 1, got {flush_every!r}")
+        self.timestep_edges = _timestep_edges(timestep_range, timestep_buckets)
         self.device = None if device is None else torch.device(device)
         self.flush_every = flush_every
         self.keep_window = keep_window
@@ -361,12 +481,46 @@ def _as_step(step, n: int):
         raise ValueError(f"step must be an int, a 0-d tensor or a 1-D tensor of one step per item ({n}), got shape {tuple(step.shape)}")
     raise TypeError(f"step must be an int, a tensor or None, got {type(step).__name__}")
 
+def _column(what: str, v, n: int) -> torch.Tensor:
+    "`v` as a detached 1-D tensor of `n` real numbers (any device), or an error naming `what`."
+    if not isinstance(v, torch.Tensor):
+        try: v = torch.as_tensor(np.asarray(v, dtype=np.float64))
+        except (TypeError, ValueError): raise TypeError(f"{what} must be a tensor of {n} numbers, got {type(v).__name__}") from None
+    if v.dtype.is_complex: raise TypeError(f"{what} must hold real numbers, got {v.dtype}")
+    if v.ndim != 1 or v.shape[0] != n: raise ValueError(f"{what} must have shape [{n}] (one per loss), got {tuple(v.shape)}")
+    return v.detach()
+
+def _extra_columns(self: StreamingAggregator, timesteps, values, n: int) -> dict[str, torch.Tensor]:
+    "The checked extra columns of one `update`: `""` for the timesteps, then each named value."
+    out = {}
+    if timesteps is not None:
+        if self.timestep_edges is None:
+            raise ValueError("timesteps need declared buckets: StreamingAggregator(timestep_range=(0, 1000)) (or the range of your t / sigma), "
+                             "or ItemLossTracker(..., timestep_range=...)")
+        out[""] = _column("timesteps", timesteps, n)
+    if values is None: return out
+    if not isinstance(values, Mapping): raise TypeError(f"values must be a dict of name: tensor [B], got {type(values).__name__}")
+    for name, v in values.items():
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"values: names must be non-empty str without '.', got {name!r}")
+        out[name] = _column(f"values[{name!r}]", v, n)
+    return out
+
+def _start_extras(self: StreamingAggregator, ds: _DatasetState, extra: Mapping):
+    "Create the tables for timesteps and values `ds` sees for the first time."
+    for name in extra:
+        if name == "":
+            if ds.tb is None: ds.add_timesteps(self.timestep_edges)
+        elif name not in ds.values: ds.add_value(name)
+
 @patch
 def update(self: StreamingAggregator,
            dataset: str, # dataset name, e.g. "train" or "val"
            items, # LongTensor of slots (fast path), list of int indices, or list of str keys; length B
            losses: torch.Tensor, # per-example losses, shape [B] (detached or not; any float dtype and device)
            step: int|torch.Tensor|None=None, # training step recorded as `last_step`: an int, a 0-d tensor, or a [B] tensor (one per item)
+           timesteps: torch.Tensor|None=None, # [B] int or float timestep of each record (diffusion `t` or `sigma`), bucketed over `timestep_range`
+           values: Mapping[str, torch.Tensor]|None=None, # named extra [B] values per record, e.g. `{"margin": m, "correct": c}`
           ) -> None:
     "Record one batch of per-item losses (queued, then recorded in bulk): exact for duplicates, no host sync on the tensor path."
     if not isinstance(losses, torch.Tensor): losses = torch.as_tensor(losses)
@@ -377,13 +531,15 @@ def update(self: StreamingAggregator,
     device = ds.device or self.device or losses.device
     idx = _as_index(self, ds, items, n, device)
     st = _as_step(step, n)
+    extra = _extra_columns(self, timesteps, values, n) if timesteps is not None or values else None
     if ds.state is None or ds.size > ds.capacity: ds.ensure(ds.size, device)
+    if extra: _start_extras(self, ds, extra)
     ds.batches += 1
     ds.window_batches += 1
     if n == 0: return
     q = ds.queue
     if q.n + n > q.size: q.reserve(n, ds.device, limit=self.flush_every + n)
-    q.push(idx, losses.detach() if losses.requires_grad else losses, st)   # copies: the caller may reuse its buffers
+    q.push(idx, losses.detach() if losses.requires_grad else losses, st, extra)   # copies: the caller may reuse its buffers
     if q.n >= self.flush_every: _flush(ds)
 
 # %% ../nbs/01_aggregator.ipynb #4634be7b
@@ -394,8 +550,6 @@ def flush(self: StreamingAggregator) -> None:
     for ds in self._data.values(): ds.settle()
 
 # %% ../nbs/01_aggregator.ipynb #08aee745
-ITEM_FIELDS = ("count", "average_loss", "min_loss", "max_loss", "std_loss", "first_loss", "last_loss", "last_step", "nonfinite")
-
 def _host_columns(state: Mapping[str, torch.Tensor], size: int) -> dict[str, np.ndarray]:
     "The JSON fields of the first `size` slots as host numpy arrays (one device-to-host copy)."
     n, mean, m2 = _moments(_take(state, slice(0, size)))
@@ -409,6 +563,36 @@ def _host_columns(state: Mapping[str, torch.Tensor], size: int) -> dict[str, np.
     return {"count": cnt, "average_loss": mean, "min_loss": mn, "max_loss": mx, "std_loss": var,
             "first_loss": first, "last_loss": last, "last_step": last_step, "nonfinite": nonfinite}
 
+def _value_columns(name: str, st: Mapping[str, torch.Tensor], size: int) -> dict[str, np.ndarray]:
+    "One named value's statistics as host columns `values.NAME.STAT` (NaN where the item has no record of it)."
+    c = _host_columns(st, size)
+    dec = st["decreases"][:size].detach().cpu().numpy().copy()
+    out = {"count": c["count"], "mean": c["average_loss"], "std": c["std_loss"], "min": c["min_loss"], "max": c["max_loss"],
+           "first": c["first_loss"], "last": c["last_loss"], "decreases": dec}
+    for f in ("first", "last", "decreases"): out[f][c["count"] == 0] = np.nan
+    return {f"values.{name}.{f}": out[f] for f in VALUE_FIELDS}
+
+def _bucket_means(tb: Mapping[str, torch.Tensor]) -> np.ndarray:
+    "Mean loss of each timestep bucket (NaN for an empty bucket)."
+    cnt, s = tb["bcount"][:-1].cpu().numpy(), tb["bsum"][:-1].cpu().numpy()
+    with np.errstate(invalid="ignore", divide="ignore"): return np.where(cnt > 0, s / cnt, np.nan)
+
+def _tnorm_column(tb: Mapping[str, torch.Tensor], size: int) -> np.ndarray:
+    "Each item's mean of `loss / mean loss of its record's bucket`, bucket means over the same statistics (NaN without bucketed records)."
+    mean = _bucket_means(tb)
+    inv = np.where(np.isfinite(mean) & (mean != 0), 1.0 / np.where(mean == 0, 1.0, mean), 0.0)   # an all-zero bucket's losses add 0
+    num = tb["tsum"][:size].cpu().numpy() @ inv
+    cnt = tb["tcount"][:size].cpu().numpy()
+    with np.errstate(invalid="ignore", divide="ignore"): return np.where(cnt > 0, num / cnt, np.nan)
+
+def _columns(ds: _DatasetState, window: bool) -> dict[str, np.ndarray]:
+    "Every per-item column of `ds`'s cumulative or window statistics, keyed as scores are (`average_loss`, `values.margin.mean` ...)."
+    state, values, tb = ds.sets(window)
+    cols = _host_columns(state if state is not None else _empty_state(ds.size, "cpu"), ds.size)
+    if tb is not None: cols["tnorm_average_loss"] = _tnorm_column(tb, ds.size)
+    for name, st in values.items(): cols.update(_value_columns(name, st, ds.size))
+    return cols
+
 def _take(st: Mapping[str, torch.Tensor], sel) -> dict[str, torch.Tensor]:
     "The slots `sel` (slice or index tensor) of every statistic."
     return {f: st[f][sel] for f in STAT_FIELDS}
@@ -419,26 +603,33 @@ def _py(v: float, is_int: bool=False):
     return int(v) if is_int else float(v)
 
 _INT_FIELDS = {"count", "nonfinite", "last_step"}
+_VALUE_INT_FIELDS = {"count", "decreases"}
 
 def _seen(cols) -> np.ndarray: return np.flatnonzero((cols["count"] > 0) | (cols["nonfinite"] > 0))
+
+def _value_names(cols: Mapping) -> list[str]:
+    return list(dict.fromkeys(c.split(".")[1] for c in cols if c.startswith("values.")))
+
+def _item_row(cols: Mapping[str, np.ndarray], i: int, names: list[str]) -> dict:
+    "One item's entry, as `item_stats` returns it and the snapshot stores it."
+    row = {f: _py(float(cols[f][i]), f in _INT_FIELDS) for f in ITEM_FIELDS}
+    if row["last_step"] is not None and row["last_step"] < 0: row["last_step"] = None
+    if "tnorm_average_loss" in cols: row["tnorm_average_loss"] = _py(float(cols["tnorm_average_loss"][i]))
+    if names: row["values"] = {n: {f: _py(float(cols[f"values.{n}.{f}"][i]), f in _VALUE_INT_FIELDS) for f in VALUE_FIELDS} for n in names}
+    return row
 
 @patch
 def item_stats(self: StreamingAggregator,
                dataset: str, # dataset name
                window: bool=False, # statistics since the last save instead of since the start
               ) -> dict[str, dict]:
-    "`{key: {count, average_loss, min_loss, ...}}` for every item seen in `dataset` (same fields as the JSON)."
+    "`{key: {count, average_loss, min_loss, ..., tnorm_average_loss, values}}` for every item seen in `dataset` (as in the JSON)."
     ds = self._dataset(dataset)
     ds.settle()
-    st = _pick_state(ds, window)
-    if st is None: return {}
-    cols = _host_columns(st, ds.size)
-    out = {}
-    for i in _seen(cols):
-        row = {f: _py(float(cols[f][i]), f in _INT_FIELDS) for f in ITEM_FIELDS}
-        if row["last_step"] is not None and row["last_step"] < 0: row["last_step"] = None
-        out[ds.keys[i]] = row
-    return out
+    if _pick_state(ds, window) is None: return {}
+    cols = _columns(ds, window)
+    names = _value_names(cols)
+    return {ds.keys[i]: _item_row(cols, i, names) for i in _seen(cols)}
 
 def _pick_state(ds: _DatasetState, window: bool):
     if not window: return ds.state
@@ -446,8 +637,8 @@ def _pick_state(ds: _DatasetState, window: bool):
     return ds.window
 
 # %% ../nbs/01_aggregator.ipynb #76f47e3a
-def _summary(cols: dict[str, np.ndarray], keys: list[str], batches: int, k: int) -> dict:
-    "Summary of one dataset from host columns."
+def _summary(cols: dict[str, np.ndarray], keys: list[str], batches: int, k: int, by: str|None=None, ascending: bool|None=None) -> dict:
+    "Summary of one dataset from host columns; `worst` ranked by the score `by` (default: `default_score`)."
     cnt, avg, nf = cols["count"], cols["average_loss"], cols["nonfinite"]
     seen = (cnt > 0) | (nf > 0)
     has = cnt > 0
@@ -458,12 +649,11 @@ def _summary(cols: dict[str, np.ndarray], keys: list[str], batches: int, k: int)
            "mean_item_loss": float(a.mean()) if a.size else None}
     pct = np.percentile(a, [50, 90, 99]) if a.size else [None] * 3
     out.update({"p50": _opt(pct[0]), "p90": _opt(pct[1]), "p99": _opt(pct[2]), "nonfinite": int(nf.sum())})
-    order = np.flatnonzero(has)
-    if k > 0 and order.size:
-        top = order[np.argpartition(-avg[order], min(k, order.size) - 1)[:k]] if order.size > k else order
-        top = top[np.argsort(-avg[top], kind="stable")]
-        out["worst"] = [(keys[i], float(avg[i])) for i in top]
-    else: out["worst"] = []
+    by = default_score({"columns": cols}) if by is None else by    # the columns hold the fields an item entry would
+    low_first = score_path(by)[1] if ascending is None else bool(ascending)
+    scores = np.where(seen, score_column(cols, by), np.nan)
+    top = top_indices(scores, max(k, 0), low_first)
+    out.update(ranked_by=by, ascending=low_first, worst=[(keys[i], _py(float(scores[i]))) for i in top])
     return out
 
 def _opt(v): return None if v is None else float(v)
@@ -471,16 +661,17 @@ def _opt(v): return None if v is None else float(v)
 @patch
 def dataset_summary(self: StreamingAggregator,
                     dataset: str, # dataset name
-                    k: int=10, # how many worst items (highest average loss) to list
+                    k: int=10, # how many worst items to list
                     window: bool=False, # summarise the statistics since the last save instead
+                    by: str|None=None, # score that ranks `worst` (see `score_path`); `None`: `tnorm_average_loss` when timesteps were recorded, else `average_loss`
+                    ascending: bool|None=None, # lowest first; `None`: the score's suspect direction
                    ) -> dict:
-    "items, updates, batches, mean_loss, mean_item_loss, p50/p90/p99 of item averages, nonfinite, worst=[(key, avg)]."
+    "items, updates, batches, mean_loss, mean_item_loss, p50/p90/p99 of item averages, nonfinite, ranked_by, worst=[(key, score)]."
     ds = self._dataset(dataset)
     ds.settle()
-    st = _pick_state(ds, window)
     batches = ds.window_batches if window else ds.batches
-    if st is None: return _summary(_host_columns(_empty_state(0, "cpu"), 0), [], batches, k)
-    return _summary(_host_columns(st, ds.size), ds.keys, batches, k)
+    if _pick_state(ds, window) is None: return _summary(_host_columns(_empty_state(0, "cpu"), 0), [], batches, k, by, ascending)
+    return _summary(_columns(ds, window), ds.keys, batches, k, by, ascending)
 
 # %% ../nbs/01_aggregator.ipynb #613d2567
 def _pack_dataset(ds: _DatasetState) -> dict:
@@ -488,12 +679,20 @@ def _pack_dataset(ds: _DatasetState) -> dict:
     out = {"keys": list(ds.keys), "batches": ds.batches, "window_batches": ds.window_batches,
            "state": _copy(ds.state, n)}
     if ds.keep_window: out["window"] = _copy(ds.window, n)
+    if ds.values: out["values"] = {k: _copy(v, n, VALUE_STAT_FIELDS) for k, v in ds.values.items()}
+    if ds.window_values: out["window_values"] = {k: _copy(v, n, VALUE_STAT_FIELDS) for k, v in ds.window_values.items()}
+    if ds.tb is not None: out.update(edges=ds.edges.detach().cpu().clone(), tb=_copy_tb(ds.tb, n))
+    if ds.window_tb is not None: out["window_tb"] = _copy_tb(ds.window_tb, n)
     return out
 
-def _copy(st: dict|None, n: int) -> dict[str, torch.Tensor]:
+def _copy(st: dict|None, n: int, fields: Sequence[str]=STAT_FIELDS) -> dict[str, torch.Tensor]:
     "Detached copies of the first `n` slots of every statistic."
-    if st is None: return _empty_state(n, "cpu")
-    return {f: st[f][:n].detach().clone() for f in STAT_FIELDS}
+    if st is None: return _empty_state(n, "cpu", fields)
+    return {f: st[f][:n].detach().clone() for f in fields}
+
+def _copy_tb(tb: dict, n: int) -> dict[str, torch.Tensor]:
+    "Detached copies of the first `n` rows of the per-item tables and of the bucket totals."
+    return {f: (tb[f][:n] if f in ("tsum", "tcount") else tb[f]).detach().clone() for f in tb}
 
 @patch
 def state_dict(self: StreamingAggregator) -> dict:
@@ -503,52 +702,123 @@ def state_dict(self: StreamingAggregator) -> dict:
     return {"format": _STATE_FORMAT, "keep_window": self.keep_window,
             "datasets": {name: _pack_dataset(ds) for name, ds in self._data.items()}}
 
-def _install(ds: _DatasetState, keys: list[str], state: Mapping, window: Mapping|None, device):
-    "Replace `ds`'s content by `keys` and their statistics."
+def _fill(dst: dict, src: Mapping, n: int, fields: Sequence[str], device):
+    for f in fields: dst[f][:n] = src[f].to(device=device, dtype=torch.float64)
+
+def _fill_tb(dst: dict, src: Mapping, n: int, device):
+    dst["tsum"][:n], dst["tcount"][:n] = (src[f].to(device=device, dtype=torch.float64) for f in ("tsum", "tcount"))
+    for f in ("bcount", "bsum", "bsq"): dst[f].copy_(src[f].to(device=device, dtype=torch.float64))
+
+def _install(ds: _DatasetState, keys: list[str], state: Mapping, window: Mapping|None, device,
+             values: Mapping|None=None, window_values: Mapping|None=None, edges=None, tb: Mapping|None=None, window_tb: Mapping|None=None):
+    "Replace `ds`'s content by `keys` and their statistics (losses, then named values and timestep tables where given)."
     ds.keys, ds.index, ds.state, ds.window, ds.max_index, ds.capacity, ds.device = [], {}, None, None, None, 0, None
+    ds.values, ds.window_values, ds.tb, ds.window_tb, ds.edges = {}, {}, None, None, None
     ds.add_keys(keys)
     if len(ds.index) != len(keys): raise ValueError("state_dict: duplicate keys in a dataset's key table")
     ds.ensure(len(keys), device)
     n = len(keys)
-    for f in STAT_FIELDS:
-        ds.state[f][:n] = state[f].to(device=device, dtype=torch.float64)
-        if ds.window is not None and window is not None: ds.window[f][:n] = window[f].to(device=device, dtype=torch.float64)
+    _fill(ds.state, state, n, STAT_FIELDS, device)
+    if ds.window is not None and window is not None: _fill(ds.window, window, n, STAT_FIELDS, device)
+    for name, st in (values or {}).items():
+        ds.add_value(name)
+        _fill(ds.values[name], st, n, VALUE_STAT_FIELDS, device)
+        if name in ds.window_values and name in (window_values or {}): _fill(ds.window_values[name], window_values[name], n, VALUE_STAT_FIELDS, device)
+    if edges is not None:
+        ds.add_timesteps([float(e) for e in edges])
+        _fill_tb(ds.tb, tb, n, device)
+        if ds.window_tb is not None and window_tb is not None: _fill_tb(ds.window_tb, window_tb, n, device)
+
+def _check_packed(name: str, d: Mapping, nk: int):
+    "Refuse a packed dataset whose statistics do not fit its key table (named in the error)."
+    def shape_ok(st, fields): return isinstance(st, Mapping) and all(f in st and tuple(st[f].shape) == (nk,) for f in fields)
+    if not shape_ok(d.get("state"), STAT_FIELDS):
+        raise ValueError(f"sd: dataset {name!r} lacks statistics {list(STAT_FIELDS)} for its {nk} keys (or their shape is wrong)")
+    for part in ("values", "window_values"):
+        bad = [v for v, st in (d.get(part) or {}).items() if not shape_ok(st, VALUE_STAT_FIELDS)]
+        if bad: raise ValueError(f"sd: dataset {name!r}, {part} {bad}: statistics missing or not of length {nk}")
+    if d.get("edges") is not None:
+        nb = len(d["edges"]) - 1
+        for part in ("tb", "window_tb"):
+            tb = d.get(part)
+            if part == "window_tb" and tb is None: continue
+            if not (isinstance(tb, Mapping) and tuple(tb["tsum"].shape) == (nk, nb) and tuple(tb["tcount"].shape) == (nk,)
+                    and all(tuple(tb[f].shape) == (nb + 1,) for f in ("bcount", "bsum", "bsq"))):
+                raise ValueError(f"sd: dataset {name!r}: timestep table {part!r} does not fit {nk} keys and {nb} buckets")
 
 @patch
 def load_state_dict(self: StreamingAggregator,
-                    sd: Mapping, # a dict from `state_dict()` (e.g. `torch.load(path, weights_only=True)`)
+                    sd: Mapping, # a dict from `state_dict()` (e.g. `torch.load(path, weights_only=True)`); older formats load too
                    ) -> StreamingAggregator:
     "Replace this aggregator's state by `sd`; returns `self`."
-    if not isinstance(sd, Mapping) or sd.get("format") != _STATE_FORMAT:
+    if not isinstance(sd, Mapping) or sd.get("format") not in _STATE_FORMATS:
         raise ValueError(f"sd is not a StreamingAggregator.state_dict() (expected format {_STATE_FORMAT!r})")
+    for name, d in sd["datasets"].items(): _check_packed(name, d, len(d["keys"]))
     self._data = {}
     for name, d in sd["datasets"].items():
         ds = self._dataset(name, create=True)
-        st, nk = d["state"], len(d["keys"])
-        bad = [f for f in STAT_FIELDS if f not in st or tuple(st[f].shape) != (nk,)]
-        if bad: raise ValueError(f"sd: dataset {name!r} lacks statistics {bad} for its {nk} keys (or their shape is wrong)")
-        _install(ds, list(d["keys"]), st, d.get("window"), self.device or st["count"].device)
+        st = d["state"]
+        _install(ds, list(d["keys"]), st, d.get("window"), self.device or st["count"].device, d.get("values"),
+                 d.get("window_values"), d.get("edges"), d.get("tb"), d.get("window_tb"))
+        if ds.edges is not None and self.timestep_edges is None: self.timestep_edges = tuple(ds.edges.tolist())
         ds.batches, ds.window_batches = int(d["batches"]), int(d.get("window_batches", 0))
     return self
 
 # %% ../nbs/01_aggregator.ipynb #21477267
-def _aligned(ds: _DatasetState|None, keys: list[str], window: bool, device) -> torch.Tensor:
-    "`ds`'s statistics laid out in the order of `keys` (unseen keys empty), packed as `[10, len(keys)]`."
-    out = _empty_state(len(keys), device)
-    st = None if ds is None else (ds.window if window else ds.state)
+def _positions(ds: _DatasetState, keys: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+    "`(slots in ds, positions in keys)` of the keys `ds` knows."
+    pos = torch.tensor([ds.index[k] for k in keys if k in ds.index], dtype=torch.long, device=ds.device)
+    where = torch.tensor([i for i, k in enumerate(keys) if k in ds.index], dtype=torch.long, device=device)
+    return pos, where
+
+def _aligned(ds: _DatasetState|None, st: Mapping|None, keys: list[str], device, fields: Sequence[str]=STAT_FIELDS) -> torch.Tensor:
+    "`ds`'s statistics `st` laid out in the order of `keys` (unseen keys empty), packed as `[len(fields), len(keys)]`."
+    out = _empty_state(len(keys), device, fields)
     if st is not None and ds.size:
-        pos = torch.tensor([ds.index[k] for k in keys if k in ds.index], dtype=torch.long, device=st["count"].device)
-        where = torch.tensor([i for i, k in enumerate(keys) if k in ds.index], dtype=torch.long, device=device)
-        for f in STAT_FIELDS: out[f][where] = st[f][pos].to(device)
-    return torch.stack([out[f] for f in STAT_FIELDS])
+        pos, where = _positions(ds, keys, device)
+        for f in fields: out[f][where] = st[f][pos].to(device)
+    return torch.stack([out[f] for f in fields])
 
-def _unpack(t: torch.Tensor) -> dict[str, torch.Tensor]: return dict(zip(STAT_FIELDS, t.unbind(0)))
+def _aligned_tb(ds: _DatasetState|None, tb: Mapping|None, keys: list[str], nb: int, device) -> torch.Tensor:
+    "The per-item timestep tables in the order of `keys`, packed as `[nb + 1, len(keys)]` (bucket sums, then the count)."
+    out = torch.zeros(nb + 1, len(keys), dtype=torch.float64, device=device)
+    if tb is not None and ds.size:
+        pos, where = _positions(ds, keys, device)
+        out[:nb, where] = tb["tsum"][pos].T.to(device)
+        out[nb, where] = tb["tcount"][pos].to(device)
+    return out
 
-def _merge_into(st: dict, idx: torch.Tensor, other: Mapping, n: int):
+def _unpack(t: torch.Tensor, fields: Sequence[str]=STAT_FIELDS) -> dict[str, torch.Tensor]: return dict(zip(fields, t.unbind(0)))
+
+def _merge_into(st: dict, idx: torch.Tensor, other: Mapping, n: int, fields: Sequence[str]=STAT_FIELDS):
     "Combine the first `n` slots of `other` into the slots `idx` of `st`."
     dev = idx.device
-    res = _combine(_take(st, idx), {f: other[f][:n].to(dev) for f in STAT_FIELDS})
-    for f in STAT_FIELDS: st[f][idx] = res[f]
+    res = _combine({f: st[f][idx] for f in fields}, {f: other[f][:n].to(dev) for f in fields})
+    for f in fields: st[f][idx] = res[f]
+
+def _add_tb(tb: dict, idx: torch.Tensor, other: Mapping, n: int):
+    "Add `other`'s timestep tables (first `n` items) into the slots `idx` of `tb`: every entry is a sum."
+    tb["tsum"][idx] += other["tsum"][:n].to(idx.device)
+    tb["tcount"][idx] += other["tcount"][:n].to(idx.device)
+    for f in ("bcount", "bsum", "bsq"): tb[f] += other[f].to(idx.device)
+
+def _same_edges(name: str, edges: list) -> list|None:
+    "The timestep bucket edges the parts of dataset `name` share (`None` if none has timesteps); differing edges are an error."
+    known = [list(e) for e in edges if e is not None]
+    if any(e != known[0] for e in known): raise ValueError(f"dataset {name!r}: the parts bucket timesteps differently ({known[0]} vs others); use the same timestep_range and timestep_buckets")
+    return known[0] if known else None
+
+def _merge_extras(ds: _DatasetState, ods: _DatasetState, idx: torch.Tensor, name: str):
+    "Fold `ods`'s named values and timestep tables into the slots `idx` of `ds`."
+    for v, st in ods.values.items():
+        if v not in ds.values: ds.add_value(v)
+        _merge_into(ds.values[v], idx, st, ods.size, VALUE_STAT_FIELDS)
+        if v in ds.window_values and v in ods.window_values: _merge_into(ds.window_values[v], idx, ods.window_values[v], ods.size, VALUE_STAT_FIELDS)
+    if ods.tb is None: return
+    edges = _same_edges(name, [None if ds.edges is None else ds.edges.tolist(), ods.edges.tolist()])
+    if ds.tb is None: ds.add_timesteps(edges)
+    _add_tb(ds.tb, idx, ods.tb, ods.size)
+    if ds.window_tb is not None and ods.window_tb is not None: _add_tb(ds.window_tb, idx, ods.window_tb, ods.size)
 
 @patch
 def merge(self: StreamingAggregator,
@@ -561,6 +831,7 @@ def merge(self: StreamingAggregator,
         ods.settle()
         ds = self._dataset(name, create=True)
         ds.settle()
+        if ods.tb is not None and ds.tb is not None: _same_edges(name, [ds.edges.tolist(), ods.edges.tolist()])   # before anything changes
         slots = ds.add_keys(ods.keys)
         device = ds.device or self.device or ods.device or "cpu"
         ds.ensure(ds.size, device)
@@ -570,9 +841,55 @@ def merge(self: StreamingAggregator,
         idx = torch.tensor(slots, dtype=torch.long, device=device)
         _merge_into(ds.state, idx, ods.state, ods.size)
         if ds.window is not None and ods.window is not None: _merge_into(ds.window, idx, ods.window, ods.size)
+        _merge_extras(ds, ods, idx, name)
+    if self.timestep_edges is None: self.timestep_edges = other.timestep_edges
     return self
 
 # %% ../nbs/01_aggregator.ipynb #a46e6edb
+def _sync_layout(keep_window: bool, vnames: list[str], nb: int|None) -> list[tuple]:
+    "The row blocks one rank contributes per dataset: `(kind, window, value name, rows)`, in order."
+    out = []
+    for w in ((False, True) if keep_window else (False,)):
+        out.append(("loss", w, None, len(STAT_FIELDS)))
+        out += [("value", w, v, len(VALUE_STAT_FIELDS)) for v in vnames]
+        if nb is not None: out.append(("tb", w, None, nb + 1))
+    return out
+
+def _local_rows(ds: _DatasetState|None, keys: list[str], layout: list[tuple], nb: int|None, device) -> torch.Tensor:
+    "This rank's statistics of one dataset, aligned to `keys` and stacked as `layout` says."
+    parts = []
+    for kind, w, v, _ in layout:
+        state, values, tb = ds.sets(w) if ds is not None else (None, {}, None)
+        if kind == "loss": parts.append(_aligned(ds, state, keys, device))
+        elif kind == "value": parts.append(_aligned(ds, values.get(v), keys, device, VALUE_STAT_FIELDS))
+        else: parts.append(_aligned_tb(ds, tb, keys, nb, device))
+    return torch.cat(parts, 0)
+
+def _bucket_rows(ds: _DatasetState|None, keep_window: bool, nb: int, device) -> torch.Tensor:
+    "This rank's bucket totals `[count, sum, sum of squares]` (cumulative, then window), `[3 or 6, nb + 1]`."
+    rows = []
+    for w in ((False, True) if keep_window else (False,)):
+        tb = ds.sets(w)[2] if ds is not None else None
+        rows += [tb[f].to(device) if tb is not None else torch.zeros(nb + 1, dtype=torch.float64, device=device) for f in ("bcount", "bsum", "bsq")]
+    return torch.stack(rows)
+
+def _reduce_rows(gathered: list[torch.Tensor], layout: list[tuple], n: int, device) -> dict:
+    "Every rank's blocks reduced: loss and value statistics combined in rank order, timestep tables summed."
+    out, start = {}, 0
+    for kind, w, v, rows in layout:
+        if kind == "tb": out[(kind, w, v)] = sum(g[start:start + rows] for g in gathered)
+        else:
+            fields = STAT_FIELDS if kind == "loss" else VALUE_STAT_FIELDS
+            acc = _empty_state(n, device, fields)
+            for g in gathered: acc = _combine(acc, _unpack(g[start:start + rows], fields))
+            out[(kind, w, v)] = acc
+        start += rows
+    return out
+
+def _tables(rows: torch.Tensor, buckets: torch.Tensor, nb: int) -> dict:
+    "Timestep tables from the reduced per-item rows and bucket totals."
+    return {"tsum": rows[:nb].T.contiguous(), "tcount": rows[nb], "bcount": buckets[0], "bsum": buckets[1], "bsq": buckets[2]}
+
 @patch
 def sync(self: StreamingAggregator,
          group=None, # a `torch.distributed` process group; `None`: the default (world) group
@@ -584,7 +901,8 @@ def sync(self: StreamingAggregator,
     world = dist.get_world_size(group)
     self._handover()
     for ds in self._data.values(): ds.settle()
-    meta = {n: (ds.keys, ds.batches, ds.window_batches) for n, ds in self._data.items()}
+    meta = {n: (ds.keys, ds.batches, ds.window_batches, sorted(ds.values), None if ds.edges is None else ds.edges.tolist())
+            for n, ds in self._data.items()}
     metas: list = [None] * world
     dist.all_gather_object(metas, meta, group=group)
     names: list[str] = []
@@ -592,26 +910,35 @@ def sync(self: StreamingAggregator,
     backend = dist.get_backend(group)
     comm_dev = torch.device("cpu") if backend == "gloo" else (self.device or torch.device("cuda", torch.cuda.current_device()))
     out = StreamingAggregator(device=self.device, keep_window=self.keep_window, flush_every=self.flush_every)
-    rows = len(STAT_FIELDS)
+    out.timestep_edges = self.timestep_edges
     for name in names:
+        ms = [m[name] for m in metas if name in m]
         ds_out = out._dataset(name, create=True)
-        ds_out.add_keys(k for m in metas for k in m.get(name, ([], 0, 0))[0])
+        ds_out.add_keys(k for m in ms for k in m[0])
         keys = list(ds_out.keys)
+        vnames = sorted({v for m in ms for v in m[3]})
+        edges = _same_edges(name, [m[4] for m in ms])
+        nb = None if edges is None else len(edges) - 1
+        layout = _sync_layout(self.keep_window, vnames, nb)
         mine = self._data.get(name)
-        parts = [_aligned(mine, keys, False, comm_dev)]
-        if self.keep_window: parts.append(_aligned(mine, keys, True, comm_dev))
-        local = torch.cat(parts, 0)
+        local = _local_rows(mine, keys, layout, nb, comm_dev)
         gathered = [torch.empty_like(local) for _ in range(world)]
         dist.all_gather(gathered, local, group=group)
-        total = _empty_state(len(keys), comm_dev)
-        win = _empty_state(len(keys), comm_dev)
-        for g in gathered:
-            total = _combine(total, _unpack(g[:rows]))
-            if self.keep_window: win = _combine(win, _unpack(g[rows:]))
+        red = _reduce_rows(gathered, layout, len(keys), comm_dev)
+        tabs = {}
+        if nb is not None:
+            b_local = _bucket_rows(mine, self.keep_window, nb, comm_dev)
+            b_all = [torch.empty_like(b_local) for _ in range(world)]
+            dist.all_gather(b_all, b_local, group=group)
+            b_sum = sum(b_all)
+            tabs = {w: _tables(red[("tb", w, None)], b_sum[3 * i:3 * i + 3], nb) for i, w in enumerate((False, True) if self.keep_window else (False,))}
         device = self.device or (mine.device if mine and mine.device is not None else comm_dev)
-        _install(ds_out, keys, total, win if self.keep_window else None, device)
-        ds_out.batches = sum(m.get(name, ([], 0, 0))[1] for m in metas)
-        ds_out.window_batches = sum(m.get(name, ([], 0, 0))[2] for m in metas)
+        win = self.keep_window
+        _install(ds_out, keys, red[("loss", False, None)], red[("loss", True, None)] if win else None, device,
+                 {v: red[("value", False, v)] for v in vnames}, {v: red[("value", True, v)] for v in vnames} if win else None,
+                 edges, tabs.get(False), tabs.get(True))
+        ds_out.batches = sum(m[1] for m in ms)
+        ds_out.window_batches = sum(m[2] for m in ms)
     return out
 
 # %% ../nbs/01_aggregator.ipynb #b77d8592
@@ -626,6 +953,8 @@ def reset_window(self: StreamingAggregator,
         if dataset is not None and name != dataset: continue
         ds.settle()                                  # queued batches belong to the window being closed
         if ds.window is not None: ds.window = _empty_state(ds.capacity + 1, ds.device)
+        for v in ds.window_values: ds.window_values[v] = _empty_state(ds.capacity + 1, ds.device, VALUE_STAT_FIELDS)
+        if ds.window_tb is not None: ds.window_tb = _empty_tb(ds.capacity + 1, ds.edges.shape[0] - 1, ds.device)
         ds.window_batches = 0
 
 # %% ../nbs/01_aggregator.ipynb #54f2ce2e
@@ -639,6 +968,23 @@ def _reuse(vals: list, *known: tuple[list, list[str]]) -> list[str]:
     "`repr` of each value, reusing the text of an equal value in the same row of `known` (value, text) columns."
     (k1, s1), (k2, s2) = known
     return [a if v == x else (b if v == y else repr(v)) for v, x, a, y, b in zip(vals, k1, s1, k2, s2)]
+
+def _texts(a: np.ndarray, is_int: bool=False) -> list[str]:
+    "JSON text of each number of `a` (`null` where not finite)."
+    return [_json_num(v, is_int) for v in a.tolist()]
+
+def _extra_text(cols: dict[str, np.ndarray], rows: np.ndarray) -> list[str]|None:
+    "The members after `nonfinite` of each row's entry: `tnorm_average_loss` and the `values` block (None when the run recorded neither)."
+    parts = []
+    if "tnorm_average_loss" in cols: parts.append([f', "tnorm_average_loss": {s}' for s in _texts(cols["tnorm_average_loss"][rows])])
+    for n in _value_names(cols):
+        fields = [[f'"{f}": {s}' for s in _texts(cols[f"values.{n}.{f}"][rows], f in _VALUE_INT_FIELDS)] for f in VALUE_FIELDS]
+        parts.append([f'{_json_str(n)}: {{{", ".join(fs)}}}' for fs in zip(*fields)])
+    if not parts: return None
+    has_tn = "tnorm_average_loss" in cols
+    tn, vals = (parts[0], parts[1:]) if has_tn else ([""] * len(rows), parts)
+    if not vals: return tn
+    return [t + ', "values": {' + ", ".join(v) + "}" for t, *v in zip(tn, *vals)]
 
 def _write_item_chunk(fh, # text file to write to
                       keys: list[str], # the dataset's key table
@@ -665,18 +1011,28 @@ def _write_item_chunk(fh, # text file to write to
     for j in np.flatnonzero(~ok).tolist():
         vals = ", ".join(f'"{f}": {_json_num(float(c[f][j]), f in _INT_FIELDS)}' for f in ITEM_FIELDS)
         lines[j] = f"{names[j]}: {{{vals}}}"
+    extra = _extra_text(cols, rows)
+    if extra is not None: lines = [line[:-1] + e + "}" for line, e in zip(lines, extra)]
     fh.write(",\n".join(lines))
 
-def _write_stats(fh, keys: list[str], state: torch.Tensor, size: int, batches: int, k: int):
+def _write_stats(fh, keys: list[str], cols: dict[str, np.ndarray], batches: int, k: int, by: str|None, ascending: bool|None):
     "Write the members `summary` and `item_stats` of one state's JSON object."
-    cols = _host_columns(state, size)
-    summ = _summary(cols, keys, batches, k)
+    summ = _summary(cols, keys, batches, k, by, ascending)
     fh.write('"summary": ' + json.dumps(summ, allow_nan=False) + ', "item_stats": {\n')
     rows = _seen(cols)
     for start in range(0, len(rows), _CHUNK):
         if start: fh.write(",\n")
         _write_item_chunk(fh, keys, cols, rows[start:start + _CHUNK])
     fh.write("\n}")
+
+def _timestep_table(tb: Mapping[str, torch.Tensor], edges: torch.Tensor) -> dict:
+    "The bucket table of a snapshot: edges, and per bucket the count, mean and population std of the loss."
+    cnt, s, sq = (tb[f].cpu().numpy() for f in ("bcount", "bsum", "bsq"))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = s / cnt
+        std = np.sqrt(np.clip(sq / cnt - mean * mean, 0.0, None))
+    return {"edges": edges.tolist(), "count": cnt[:-1].astype(np.int64).tolist(), "mean": [_py(v) for v in mean[:-1].tolist()],
+            "std": [_py(v) for v in std[:-1].tolist()], "unbucketed": int(cnt[-1])}
 
 def _check_save_root(save_root) -> Path:
     root = Path(save_root)
@@ -692,8 +1048,11 @@ def save_json(self: StreamingAggregator,
               step: int, # training step, zero-padded to 9 digits in the file name
               gzip: bool=False, # write `.json.gz` instead of `.json`
               k: int=10, # worst items listed in each summary
+              by: str|None=None, # score that ranks each summary's `worst` (see `dataset_summary`)
+              ascending: bool|None=None, # lowest first; `None`: the score's suspect direction
              ) -> Path:
-    "Atomically write `{job_name}_{step:09d}.json[.gz]` (schema `caption_evaluator/item_stats@1`); resets the window."
+    "Atomically write `{job_name}_{step:09d}.json[.gz]` (schema `caption_evaluator/item_stats@2`); resets the window."
+    if by is not None: score_path(by)        # a malformed score is refused before anything is written
     if not isinstance(job_name, str) or not job_name or os.sep in job_name or (os.altsep and os.altsep in job_name):
         raise ValueError(f"job_name must be a non-empty file-name prefix without path separators, got {job_name!r}")
     if isinstance(step, torch.Tensor): step = int(step)
@@ -704,7 +1063,7 @@ def save_json(self: StreamingAggregator,
     def write(raw):  # `raw`: the binary temporary file of `write_atomic`, fsynced and renamed onto `path` after this
         z = _gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) if gzip else None
         fh = io.TextIOWrapper(z if gzip else raw, encoding="utf-8", newline="\n", write_through=False)
-        self._write_document(fh, job_name, int(step), k)
+        self._write_document(fh, job_name, int(step), k, by, ascending)
         fh.flush(); fh.detach()
         if z is not None: z.close()
     write_atomic(path, write, mode="wb")
@@ -712,72 +1071,20 @@ def save_json(self: StreamingAggregator,
     return path
 
 @patch
-def _write_document(self: StreamingAggregator, fh, job_name: str, step: int, k: int):
+def _write_document(self: StreamingAggregator, fh, job_name: str, step: int, k: int, by: str|None, ascending: bool|None):
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     fh.write(f'{{"schema": "{ITEM_SCHEMA}", "job": {json.dumps(job_name)}, "step": {step}, '
              f'"created": "{created}", "datasets": {{')
     self._handover()
     for n, (name, ds) in enumerate(self._data.items()):
         ds.settle()
-        state = ds.state if ds.state is not None else _empty_state(ds.size, "cpu")
         fh.write(("," if n else "") + "\n" + json.dumps(name) + ": {")
-        _write_stats(fh, ds.keys, state, ds.size, ds.batches, k)
+        _write_stats(fh, ds.keys, _columns(ds, False), ds.batches, k, by, ascending)
+        if ds.tb is not None: fh.write(', "timesteps": ' + json.dumps(_timestep_table(ds.tb, ds.edges), allow_nan=False))
         if ds.keep_window:
-            win = ds.window if ds.window is not None else _empty_state(ds.size, "cpu")
             fh.write(', "window": {')
-            _write_stats(fh, ds.keys, win, ds.size, ds.window_batches, k)
+            _write_stats(fh, ds.keys, _columns(ds, True), ds.window_batches, k, by, ascending)
+            if ds.window_tb is not None: fh.write(', "timesteps": ' + json.dumps(_timestep_table(ds.window_tb, ds.edges), allow_nan=False))
             fh.write("}")
         fh.write("}")
     fh.write("\n}}\n")
-
-# %% ../nbs/01_aggregator.ipynb #7f0f9b54
-def load_item_stats(path: str|os.PathLike, # a `save_json` snapshot (`.json` or `.json.gz`)
-                   ) -> dict:
-    "Read and validate an item-stats snapshot (schema `caption_evaluator/item_stats@1`)."
-    p = Path(path)
-    if not p.is_file(): raise FileNotFoundError(f"path {str(path)!r} does not exist or is not a file")
-    with open(p, "rb") as f: gz = f.read(2) == b"\x1f\x8b"
-    try:
-        with (_gzip.open(p, "rt", encoding="utf-8") if gz else open(p, encoding="utf-8")) as f: doc = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError, EOFError, _gzip.BadGzipFile) as e:
-        raise ValueError(f"path {str(path)!r} is not a valid JSON item-stats snapshot: {e}") from e
-    if not isinstance(doc, dict) or not isinstance(doc.get("datasets"), dict):
-        raise ValueError(f"path {str(path)!r} is JSON but not an item-stats snapshot: expected an object with "
-                         f"'schema': {ITEM_SCHEMA!r} and 'datasets'")
-    schema = doc.get("schema", ITEM_SCHEMA)   # files written before the schema key (the seed format) have none
-    if schema != ITEM_SCHEMA:
-        raise ValueError(f"path {str(path)!r} has schema {schema!r}; this version reads {ITEM_SCHEMA!r}")
-    for name, d in doc["datasets"].items():
-        if not isinstance(d, dict) or not isinstance(d.get("item_stats"), dict):
-            raise ValueError(f"path {str(path)!r}: dataset {name!r} has no 'item_stats' object")
-    return doc
-
-# %% ../nbs/01_aggregator.ipynb #5518edd2
-def _as_doc(x, name: str) -> dict:
-    if isinstance(x, dict):
-        if not isinstance(x.get("datasets"), dict): raise ValueError(f"{name} must be a snapshot from load_item_stats (no 'datasets' key)")
-        return x
-    if isinstance(x, (str, os.PathLike)): return load_item_stats(x)
-    raise TypeError(f"{name} must be a loaded snapshot dict or a path, got {type(x).__name__}")
-
-def diff_item_stats(a, # earlier snapshot: a dict from `load_item_stats` or a path
-                    b, # later snapshot: a dict from `load_item_stats` or a path
-                    dataset: str|None=None, # dataset to compare; `None`: the only dataset both snapshots have
-                    k: int=10, # how many items in each list
-                   ) -> dict:
-    "Items whose `average_loss` improved / regressed most from `a` to `b`, plus items only in one of them."
-    da, db = _as_doc(a, "a"), _as_doc(b, "b")
-    common = [n for n in da["datasets"] if n in db["datasets"]]
-    if dataset is None:
-        if len(common) != 1: raise ValueError(f"dataset must be given when the snapshots share {len(common)} datasets: {common}")
-        dataset = common[0]
-    elif dataset not in common: raise ValueError(f"dataset {dataset!r} is not in both snapshots; datasets in both: {common}")
-    sa, sb = da["datasets"][dataset]["item_stats"], db["datasets"][dataset]["item_stats"]
-    rows = [(key, sa[key]["average_loss"], sb[key]["average_loss"]) for key in sa if key in sb]
-    rows = [(key, x, y, y - x) for key, x, y in rows if x is not None and y is not None]
-    def entry(r): return {"item": r[0], "before": r[1], "after": r[2], "delta": r[3]}
-    imp = sorted((r for r in rows if r[3] < 0), key=lambda r: r[3])[:k]
-    reg = sorted((r for r in rows if r[3] > 0), key=lambda r: -r[3])[:k]
-    return {"dataset": dataset, "common": len(rows), "improved": [entry(r) for r in imp],
-            "regressed": [entry(r) for r in reg], "only_in_a": [key for key in sa if key not in sb],
-            "only_in_b": [key for key in sb if key not in sa]}

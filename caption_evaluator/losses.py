@@ -7,12 +7,14 @@ Docs: https://caption-evaluator.github.io/caption_evaluator/losses.html.md"""
 # %% ../nbs/00_losses.ipynb #4b757b8a
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['LOSS_TYPES', 'compute_per_example_loss', 'loss_and_per_example']
+__all__ = ['LOSS_TYPES', 'compute_per_example_loss', 'loss_and_per_example', 'ClassificationRecord', 'classification_record']
 
 # %% ../nbs/00_losses.ipynb #7bdae8d4
 LOSS_TYPES = ("mse", "mae", "huber", "pseudo_huber", "cross_entropy", "token_cross_entropy")
@@ -162,3 +164,27 @@ def loss_and_per_example(
     if loss_type == "cross_entropy" and target.ndim == 1 and not target.is_floating_point():
         return per.sum() / (target != kwargs.get("ignore_index", -100)).sum(), per.detach()   # F.cross_entropy's mean
     return per.mean(), per.detach()
+
+# %% ../nbs/00_losses.ipynb #fda92b13
+class ClassificationRecord(NamedTuple):
+    "Per-item loss and training-dynamics values of one classification batch."
+    loss: Tensor  # [B] cross-entropy per item, differentiable
+    values: dict  # detached [B] tensors `margin`, `p_gold`, `correct`
+
+def classification_record(logits: Tensor, # [B, C] class scores (C >= 2)
+                          labels: Tensor, # [B] the given labels (integers in 0..C-1), possibly wrong
+                         ) -> ClassificationRecord:
+    "Cross-entropy per item plus margin (gold logit minus the largest other), p(gold) and correct, from one `log_softmax`."
+    if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[1] < 2:
+        raise ValueError(f"logits must be a [B, C] tensor with C >= 2 classes, got {getattr(logits, 'shape', type(logits).__name__)}")
+    if not isinstance(labels, Tensor) or labels.dtype.is_floating_point or labels.dtype in (torch.bool, torch.complex64, torch.complex128):
+        raise TypeError(f"labels must be an integer tensor of class indices, got {getattr(labels, 'dtype', type(labels).__name__)}")
+    if tuple(labels.shape) != (logits.shape[0],): raise ValueError(f"labels must have shape [{logits.shape[0]}] (one per row of logits), got {tuple(labels.shape)}")
+    y = labels.to(logits.device, torch.long).unsqueeze(1)
+    logp = torch.log_softmax(_upcast(logits), dim=1)
+    gold = logp.gather(1, y).squeeze(1)
+    with torch.no_grad():
+        g = gold.detach()
+        other = logp.detach().scatter(1, y, -torch.inf).amax(1)
+        values = {"margin": g - other, "p_gold": g.exp(), "correct": (logits.detach().argmax(1) == y[:, 0]).to(g.dtype)}
+    return ClassificationRecord(-gold, values)
