@@ -580,8 +580,9 @@ def _bucket_means(tb: Mapping[str, torch.Tensor]) -> np.ndarray:
 def _tnorm_column(tb: Mapping[str, torch.Tensor], size: int) -> np.ndarray:
     "Each item's mean of `loss / mean loss of its record's bucket`, bucket means over the same statistics (NaN without bucketed records)."
     mean = _bucket_means(tb)
-    inv = np.where(np.isfinite(mean) & (mean != 0), 1.0 / np.where(mean == 0, 1.0, mean), 0.0)   # an all-zero bucket's losses add 0
-    num = tb["tsum"][:size].cpu().numpy() @ inv
+    use = np.isfinite(mean) & (mean != 0)                          # an empty or all-zero bucket's losses add 0
+    tsum = tb["tsum"][:size].cpu().numpy()
+    num = np.divide(tsum, mean, out=np.zeros_like(tsum), where=use).sum(1)   # a division, not a reciprocal: tiny means stay finite
     cnt = tb["tcount"][:size].cpu().numpy()
     with np.errstate(invalid="ignore", divide="ignore"): return np.where(cnt > 0, num / cnt, np.nan)
 

@@ -15,6 +15,7 @@ from fastcore.basics import patch
 from torch import Tensor
 
 from .aggregator import StreamingAggregator
+from .losses import classification_record
 from .loggers import log_dataset_summary, log_item_loss_histogram
 
 # %% auto #0
@@ -53,13 +54,19 @@ class ItemLossTracker:
                  k: int = 10,  # worst items listed in each summary
                  histogram: bool = True,  # also log a histogram of the per-item average losses
                  flush_every: int = 16,  # hand records to the aggregator in groups of this many (exact; see "Batching records")
+                 timestep_range: tuple[float, float] | None = None,  # range of the timesteps `record` may get, e.g. `(0, 1000)` (for a new aggregator)
+                 timestep_buckets: int | Sequence[float] = 10,  # buckets over `timestep_range`, or their edges (for a new aggregator)
+                 rank_by: str | None = None,  # score that ranks each summary's worst items; `None`: `tnorm_average_loss` with timesteps, else `average_loss`
                 ):
         if save_every is not None and not (isinstance(save_every, int) and save_every > 0):
             raise ValueError(f"`save_every` must be a positive int or None, got {save_every!r}.")
         if not (isinstance(flush_every, int) and flush_every >= 1):
             raise ValueError(f"`flush_every` must be an int >= 1, got {flush_every!r}.")
         self.save_root, self.job_name = Path(save_root), job_name
-        self.aggregator = aggregator if aggregator is not None else StreamingAggregator()
+        if aggregator is not None and timestep_range is not None:
+            raise ValueError("give `timestep_range` to the StreamingAggregator you pass as `aggregator`, not to the tracker")
+        self.aggregator = aggregator if aggregator is not None else StreamingAggregator(timestep_range=timestep_range, timestep_buckets=timestep_buckets)
+        self.rank_by = rank_by
         self.loggers, self.save_every, self.gzip, self.k, self.histogram = _check_loggers(loggers), save_every, gzip, k, histogram
         self.saved: list[Path] = []  # snapshots written by this tracker, oldest first
         self.flush_every, self._pending = flush_every, []
@@ -74,17 +81,48 @@ def record(self: ItemLossTracker,
             items,  # keys of the batch's items: list of str paths, list of int, or a LongTensor of registered slots
             per_item_losses: Tensor,  # losses [B], e.g. from `loss_and_per_example` (detached here; kept by reference until the group is handed over)
             step: int | Tensor | None = None,  # training (optimiser) step, recorded as `last_step`
+            timesteps: Tensor | None = None,  # [B] timestep (diffusion `t` or `sigma`) of each loss; needs `timestep_range`
+            values: dict | None = None,  # named extra [B] values per item, e.g. `classification_record(...).values`
            ) -> None:
-    "Add one (micro-)batch of per-item losses."
-    if self.flush_every == 1: return self.aggregator.update(dataset, items, per_item_losses, step=step)  # detaches, copies
+    "Add one (micro-)batch of per-item losses (and their timesteps and extra values)."
+    if self.flush_every == 1: return self.aggregator.update(dataset, items, per_item_losses, step=step, timesteps=timesteps, values=values)  # detaches, copies
     losses = per_item_losses.detach()
     if losses.ndim != 1 or len(items) != losses.shape[0]:
         raise ValueError(f"`per_item_losses` must be 1-D with one loss per item: got shape {tuple(losses.shape)} "
                          f"for {len(items)} `items`.")
     if not (step is None or isinstance(step, (int, Tensor)) and not isinstance(step, bool)):
         raise TypeError(f"`step` must be an int, a tensor or None, got {type(step).__name__}.")
-    self._pending.append((dataset, items, losses, step))
+    if timesteps is not None and self.aggregator.timestep_edges is None:
+        raise ValueError("timesteps need declared buckets: ItemLossTracker(..., timestep_range=(0, 1000)) (or the range of your t / sigma)")
+    extra = _checked_extra(timesteps, values, losses.shape[0])
+    self._pending.append((dataset, items, losses, step, extra))
     if len(self._pending) >= self.flush_every: self.flush()
+
+def _checked_extra(timesteps, values, n: int) -> dict | None:
+    "The record's timesteps (key `""`) and values as detached [n] tensors; shape errors now, not at the hand-over."
+    if timesteps is None and not values: return None
+    if values is not None and not isinstance(values, dict): raise TypeError(f"`values` must be a dict of name: tensor [B], got {type(values).__name__}.")
+    out = {"": timesteps} if timesteps is not None else {}
+    out.update(values or {})
+    for name, v in out.items():
+        what = "`timesteps`" if name == "" else f"`values[{name!r}]`"
+        if not isinstance(v, Tensor): raise TypeError(f"{what} must be a tensor [B], got {type(v).__name__}.")
+        if v.ndim != 1 or v.shape[0] != n: raise ValueError(f"{what} must have shape [{n}] (one per loss), got {tuple(v.shape)}.")
+        out[name] = v.detach()
+    return out
+
+@patch
+def record_classification(self: ItemLossTracker,
+                          dataset: str,  # dataset name, e.g. "train"
+                          items,  # keys of the batch's items (as for `record`)
+                          logits: Tensor,  # [B, C] class scores
+                          labels: Tensor,  # [B] the given labels
+                          step: int | Tensor | None = None,  # training (optimiser) step
+                         ) -> Tensor:  # the per-item cross-entropy [B], differentiable: reduce it for `backward`
+    "Record a classifier batch's losses with its margin, p(gold) and correct (`classification_record`); returns the losses."
+    rec = classification_record(logits, labels)
+    self.record(dataset, items, rec.loss, step=step, values=rec.values)
+    return rec.loss
 
 @patch
 def register(self: ItemLossTracker,
@@ -101,10 +139,16 @@ def _concat(items: list):
     return [k for i in items for k in i]
 
 def _group_key(record) -> tuple:
-    "Records can share one update when they have the same dataset and the same kind of items (tensor, str keys, ints)."
-    items = record[1]
-    if isinstance(items, Tensor): return record[0], "tensor"
-    return record[0], "str" if len(items) and isinstance(items[0], str) else "int"
+    "Records can share one update when they have the same dataset, kind of items (tensor, str keys, ints) and extra columns."
+    items, extra = record[1], tuple(record[4] or ())
+    if isinstance(items, Tensor): return record[0], "tensor", extra
+    return record[0], "str" if len(items) and isinstance(items[0], str) else "int", extra
+
+def _group_extra(group: list) -> tuple:
+    "The group's timesteps and values, each concatenated (all records of a group carry the same names)."
+    if group[0][4] is None: return None, None
+    cols = {name: torch.cat([r[4][name] for r in group]) for name in group[0][4]}
+    return cols.pop("", None), cols or None
 
 def _group_steps(group: list):
     "The step of every item of a group of records (so `last_step` stays exact), or the one step they all share."
@@ -127,8 +171,9 @@ def flush(self: ItemLossTracker) -> None:
     for end in range(1, len(pending) + 1):
         if end < len(pending) and _group_key(pending[end]) == _group_key(pending[start]): continue
         group = pending[start:end]
-        self.aggregator.update(group[0][0], _concat([r[1] for r in group]),
-                               torch.cat([r[2] for r in group]), step=_group_steps(group))
+        timesteps, values = _group_extra(group)
+        self.aggregator.update(group[0][0], _concat([r[1] for r in group]), torch.cat([r[2] for r in group]),
+                               step=_group_steps(group), timesteps=timesteps, values=values)
         start = end
 
 # %% ../nbs/11_training.ipynb #057c3d1b
@@ -144,7 +189,7 @@ def on_save(self: ItemLossTracker,
     agg = self.aggregator.sync() if _is_distributed() else self.aggregator
     path = None
     if not _is_distributed() or torch.distributed.get_rank() == 0:
-        path = agg.save_json(self.save_root, self.job_name, step, gzip=self.gzip, k=self.k)
+        path = agg.save_json(self.save_root, self.job_name, step, gzip=self.gzip, k=self.k, by=self.rank_by)
         if not self.saved or self.saved[-1] != path: self.saved.append(path)
         for ds in agg.datasets: self._log(agg, ds, step)
     if agg is not self.aggregator and self.aggregator.keep_window: self.aggregator.reset_window()
@@ -154,7 +199,7 @@ def on_save(self: ItemLossTracker,
 def _log(self: ItemLossTracker, agg: StreamingAggregator, dataset: str, step: int):
     "Log `dataset`'s summary (and histogram of item averages) to every logger."
     if not self.loggers: return
-    log_dataset_summary(self.loggers, agg.dataset_summary(dataset, k=self.k), step=step, dataset=dataset)
+    log_dataset_summary(self.loggers, agg.dataset_summary(dataset, k=self.k, by=self.rank_by), step=step, dataset=dataset)
     if self.histogram: log_item_loss_histogram(self.loggers, agg.item_stats(dataset), step=step, dataset=dataset)
 
 @patch

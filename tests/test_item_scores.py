@@ -1,0 +1,150 @@
+"""Item scores beyond the mean: timestep-normalised loss, named extra values and their decreases, ranking.
+
+Every expected value is recomputed from the raw records by the definitions in the aggregator's docs (plain
+Python and numpy), for streams that hypothesis draws: duplicates inside batches, NaN/inf losses, values and
+timesteps, timesteps outside the declared range, batches that lack a value, queue boundaries anywhere, the
+tracker's batching, checkpoint round trips and merges of consecutive parts.
+"""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from caption_evaluator.aggregator import StreamingAggregator
+from caption_evaluator.snapshots import ITEM_SCHEMA, load_item_stats, rank_items, top_indices
+from caption_evaluator.training import ItemLossTracker
+
+EDGES = np.linspace(0.0, 1.0, 6)           # 5 buckets over sigma in [0, 1]
+FIXTURE = Path(__file__).parent / "fixtures" / "item_stats_v1.json"
+special = st.sampled_from([math.nan, math.inf, -math.inf])
+number = st.floats(0.0, 10.0, allow_nan=False) | special
+value = st.floats(-5.0, 5.0, allow_nan=False) | special
+
+
+@st.composite
+def streams(draw):
+    "A list of batches (keys, losses, step, timesteps, values)."
+    out = []
+    for step in range(draw(st.integers(1, 8))):
+        n = draw(st.integers(0, 12))
+        keys = [f"k{draw(st.integers(0, 6))}" for _ in range(n)]
+        losses = [draw(number) for _ in range(n)]
+        ts = [draw(st.floats(-0.2, 1.2, allow_nan=False) | special) for _ in range(n)]
+        vals = {}
+        if draw(st.booleans()): vals["margin"] = [draw(value) for _ in range(n)]
+        if draw(st.booleans()): vals["correct"] = [float(draw(st.booleans())) for _ in range(n)]
+        out.append((keys, losses, step, ts, vals))
+    return out
+
+
+def _bucket(t: float) -> int:
+    return min(len(EDGES) - 2, max(0, int(np.searchsorted(EDGES, t, side="right")) - 1))
+
+
+def reference(stream):
+    "tnorm_average_loss and each value's statistics, by their definitions."
+    recs = [(k, l, t) for ks, ls, _, ts, _ in stream for k, l, t in zip(ks, ls, ts) if math.isfinite(l) and math.isfinite(t)]
+    sums, cnts = np.zeros(len(EDGES) - 1), np.zeros(len(EDGES) - 1)
+    for _, l, t in recs: sums[_bucket(t)] += l; cnts[_bucket(t)] += 1
+    mu = np.divide(sums, cnts, out=np.zeros_like(sums), where=cnts > 0)
+    per = {}
+    for k, l, t in recs:
+        b = _bucket(t)
+        per.setdefault(k, []).append(l / mu[b] if mu[b] != 0 else 0.0)
+    seqs = {}
+    for ks, _, _, _, vals in stream:
+        for name, v in vals.items():
+            for k, x in zip(ks, v):
+                if math.isfinite(x): seqs.setdefault(name, {}).setdefault(k, []).append(x)
+    return {k: float(np.mean(v)) for k, v in per.items()}, seqs
+
+
+def feed(target, stream, tracker=False):
+    for ks, ls, step, ts, vals in stream:
+        args = dict(step=step, timesteps=torch.tensor(ts, dtype=torch.float64),
+                    values={n: torch.tensor(v, dtype=torch.float64) for n, v in vals.items()})
+        if tracker: target.record("train", ks, torch.tensor(ls, dtype=torch.float64), **args)
+        else: target.update("train", ks, torch.tensor(ls, dtype=torch.float64), **args)
+
+
+def check(stats, stream):
+    tnorm, seqs = reference(stream)
+    for key, s in stats.items():
+        if key in tnorm: assert math.isclose(s["tnorm_average_loss"], tnorm[key], rel_tol=1e-9, abs_tol=1e-12), key
+        else: assert s["tnorm_average_loss"] is None
+        for name, per in seqs.items():
+            got, x = s["values"][name], per.get(key)
+            if x is None:
+                assert got["count"] == 0 and got["mean"] is None
+                continue
+            assert (got["count"], got["min"], got["max"], got["first"], got["last"]) == (len(x), min(x), max(x), x[0], x[-1])
+            assert got["decreases"] == sum(b < a for a, b in zip(x, x[1:]))
+            assert math.isclose(got["mean"], float(np.mean(x)), rel_tol=1e-9, abs_tol=1e-12)
+            assert math.isclose(got["std"], float(np.std(x)), rel_tol=1e-7, abs_tol=1e-7)
+
+
+SETTINGS = dict(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@settings(**SETTINGS)
+@given(streams(), st.integers(1, 40))
+def test_aggregator_matches_definitions(stream, flush_every):
+    agg = StreamingAggregator(timestep_range=(0, 1), timestep_buckets=5, flush_every=flush_every)
+    feed(agg, stream)
+    if not agg.datasets: return
+    stats = agg.item_stats("train")
+    check(stats, stream)
+    restored = StreamingAggregator().load_state_dict(agg.state_dict())
+    assert json.dumps(restored.item_stats("train")) == json.dumps(stats)
+
+
+@settings(**SETTINGS)
+@given(streams(), st.integers(0, 8))
+def test_merge_of_consecutive_parts(stream, cut):
+    parts = [StreamingAggregator(timestep_range=(0, 1), timestep_buckets=5) for _ in range(2)]
+    feed(parts[0], stream[:cut]); feed(parts[1], stream[cut:])
+    merged = StreamingAggregator().merge(parts[0]).merge(parts[1])
+    if not merged.datasets: return
+    check(merged.item_stats("train"), stream)
+
+
+@settings(**SETTINGS)
+@given(streams(), st.integers(2, 9))
+def test_tracker_batching_is_exact(stream, flush_every):
+    batched = ItemLossTracker("unused", "b", flush_every=flush_every, timestep_range=(0, 1), timestep_buckets=5)
+    exact = ItemLossTracker("unused", "e", flush_every=1, timestep_range=(0, 1), timestep_buckets=5)
+    feed(batched, stream, tracker=True); feed(exact, stream, tracker=True)
+    if not exact.aggregator.datasets: return
+    assert json.dumps(batched.aggregator.item_stats("train")) == json.dumps(exact.aggregator.item_stats("train"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(allow_nan=True) | st.integers(-3, 3).map(float), max_size=40), st.none() | st.integers(0, 45), st.booleans())
+def test_top_indices_is_a_stable_sort(scores, k, ascending):
+    keep = [i for i, s in enumerate(scores) if not math.isnan(s)]
+    ref = sorted(keep, key=lambda i: scores[i] if ascending else -scores[i])
+    assert top_indices(np.array(scores, dtype=np.float64), k, ascending).tolist() == (ref if k is None else ref[:k])
+
+
+def test_v1_fixture_loads_and_ranks_as_written(tmp_path):
+    raw = json.loads(FIXTURE.read_text())
+    doc = load_item_stats(FIXTURE)
+    assert doc["schema"] == ITEM_SCHEMA and raw["schema"].endswith("@1")
+    for name, d in raw["datasets"].items():
+        stats = doc["datasets"][name]["item_stats"]
+        assert stats == d["item_stats"]
+        k = len(d["summary"]["worst"])
+        assert [list(w) for w in d["summary"]["worst"]] == [list(r) for r in rank_items(stats, k=k)]
+
+
+def test_snapshot_default_score_follows_timesteps(tmp_path):
+    agg = StreamingAggregator(timestep_range=(0, 1000))
+    agg.update("diffusion", ["a", "b"], torch.tensor([1.0, 0.1]), step=0, timesteps=torch.tensor([0, 999]))
+    agg.update("plain", ["a", "b"], torch.tensor([1.0, 0.1]), step=0)
+    doc = load_item_stats(agg.save_json(tmp_path, "job", 1))
+    assert doc["datasets"]["diffusion"]["summary"]["ranked_by"] == "tnorm_average_loss"
+    assert doc["datasets"]["plain"]["summary"]["ranked_by"] == "average_loss"
+    assert "timesteps" not in doc["datasets"]["plain"]
