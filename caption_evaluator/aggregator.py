@@ -653,7 +653,7 @@ def _summary(cols: dict[str, np.ndarray], keys: list[str], batches: int, k: int,
     by = default_score({"columns": cols}) if by is None else by    # the columns hold the fields an item entry would
     low_first = score_path(by)[1] if ascending is None else bool(ascending)
     scores = np.where(seen, score_column(cols, by), np.nan)
-    top = top_indices(scores, max(k, 0), low_first)
+    top = top_indices(scores, max(k, 0), low_first, first=seen & ~has)     # items whose every loss diverged lead
     out.update(ranked_by=by, ascending=low_first, worst=[(keys[i], _py(float(scores[i]))) for i in top])
     return out
 

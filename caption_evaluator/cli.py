@@ -41,35 +41,39 @@ def format_runs_table(runs:list, # `RunRecord`s, e.g. from `discover_runs`
               *(num(row.get(t)) for t in tasks), num(row.get("aggregate.paper_metrics_avg"))] for row in runs_table(runs)]
     return format_table(cells, ["run", "time", "model type", *tasks, "avg"], right=set(range(3, 4 + len(tasks))))
 
-# %% ../nbs/10_cli.ipynb #084aa0aa
-def _loss_key(stats:dict) -> float:
-    v = stats.get("average_loss")
-    return float("inf") if v is None or v != v else float(v)
-
 # %% ../nbs/10_cli.ipynb #8594dc1a
-def worst_items(doc:dict, # an item-stats snapshot document (schema caption_evaluator/item_stats@1)
+def worst_items(doc:dict, # an item-stats snapshot document (from `load_item_stats`)
                 dataset:str, # which dataset of the snapshot
                 top:int=20, # how many items
-               ) -> list[tuple[str, dict]]:
-    "The `top` items of `dataset` with the highest average loss, as `(item, stats)` pairs."
-    import heapq
+                by:str|None=None, # score that ranks them (see `caption_evaluator.snapshots.score_path`); `None`: the snapshot's default
+                ascending:bool|None=None, # lowest first; `None`: the score's suspect direction
+               ) -> list[tuple[str, float, dict]]:
+    "The `top` most suspect items of `dataset` by `by`, as `(item, score, stats)` triples."
+    from caption_evaluator.snapshots import rank_items
     datasets = doc.get("datasets") or {}
     if dataset not in datasets:
         raise KeyError(f"dataset {dataset!r} is not in the snapshot; it has: {', '.join(datasets) or 'none'}")
     stats = datasets[dataset].get("item_stats") or {}
-    return heapq.nlargest(top, stats.items(), key=lambda kv: _loss_key(kv[1]))
+    return [(key, score, stats[key]) for key, score in rank_items(stats, by=by, k=top, ascending=ascending)]
 
 # %% ../nbs/10_cli.ipynb #c3345ef7
+def _cell(v) -> str: return "nan" if v is None or v != v else (f"{v:.4g}" if isinstance(v, float) else str(v))
+
 def items_table(doc:dict, # an item-stats snapshot document
                 dataset:str, # which dataset
                 top:int=20, # how many items
+                by:str|None=None, # score that ranks them; `None`: the snapshot's default
+                ascending:bool|None=None, # lowest first; `None`: the score's suspect direction
                ) -> str:
-    "A table of the `top` worst items of `dataset`: rank, item, average/min/max/std/last loss, count, last step."
-    def f(v): return "nan" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
-    rows = [[i + 1, k, *(f(s.get(c)) for c in ("average_loss", "min_loss", "max_loss", "std_loss", "last_loss", "count", "last_step"))]
-            for i, (k, s) in enumerate(worst_items(doc, dataset, top))]
-    return format_table(rows, ["#", "item", "avg loss", "min", "max", "std", "last", "count", "last step"],
-                        right={0, 2, 3, 4, 5, 6, 7, 8})
+    "A table of the `top` most suspect items of `dataset`: rank, item, the ranking score, average/min/max/std/last loss, count, last step."
+    from caption_evaluator.snapshots import default_score
+    stats = ((doc.get("datasets") or {}).get(dataset) or {}).get("item_stats") or {}
+    by = default_score(stats) if by is None else by
+    loss_cols = ("average_loss", "min_loss", "max_loss", "std_loss", "last_loss", "count", "last_step")
+    rows = [[i + 1, k, *([] if by == "average_loss" else [_cell(score)]), *(_cell(s.get(c)) for c in loss_cols)]
+            for i, (k, score, s) in enumerate(worst_items(doc, dataset, top, by, ascending))]
+    head = ["#", "item", *([] if by == "average_loss" else [by]), "avg loss", "min", "max", "std", "last", "count", "last step"]
+    return format_table(rows, head, right={0, *range(2, len(head))})
 
 # %% ../nbs/10_cli.ipynb #8221fe59
 _FIGURE_EXTS = (".png", ".svg", ".pdf")
@@ -114,11 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     rn = sub.add_parser("runs", help="table of the runs under a folder", description="List every run under DIR, oldest first.")
     rn.add_argument("dir", metavar="DIR", help="folder holding run directories (searched recursively)")
     rn.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
-    it = sub.add_parser("items", help="hardest items of an item-stats snapshot",
-                        description="The items with the highest average loss in an item-stats snapshot (.json or .json.gz).")
+    it = sub.add_parser("items", help="most suspect items of an item-stats snapshot, ranked by any score",
+                        description="The most suspect items of an item-stats snapshot (.json or .json.gz), ranked by --by.")
     it.add_argument("snapshot", metavar="SNAPSHOT", help="snapshot file written by StreamingAggregator.save_json")
     it.add_argument("--top", type=_positive_int, default=20, help="how many items per dataset (default 20)")
     it.add_argument("--dataset", "-d", help="only this dataset (default: every dataset in the snapshot)")
+    it.add_argument("--by", metavar="SCORE", help="score that ranks the items: average_loss, tnorm_average_loss, aum, confidence, "
+                    "variability, correctness, forgetting, swap_margin, a field (max_loss) or values.NAME[.STAT] "
+                    "(default: tnorm_average_loss when the run recorded timesteps, else average_loss)")
+    it.add_argument("--ascending", action="store_true", default=None,
+                    help="lowest scores first (default: the score's suspect end, e.g. lowest first for aum)")
     dm = sub.add_parser("demo", help="run the end-to-end demo (train, track per-item loss, validate, save, plot)",
                         description="Train a small digits classifier with corrupted labels and write everything to OUTPUT_DIR.")
     add_demo_arguments(dm)
@@ -183,19 +192,39 @@ def cmd_runs(args:argparse.Namespace, # parsed arguments of `build_parser`
     return 0
 
 # %% ../nbs/10_cli.ipynb #74252152
+def _ranking_line(stats:dict, by:str|None, ascending:bool|None) -> str:
+    "Which score ranks the table and in which direction, e.g. 'ranked by aum (lowest first)'."
+    from caption_evaluator.snapshots import default_score, score_path
+    by = default_score(stats) if by is None else by
+    low = score_path(by)[1] if ascending is None else ascending
+    return f"ranked by {by} ({'lowest' if low else 'highest'} first)"
+
+def _check_score(path, stats:dict, by:str|None):
+    "Refuse a `--by` the snapshot's items do not carry, listing the scores they do."
+    from caption_evaluator.snapshots import available_scores, item_score, score_path
+    if by is None or not stats: return
+    try: score_path(by)
+    except (TypeError, ValueError) as e: raise UsageError(f"--by: {e}") from None
+    if all(item_score(s, by) != item_score(s, by) for s in stats.values() if isinstance(s, dict)):
+        raise CLIError(f"--by {by}: no item of {path} has this score; it has: {', '.join(available_scores(stats)) or 'none'}")
+
 def cmd_items(args:argparse.Namespace, # parsed arguments of `build_parser`
             ) -> int:
-    "`caption-eval items SNAPSHOT`: worst items per dataset."
+    "`caption-eval items SNAPSHOT`: the most suspect items per dataset, ranked by `--by`."
     if not Path(args.snapshot).is_file(): raise CLIError(f"snapshot {args.snapshot} not found")
-    from caption_evaluator.aggregator import load_item_stats  # imports torch: only once the file is known to exist
+    from caption_evaluator.snapshots import load_item_stats
     doc = load_item_stats(args.snapshot)
     datasets = [args.dataset] if args.dataset else list(doc.get("datasets") or {})
     if not datasets: raise CLIError(f"snapshot {args.snapshot} has no datasets")
     for i, name in enumerate(datasets):
-        summary = ((doc.get("datasets") or {}).get(name) or {}).get("summary") or {}
-        head = f"{name}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items() if k != "worst")
+        block = (doc.get("datasets") or {}).get(name) or {}
+        summary, stats = block.get("summary") or {}, block.get("item_stats") or {}
+        _check_score(args.snapshot, stats, args.by)
+        shown = {k: v for k, v in summary.items() if k not in ("worst", "ranked_by", "ascending")}
+        head = f"{name}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
         print(("\n" if i else "") + f"{head}  (job {doc.get('job', '?')}, step {doc.get('step', '?')})")
-        print(items_table(doc, name, args.top))
+        print(_ranking_line(stats, args.by, args.ascending))
+        print(items_table(doc, name, args.top, args.by, args.ascending))
     return 0
 
 # %% ../nbs/10_cli.ipynb #cf929a88

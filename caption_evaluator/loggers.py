@@ -7,6 +7,7 @@ Docs: https://caption-evaluator.github.io/caption_evaluator/loggers.html.md"""
 # %% ../nbs/09_loggers.ipynb #18e46632
 from __future__ import annotations
 
+import math
 import numbers
 import sys
 from pathlib import Path
@@ -210,9 +211,10 @@ def log_dataset_summary(loggers: Logger | Sequence[Logger] | None, # one logger,
         raise TypeError(f"log_dataset_summary: `summary` must be the dict from `dataset_summary`, "
                         f"got {type(summary).__name__}.")
     scalars = {k: v for k, v in summary.items() if k != "worst"}
-    worst = [_as_float(avg) for _, avg in summary.get("worst") or []]
-    worst = [w for w in worst if w is not None]
-    if worst: scalars["worst_loss"] = max(worst)
+    worst = [_as_float(score) for _, score in summary.get("worst") or []]
+    worst = [w for w in worst if w is not None and math.isfinite(w)]
+    by = summary.get("ranked_by") or "average_loss"
+    if worst: scalars["worst_loss" if by == "average_loss" else "worst_" + by.replace(".", "_")] = worst[0]   # the most suspect item's score
     name = f"{prefix}/{dataset}" if prefix else dataset
     for lg in _as_loggers(loggers): lg.log_metrics(scalars, step=step, prefix=name)
     return flatten_metrics(scalars, prefix=name)

@@ -189,7 +189,8 @@ def test_items_worst_first(snapshot):
     assert code == 0, err
     lines = out.strip().splitlines()
     assert lines[0].startswith("train:") and "step 120" in lines[0]
-    ranked = [l.split() for l in lines[3:]]
+    assert lines[1] == "ranked by average_loss (highest first)"
+    ranked = [l.split() for l in lines[4:]]
     assert [r[1] for r in ranked] == ["train/001.png", "train/003.png", "train/002.png"]   # 3.5 > 1.7 > 0.9
     assert [float(r[2]) for r in ranked] == [3.5, 1.7, 0.9]
 
@@ -203,6 +204,28 @@ def test_items_every_dataset_and_gzip(snapshot, tmp_path):
     heads = [l for l in out.splitlines() if l.startswith(("train:", "val:"))]
     assert [h.split(":")[0] for h in heads] == ["train", "val"]
     assert "val/000.png" in out and out.count("train/") == 5
+
+
+def test_items_by_any_score_from_a_real_snapshot(tmp_path):
+    "A snapshot written by the aggregator with named values, ranked by `--by` in a real subprocess."
+    torch = pytest.importorskip("torch")
+    from caption_evaluator.aggregator import StreamingAggregator
+    agg = StreamingAggregator()
+    margins = {"a": [2.0, 1.0], "b": [-3.0, -1.0], "c": [0.5, 0.7]}
+    for step in range(2):
+        agg.update("train", list(margins), torch.tensor([0.1, 0.2, 0.3]), step=step,
+                   values={"margin": torch.tensor([m[step] for m in margins.values()])})
+    path = agg.save_json(tmp_path, "scores", 2)
+    code, out, err = cli("items", path, "--by", "aum", script=True)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[1] == "ranked by aum (lowest first)"
+    ranked = sorted(margins, key=lambda k: sum(margins[k]) / 2)
+    assert [l.split()[1] for l in lines[4:]] == ranked and float(lines[4].split()[2]) == -2.0
+    code, out, err = cli("items", path, "--by", "values.margin.max")
+    assert code == 0 and [l.split()[1] for l in out.splitlines()[4:]] == sorted(margins, key=lambda k: -max(margins[k]))
+    code, _, err = cli("items", path, "--by", "tnorm_average_loss")
+    assert code == 1 and "aum" in err and len(err.strip().splitlines()) == 1
 
 
 def test_items_errors_exit_1(snapshot, tmp_path):
