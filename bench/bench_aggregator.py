@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from caption_evaluator.aggregator import StreamingAggregator, load_item_stats
+from caption_evaluator.aggregator import StreamingAggregator
+from caption_evaluator.snapshots import load_item_stats
 
 RESULTS = Path(__file__).parent / "results" / "aggregator.md"
 
@@ -141,7 +142,7 @@ def bench_updates(n_items, batch, rounds, per_round, seed=0):
 
 def build_dict_and_dump(agg: StreamingAggregator, path: Path):
     "The baseline: the whole document as one dict (from the same host columns), then json.dump."
-    doc = {"schema": "caption_evaluator/item_stats@1", "job": "bench", "step": 1, "datasets": {}}
+    doc = {"schema": "caption_evaluator/item_stats@2", "job": "bench", "step": 1, "datasets": {}}
     for name in agg.datasets:
         stats = agg.item_stats(name)                      # {key: {field: value}} for every item
         doc["datasets"][name] = {"summary": agg.dataset_summary(name), "item_stats": stats}

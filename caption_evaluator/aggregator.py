@@ -23,7 +23,8 @@ import torch
 from fastcore.basics import patch
 
 from .core import write_atomic
-from .snapshots import ITEM_FIELDS, ITEM_SCHEMA, VALUE_FIELDS, default_score, score_column, score_path, top_indices
+from .snapshots import (ITEM_FIELDS, ITEM_SCHEMA, VALUE_FIELDS, default_score, diff_item_stats, load_item_stats,
+                                         score_column, score_path, top_indices)  # the readers stay importable from here
 
 # %% auto #0
 __all__ = ['STAT_FIELDS', 'VALUE_STAT_FIELDS', 'StreamingAggregator']

@@ -23,6 +23,8 @@ from matplotlib.figure import Figure
 
 from .core import wilson_interval, write_atomic
 from .results import discover_runs, load_run
+from .snapshots import (available_scores, diff_item_stats, item_score, load_item_stats, score_column,
+                                         score_path, top_indices)
 
 # %% auto #0
 __all__ = ['figure_to_png', 'plot_run', 'plot_confusion_matrix', 'plot_comparison', 'ItemTable', 'item_table',
@@ -628,12 +630,11 @@ def _load_snapshot(snapshot: Any) -> dict:
     if isinstance(snapshot, (str, os.PathLike)):
         p = Path(snapshot)
         if not p.is_file(): raise OSError(f"snapshot: {p} is not a file; pass an item-stats JSON written by save_json")
-        from caption_evaluator.aggregator import load_item_stats  # here, so importing the plots never loads torch
         return load_item_stats(p)
     if isinstance(snapshot, Mapping):
         if not isinstance(snapshot.get("datasets"), Mapping):
             raise ValueError("snapshot: the document has no 'datasets' mapping; pass an item-stats snapshot "
-                             "(schema caption_evaluator/item_stats@1)")
+                             "(schema caption_evaluator/item_stats@2)")
         return snapshot
     if hasattr(snapshot, "item_stats") and hasattr(snapshot, "datasets"):
         return {"job": None, "step": None, "datasets": {d: {"item_stats": snapshot.item_stats(d)} for d in snapshot.datasets}}
@@ -651,39 +652,55 @@ def _pick_dataset(doc: Mapping, dataset: str | None) -> str:
 # %% ../nbs/07_plotting.ipynb #86902a7a
 @dataclass
 class ItemTable:
-    "Per-item statistics of one dataset of a snapshot, as parallel arrays."
+    "Per-item statistics of one dataset of a snapshot, as parallel arrays keyed by score path."
     dataset: str  # the dataset's name in the snapshot
     keys: list[str]  # item keys (paths, ids), in snapshot order
-    stats: dict[str, np.ndarray]  # "average_loss", "min_loss", "max_loss", "std_loss", "count", "last_loss"
+    stats: dict[str, np.ndarray]  # "average_loss", "min_loss", ..., and every score the items carry ("tnorm_average_loss", "values.margin.mean" ...)
     step: Any = None  # the snapshot's training step, when known
     job: Any = None  # the snapshot's job name, when known
+    scores: list[str] = field(default_factory=list)  # score names the items carry (`available_scores`), named scores first
 
     def __len__(self): return len(self.keys)
 
-    def order(self,
-              by: str = "average_loss",  # the statistic to sort by: one of the `stats` keys
-              descending: bool = True,  # highest first (the worst items by loss)
+    def score(self,
+              by: str,  # a score (see `caption_evaluator.snapshots.score_path`)
              ) -> np.ndarray:
-        "Item indices sorted by `by` (NaN last), worst first when `descending`."
-        if by not in self.stats: raise ValueError(f"by: {by!r} is not a statistic; use one of {list(self.stats)}")
-        v = self.stats[by]
-        key = np.where(np.isfinite(v), -v if descending else v, np.inf)
-        return np.argsort(key, kind="stable")
+        "The score `by` of every item (NaN where an item has none)."
+        try: return score_column(self.stats, by)
+        except ValueError: raise ValueError(f"by: {by!r} is not a score of these items; use one of {self.scores}") from None
 
-_STATS = ("average_loss", "min_loss", "max_loss", "std_loss", "count", "last_loss")
+    def order(self,
+              by: str | None = None,  # the score to sort by; `None`: `default_score` (tnorm_average_loss with timesteps, else average_loss)
+              descending: bool | None = None,  # highest first; `None`: the score's suspect end first (lowest first for aum)
+             ) -> np.ndarray:
+        "Every item index, ranked by `by` with the shared ranking (`top_indices`): diverged items first, items without the score last."
+        by = self.default_score if by is None else by
+        low_first = score_path(by)[1] if descending is None else not descending
+        v = self.score(by)
+        ranked = top_indices(v, ascending=low_first, first=self.stats["nonfinite"] > 0)
+        return np.concatenate([ranked, np.setdiff1d(np.arange(len(v)), ranked, assume_unique=True)]).astype(np.int64)
+
+    @property
+    def default_score(self) -> str:
+        "`tnorm_average_loss` when the items carry it, else `average_loss`."
+        return "tnorm_average_loss" if "tnorm_average_loss" in self.stats else "average_loss"
+
+_STATS = ("average_loss", "min_loss", "max_loss", "std_loss", "count", "last_loss", "nonfinite")
 
 def item_table(
     snapshot: Any,  # snapshot path (.json/.json.gz), loaded snapshot dict, or StreamingAggregator
     dataset: str | None = None,  # dataset in the snapshot; None picks the only one
 ) -> ItemTable:
-    "Load one dataset of an item-stats snapshot into an `ItemTable`."
+    "Load one dataset of an item-stats snapshot into an `ItemTable` (every score its items carry)."
     doc = _load_snapshot(snapshot)
     ds = _pick_dataset(doc, dataset)
     table = doc["datasets"][ds].get("item_stats") or {}
-    keys = list(table)
-    def col(s): return np.fromiter(((v if (v := table[k].get(s)) is not None else np.nan) for k in keys), float, len(keys))
-    return ItemTable(ds, keys, {s: col(s) for s in _STATS}, doc.get("step"), doc.get("job"))
-
+    keys, scores = list(table), available_scores(table)
+    paths = dict.fromkeys(list(_STATS) + [score_path(s)[0] for s in scores] + ["values.correct.max"] * ("forgetting" in scores))
+    def col(path): return np.fromiter((item_score(table[k], path) for k in keys), float, len(keys))
+    stats = {p: col(p) for p in paths}
+    stats["nonfinite"] = np.nan_to_num(stats["nonfinite"])
+    return ItemTable(ds, keys, stats, doc.get("step"), doc.get("job"), scores)
 def _short(key: str, n: int = 36) -> str:
     "Keep the informative end of a long item key (file names live at the end of paths)."
     return key if len(key) <= n else "…" + key[-(n - 1):]
@@ -719,36 +736,40 @@ def plot_worst_items(
     snapshot: Any,  # snapshot path (.json/.json.gz), loaded snapshot dict, or StreamingAggregator
     k: int = 20,  # how many items to show
     dataset: str | None = None,  # dataset in the snapshot; None picks the only one
-    by: str = "average_loss",  # rank by "average_loss", "max_loss" or "std_loss"
+    by: str | None = None,  # score that ranks them (any score the items carry); `None`: tnorm_average_loss with timesteps, else average_loss
     output: str | os.PathLike | None = None,  # save to this .png/.svg/.pdf file as well
 ) -> Figure:
-    "Horizontal bars of the `k` worst items' average loss, whiskers from their min to max loss; worst on top."
-    if by not in ("average_loss", "max_loss", "std_loss"):
-        raise ValueError(f"by: {by!r} is not a ranking; use 'average_loss', 'max_loss' or 'std_loss'")
+    "Horizontal bars of the `k` most suspect items' score `by`, most suspect on top; for `average_loss`, whiskers from min to max loss."
     if k < 1: raise ValueError(f"k: must be at least 1, got {k}")
     it = item_table(snapshot, dataset)
+    by = it.default_score if by is None else by
     order = it.order(by)[:k]
-    avg, mn, mx = (it.stats[s][order] for s in ("average_loss", "min_loss", "max_loss"))
-    err = np.vstack([np.nan_to_num(avg - mn), np.nan_to_num(mx - avg)])
+    v = it.score(by)[order]
     fig = Figure(figsize=(8, 1.2 + 0.3 * len(order)), layout="constrained")
     ax = fig.add_subplot()
     y = np.arange(len(order))[::-1]
-    ax.barh(y, avg, xerr=err, capsize=2, color="C3", alpha=0.8)
+    err = None
+    if by == "average_loss":
+        mn, mx = (it.stats[s][order] for s in ("min_loss", "max_loss"))
+        err = np.vstack([np.nan_to_num(v - mn), np.nan_to_num(mx - v)])
+    ax.barh(y, np.nan_to_num(v, posinf=0.0, neginf=0.0), xerr=err, capsize=2, color="C3", alpha=0.8)
+    if score_path(by)[1]: ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(y, [_short(it.keys[i]) for i in order], fontsize=8)
-    ax.set_title(f"{len(order)} worst items by {by.replace('_', ' ')} ({_where(it)})")
-    ax.set_xlabel("Average loss per item (whiskers: min to max)")
+    ax.set_title(f"{len(order)} most suspect items by {by} ({_where(it)})")
+    ax.set_xlabel("Average loss per item (whiskers: min to max)" if err is not None else
+                  f"{by} per item ({'lowest' if score_path(by)[1] else 'highest'} = most suspect, on top)")
     ax.set_ylabel("Item")
     return _finish(fig, output)
 
 # %% ../nbs/07_plotting.ipynb #f4d0ae04
-def _diff_panel(ax, entries: list[dict], colour: str, title: str) -> None:
+def _diff_panel(ax, entries: list[dict], colour: str, title: str, by: str = "average_loss") -> None:
     "Horizontal bars of `diff_item_stats` entries' deltas, largest change on top."
     y = np.arange(len(entries))[::-1]
     ax.barh(y, [e["delta"] for e in entries], color=colour, alpha=0.85)
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(y, [_short(e["item"], 30) for e in entries], fontsize=8)
     ax.set_title(title)
-    ax.set_xlabel("Change in average loss (after − before)")
+    ax.set_xlabel(f"Change in {by.replace('_', ' ') if by == 'average_loss' else by} (after − before)")
     ax.set_ylabel("Item")
 
 # %% ../nbs/07_plotting.ipynb #a938f234
@@ -757,28 +778,30 @@ def plot_item_diff(
     b: Any,  # the later snapshot: path, loaded dict, or aggregator
     k: int = 20,  # items per side (regressed / improved)
     dataset: str | None = None,  # dataset in both snapshots; None picks the only one
+    by: str | None = None,  # score to compare (any score the items carry); `None`: the later snapshot's default
     output: str | os.PathLike | None = None,  # save to this .png/.svg/.pdf file as well
 ) -> Figure:
-    "The `k` items whose average loss rose most (regressions) and fell most (improvements) from `a` to `b`."
+    "The `k` items whose score `by` became most (regressions) and least (improvements) suspect from `a` to `b`."
     if k < 1: raise ValueError(f"k: must be at least 1, got {k}")
-    from caption_evaluator.aggregator import diff_item_stats
     da, db = _load_snapshot(a), _load_snapshot(b)
-    d = diff_item_stats(da, db, dataset=dataset, k=k)
-    sides = [(d["regressed"], "C3", f"Regressed: {len(d['regressed'])} largest increases", "regressed"),
-             (d["improved"], "C2", f"Improved: {len(d['improved'])} largest decreases", "improved")]
+    d = diff_item_stats(da, db, dataset=dataset, k=k, by=by)
+    worse, better = ("decreases", "increases") if score_path(d["by"])[1] else ("increases", "decreases")
+    sides = [(d["regressed"], "C3", f"Regressed: {len(d['regressed'])} largest {worse}", "regressed"),
+             (d["improved"], "C2", f"Improved: {len(d['improved'])} largest {better}", "improved")]
     sides = [s for s in sides if s[0]]
     fig = Figure(figsize=(6.5 * max(1, len(sides)), 1.4 + 0.3 * max([len(s[0]) for s in sides] or [1])),
                  layout="constrained")
     for n, (entries, col, title, name) in enumerate(sides):
         ax = fig.add_subplot(1, len(sides), n + 1)
-        _diff_panel(ax, entries, col, title)
+        _diff_panel(ax, entries, col, title, d["by"])
         ax.set_label(name)
     if not sides:
         ax = fig.add_subplot()
         ax.axis("off")
-        ax.text(0.5, 0.5, "No shared item changed its average loss", ha="center", va="center")
+        ax.text(0.5, 0.5, f"No shared item changed its {'average loss' if d['by'] == 'average_loss' else d['by']}", ha="center", va="center")
     step = lambda doc: doc.get("step") if doc.get("step") is not None else "?"
     only = len(d["only_in_a"]) + len(d["only_in_b"])
-    fig.suptitle(f"Per-item change in average loss, step {step(da)} → {step(db)} ({d['dataset']}; "
+    name = "average loss" if d["by"] == "average_loss" else d["by"]
+    fig.suptitle(f"Per-item change in {name}, step {step(da)} → {step(db)} ({d['dataset']}; "
                  f"{d['common']} shared items, {only} in one snapshot only)")
     return _finish(fig, output)

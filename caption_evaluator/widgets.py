@@ -23,7 +23,7 @@ import numpy as np
 from fastcore.basics import patch
 from matplotlib.figure import Figure
 
-from .aggregator import diff_item_stats, load_item_stats
+from .snapshots import diff_item_stats, load_item_stats, score_path
 from .plotting import ItemTable, figure_to_png, item_table, plot_comparison, plot_item_diff, plot_run
 from .results import (_STATS_KEYS, _is_number, RunLoadWarning, RunRecord, accuracy_interval, build_results_doc, discover_runs,
                                        runs_table, save_results, to_jsonable, write_json_atomic, write_text_atomic)
@@ -427,7 +427,7 @@ def _snapshot_choices(source: Any, snapshots: Any) -> dict[str, Any]:
     return {Path(s).name if isinstance(s, (str, Path)) else f"snapshot {i}": s for i, s in enumerate(snapshots or [])}
 
 class ItemLossExplorer(_View):
-    "Sort, filter and page through per-item losses with thumbnails and captions; diff two snapshots; export."
+    "Sort (by any score), filter and page through per-item statistics with thumbnails and captions; diff two snapshots; export."
     _static_parts = ("status", "gallery", "table", "diff_table", "diff_figure")
     def __repr__(self):
         return f"ItemLossExplorer(dataset={self.items.dataset!r}, items={len(self.items)}, page={self.page.value}/{self.page.max})"
@@ -442,8 +442,8 @@ class ItemLossExplorer(_View):
                 ):
         self.items: ItemTable = item_table(snapshot_or_aggregator, dataset)
         self.images, self.captions = images, captions
-        self.sort_by = widgets.Dropdown(options=list(_SORTABLE), value="average_loss", description="sort by")
-        self.descending = widgets.Checkbox(value=True, description="worst first")
+        self.sort_by = widgets.Dropdown(options=self.items.scores or list(_SORTABLE), value=self.items.default_score, description="sort by")
+        self.descending = widgets.Checkbox(value=True, description="worst first")   # the score's suspect end first (lowest margin, highest loss)
         self.search = widgets.Text(value="", description="filter", placeholder="text in key or caption")
         self.min_value = widgets.Text(value="", description="min value", placeholder="no threshold")
         self.page_size = widgets.BoundedIntText(value=page_size, min=1, max=500, description="per page")
@@ -491,11 +491,12 @@ def _threshold(self: ItemLossExplorer) -> float | None:
 
 @patch
 def indices(self: ItemLossExplorer) -> np.ndarray:
-    "Indices of the items in the current view: filtered by `search`/`min_value`, sorted by `sort_by`."
+    "Indices of the items in the current view: filtered by `search`/`min_value`, sorted by `sort_by` (worst first when `descending`)."
     it, by = self.items, self.sort_by.value
-    order = it.order(by, descending=self.descending.value)
+    low_first = score_path(by)[1]
+    order = it.order(by, descending=(not low_first) if self.descending.value else low_first)
     keep = np.ones(len(it), bool)
-    if (t := self._threshold()) is not None: keep &= it.stats[by] >= t
+    if (t := self._threshold()) is not None: keep &= it.score(by) >= t
     if q := self.search.value.strip().lower():
         keep &= np.array([q in k.lower() or q in str(_lookup(self.captions, k) or "").lower() for k in it.keys], bool)
     return order[keep[order]]
@@ -504,6 +505,8 @@ def indices(self: ItemLossExplorer) -> np.ndarray:
 def _row(self: ItemLossExplorer, rank: int, i: int) -> dict:
     it = self.items
     row = {"rank": rank, "item": it.keys[i]}
+    by = self.sort_by.value
+    if by not in _SORTABLE: row[by] = float(v) if np.isfinite(v := it.score(by)[i]) else None
     row.update({s: (float(it.stats[s][i]) if np.isfinite(it.stats[s][i]) else None) for s in _SORTABLE})
     if row["count"] is not None: row["count"] = int(row["count"])
     if self.captions is not None: row["caption"] = _lookup(self.captions, it.keys[i])
@@ -542,13 +545,16 @@ def render(self: ItemLossExplorer) -> None:
         png = self._thumb(r["item"])
         if png is None: continue
         img = widgets.Image(value=png, format="png", layout=widgets.Layout(width="96px"))
-        text = f"#{r['rank']} {r['item']}<br>loss {_cell(r[self.sort_by.value])}"
+        text = f"#{r['rank']} {r['item']}<br>{escape(self.sort_by.value)} {_cell(r[self.sort_by.value])}"
         if r.get("caption"): text += f"<br><i>{escape(str(r['caption']))}</i>"
         self.thumbnails.append(img)
         tiles.append(widgets.VBox([img, widgets.HTML(text)], layout=widgets.Layout(width="160px")))
     self.gallery.children = tiles
     n = len(self.indices())
-    self._say(f"{self.items.dataset}: {n} of {len(self.items)} items, page {self.page.value} of {self.page.max}")
+    by = self.sort_by.value
+    low = score_path(by)[1] == self.descending.value
+    self._say(f"{self.items.dataset}: {n} of {len(self.items)} items ranked by {by} ({'lowest' if low else 'highest'} first), "
+              f"page {self.page.value} of {self.page.max}")
 
 @patch
 def _refilter(self: ItemLossExplorer) -> None:
@@ -571,14 +577,15 @@ def _load(self: ItemLossExplorer, label: str) -> dict:
 
 @patch
 def compare(self: ItemLossExplorer) -> dict:
-    "Items that improved / regressed most between `snapshot_a` and `snapshot_b` (table and figure)."
+    "Items whose `sort_by` score improved / regressed most between `snapshot_a` and `snapshot_b` (table and figure)."
     if self.snapshot_a.value is None or self.snapshot_b.value is None:
         raise ValueError("snapshots: fewer than two snapshots to compare; pass snapshots=[path_a, path_b]")
     a, b, k = self._load(self.snapshot_a.value), self._load(self.snapshot_b.value), self.diff_k.value
-    self.diff = diff_item_stats(a, b, dataset=self.items.dataset, k=k)
+    by = self.sort_by.value
+    self.diff = diff_item_stats(a, b, dataset=self.items.dataset, k=k, by=by)
     rows = [{"change": name, **e} for name in ("regressed", "improved") for e in self.diff[name]]
     self.diff_table.value = html_table(rows) if rows else "<i>no shared item changed</i>"
-    self.diff_fig = plot_item_diff(a, b, k=k, dataset=self.items.dataset)
+    self.diff_fig = plot_item_diff(a, b, k=k, dataset=self.items.dataset, by=by)
     _show_figure(self.diff_figure, self.diff_fig)
     return self.diff
 
@@ -599,7 +606,7 @@ def export_json(self: ItemLossExplorer,
     it = self.items
     out = _write_json(_with_suffix(path or self.export_path.value, ".json"),
                       {"dataset": it.dataset, "job": it.job, "step": it.step, "sort_by": self.sort_by.value,
-                       "descending": self.descending.value, "filter": self.search.value,
+                       "worst_first": self.descending.value, "filter": self.search.value,
                        "min_value": self._threshold(), "items": self.view_rows()})
     self._say(f"wrote {out}")
     return out

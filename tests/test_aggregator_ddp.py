@@ -15,7 +15,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from caption_evaluator.aggregator import StreamingAggregator, load_item_stats
+from caption_evaluator.aggregator import StreamingAggregator
+from caption_evaluator.snapshots import load_item_stats
 
 WORLD, STEPS, BATCH = 2, 12, 48
 EXACT = ("count", "min_loss", "max_loss", "first_loss", "last_loss", "last_step", "nonfinite")
@@ -71,7 +72,7 @@ def _worker(rank: int, port: int, out_dir: str):
 
 
 def _assert_same(doc, ref):
-    assert doc["schema"] == ref["schema"] == "caption_evaluator/item_stats@1"
+    assert doc["schema"] == ref["schema"] == "caption_evaluator/item_stats@2"
     assert sorted(doc["datasets"]) == sorted(ref["datasets"])
     for name, rd in ref["datasets"].items():
         for part in ("item_stats", "window"):

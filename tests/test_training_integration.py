@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from caption_evaluator.aggregator import load_item_stats
+from caption_evaluator.snapshots import load_item_stats
 from caption_evaluator.losses import compute_per_example_loss
 from caption_evaluator.training import ItemLossTracker
 
@@ -101,7 +101,7 @@ def expected_stats(recorded, upto):
 
 
 def check_snapshot(doc, expect, job, step, exact_last_step=True):
-    assert doc["schema"] == "caption_evaluator/item_stats@1" and doc["job"] == job and doc["step"] == step
+    assert doc["schema"] == "caption_evaluator/item_stats@2" and doc["job"] == job and doc["step"] == step
     stats = doc["datasets"]["train"]["item_stats"]
     assert set(stats) == set(expect)
     for path, e in expect.items():
