@@ -97,7 +97,9 @@ def add_demo_arguments(p:argparse.ArgumentParser, # the parser of `caption-eval 
     p.add_argument("--output-dir", default="demo_output", help="parent folder of the run folders (default demo_output)")
     p.add_argument("--seed", type=int, default=0, help="seed of corruption, initialisation and shuffling (default 0)")
     p.add_argument("--noise", type=float, default=0.1, help="share of corrupted training labels, in [0, 1) (default 0.1)")
-    p.add_argument("--epochs", type=_positive_int, default=5, help="training epochs (default 5)")
+    p.add_argument("--noise-kind", choices=("uniform", "classcond"), default="uniform",
+                   help="uniform: any other class; classcond: each digit to its look-alike (1<->7, 3<->8, 4<->9, 5<->6, 0<->2) (default uniform)")
+    p.add_argument("--epochs", type=_positive_int, default=20, help="training epochs (default 20)")
     p.add_argument("--quiet", action="store_true", help="print only the run folder")
     return p
 
@@ -233,7 +235,7 @@ def cmd_demo(args:argparse.Namespace, # parsed arguments of `build_parser`
     "`caption-eval demo`: run `caption_evaluator.demo.run_demo`."
     if not 0 <= args.noise < 1: raise UsageError(f"--noise must be a share in [0, 1), got {args.noise}")
     from caption_evaluator.demo import run_demo
-    result = run_demo(output_dir=args.output_dir, seed=args.seed, noise=args.noise, epochs=args.epochs,
+    result = run_demo(output_dir=args.output_dir, seed=args.seed, noise=args.noise, epochs=args.epochs, noise_kind=args.noise_kind,
                       verbose=not args.quiet)  # prints its report unless --quiet
     if args.quiet: print(result.run_dir)
     return 0

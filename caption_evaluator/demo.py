@@ -1,4 +1,4 @@
-"""The main job behind `caption-eval demo`: train on digits with deliberately corrupted labels, track per-item loss, validate, save, plot, and check that the corrupted items are the ones flagged.
+"""The main job behind `caption-eval demo`: train on digits with deliberately corrupted labels, track per-item loss and training dynamics, validate, save, plot, and check which score flags the corrupted items.
 
 Docs: https://caption-evaluator.github.io/caption_evaluator/demo.html.md"""
 
@@ -22,31 +22,57 @@ import torch
 from .aggregator import StreamingAggregator
 from .loggers import (ConsoleLogger, TensorBoardLogger, log_dataset_summary,
                                        log_item_loss_histogram)
-from .losses import compute_per_example_loss
+from .losses import classification_record
 from .models import DigitsMLP
 from .results import to_jsonable, write_json_atomic
+from .snapshots import item_score, rank_items, score_path
 from .tasks import DIGITS_SPLIT_SEED, build_eval_config, digits_splits, get_task
 from fastcore.imports import in_ipython
 
 # %% auto #0
-__all__ = ['corrupt_labels', 'average_ranks', 'auroc', 'label_noise_report', 'new_run_dir', 'DemoData', 'demo_data',
+__all__ = ['CONFUSABLE_DIGITS', 'NOISE_KINDS', 'DEMO_SCORES', 'corrupt_labels', 'average_ranks', 'auroc', 'label_noise_report',
+           'detection_table', 'format_detection_table', 'new_run_dir', 'DemoData', 'demo_data',
            'format_interval_metrics', 'DemoResult', 'plot_label_noise', 'run_demo', 'build_parser', 'main']
 
 # %% ../nbs/12_demo.ipynb #fb666912
+CONFUSABLE_DIGITS = {1: 7, 7: 1, 3: 8, 8: 3, 4: 9, 9: 4, 5: 6, 6: 5, 0: 2, 2: 0}  # each digit's look-alike, for class-conditional noise
+NOISE_KINDS = ("uniform", "classcond")
+
+def _uniform_flips(labels: torch.Tensor, noise: float, g: torch.Generator, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    "Positions and new labels: `round(noise*N)` items, each moved to a uniformly drawn other class."
+    picked = torch.randperm(len(labels), generator=g)[:int(round(noise * len(labels)))].sort().values
+    shift = torch.randint(1, num_classes, (len(picked),), generator=g)
+    return picked, (labels[picked] + shift) % num_classes
+
+def _classcond_flips(labels: torch.Tensor, noise: float, g: torch.Generator, mapping: Mapping[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    "Positions and new labels: in each class, `round(noise*n_c)` items moved to `mapping[c]`."
+    parts = []
+    for c in sorted(set(labels.tolist())):
+        idx = torch.nonzero(labels == c).flatten()
+        parts.append(idx[torch.randperm(len(idx), generator=g)[:int(round(noise * len(idx)))]])
+    picked = torch.cat(parts).sort().values if parts else torch.zeros(0, dtype=torch.long)
+    return picked, torch.tensor([mapping[c] for c in labels[picked].tolist()], dtype=labels.dtype)
+
 def corrupt_labels(labels: torch.Tensor, # true class labels, shape [N]
-                   noise: float, # share of items to corrupt, in [0, 1]
+                   noise: float, # share of items to corrupt, in [0, 1] (per class for "classcond")
                    seed: int = 0, # seed of the choice of items and of their wrong labels
                    num_classes: int = 10, # labels are in 0..num_classes-1
+                   kind: str = "uniform", # "uniform": any other class; "classcond": each class to its look-alike in `mapping`
+                   mapping: Mapping[int, int] | None = None, # class -> wrong class for "classcond"; default `CONFUSABLE_DIGITS`
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    "`(noisy_labels, corrupted_positions)`: `round(noise*N)` seeded items relabelled to a different class."
+    "`(noisy_labels, corrupted_positions)`: seeded items relabelled to a wrong class, uniformly or by a fixed confusion map."
     if not 0 <= noise <= 1: raise ValueError(f"noise must be a share between 0 and 1, got {noise!r}")
     if num_classes < 2: raise ValueError(f"num_classes must be at least 2 to corrupt a label, got {num_classes}")
+    if kind not in NOISE_KINDS: raise ValueError(f"kind must be one of {NOISE_KINDS}, got {kind!r}")
     g = torch.Generator().manual_seed(seed)
-    n = len(labels)
-    picked = torch.randperm(n, generator=g)[:int(round(noise * n))].sort().values
-    shift = torch.randint(1, num_classes, (len(picked),), generator=g)
+    if kind == "uniform": picked, new = _uniform_flips(labels, noise, g, num_classes)
+    else:
+        mapping = CONFUSABLE_DIGITS if mapping is None else mapping
+        bad = [c for c in set(labels.tolist()) if mapping.get(c, c) == c or not 0 <= mapping[c] < num_classes]
+        if bad: raise ValueError(f"mapping must send every class to another class in 0..{num_classes - 1}; classes {sorted(bad)} have none")
+        picked, new = _classcond_flips(labels, noise, g, mapping)
     noisy = labels.clone()
-    noisy[picked] = (labels[picked] + shift) % num_classes
+    noisy[picked] = new
     return noisy, picked
 
 # %% ../nbs/12_demo.ipynb #ec2831e8
@@ -73,11 +99,11 @@ def auroc(scores: Sequence[float] | np.ndarray, # higher means "more likely posi
     return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 # %% ../nbs/12_demo.ipynb #2a301bf2
-def label_noise_report(scores: Mapping[str, float], # per-item score, e.g. {key: average_loss}
+def label_noise_report(scores: Mapping[str, float], # per-item score, higher = more suspect, e.g. {key: average_loss}
                        corrupted: Collection[str], # keys whose labels were corrupted
                        k: int | None = None, # how many top-scored items are flagged; default len(corrupted)
                       ) -> dict:
-    "Precision/recall at k and AUROC of flagging the highest-`scores` items as corrupted."
+    "Precision/recall at k (ties at the k-th score shared) and AUROC of flagging the highest-`scores` items as corrupted."
     corrupted = set(corrupted)
     unknown = corrupted - set(scores)
     if unknown: raise KeyError(f"corrupted has {len(unknown)} keys missing from scores, e.g. {sorted(unknown)[0]!r}")
@@ -85,11 +111,42 @@ def label_noise_report(scores: Mapping[str, float], # per-item score, e.g. {key:
     if not 0 < k <= len(scores): raise ValueError(f"k must be between 1 and the {len(scores)} scored items, got {k}")
     keys = list(scores)
     values = np.array([scores[key] for key in keys], dtype=np.float64)
-    order = np.argsort(-values, kind="stable")[:k]
-    hits = sum(keys[i] in corrupted for i in order)
+    bad = np.array([key in corrupted for key in keys])
+    kth = np.sort(values)[::-1][k - 1]
+    above, tied = values > kth, values == kth
+    hits = float((above & bad).sum() + (k - above.sum()) * (tied & bad).sum() / tied.sum())
     return {"items": len(keys), "corrupted": len(corrupted), "k": k, "flagged_corrupted": hits,
             "precision_at_k": hits / k, "recall_at_k": hits / len(corrupted) if corrupted else None,
-            "auroc": auroc(values, [key in corrupted for key in keys])}
+            "auroc": auroc(values, bad)}
+
+# %% ../nbs/12_demo.ipynb #76a0c6c8
+DEMO_SCORES = ("average_loss", "aum", "confidence", "correctness", "forgetting")
+
+def _suspect_values(item_stats: Mapping[str, Mapping], by: str) -> dict[str, float]:
+    "Each item's score `by`, signed so that higher is more suspect; infinities and missing scores mapped to finite ends."
+    sign = -1.0 if score_path(by)[1] else 1.0
+    v = np.array([sign * item_score(e, by) for e in item_stats.values()], dtype=np.float64)
+    fin = v[np.isfinite(v)]
+    lo, hi = (fin.min() - 1.0, fin.max() + 1.0) if fin.size else (0.0, 1.0)
+    v = np.where(np.isnan(v) | (v == -np.inf), lo, np.where(v == np.inf, hi, v))
+    return dict(zip(item_stats, v.tolist()))
+
+def detection_table(item_stats: Mapping[str, Mapping], # `{key: entry}` of one dataset (snapshot or aggregator)
+                    corrupted: Collection[str], # keys whose labels are known to be wrong
+                    scores: Sequence[str] = DEMO_SCORES, # scores to compare (see `caption_evaluator.snapshots.SCORES`)
+                    k: int | None = None, # flagged items per score; default len(corrupted)
+                   ) -> dict[str, dict]:
+    "`{score: label_noise_report}`: how well each score of one training run finds the corrupted items."
+    return {by: label_noise_report(_suspect_values(item_stats, by), corrupted, k) for by in scores}
+
+def format_detection_table(table: Mapping[str, Mapping], # from `detection_table`
+                          ) -> str:
+    "One line per score: AUROC, precision@k and recall@k, the best AUROC marked."
+    best = max(table, key=lambda s: table[s]["auroc"])
+    lines = [f"{'score':<14}{'AUROC':>8}{'precision@k':>13}{'recall@k':>10}"]
+    for s, r in table.items():
+        lines.append(f"{s:<14}{r['auroc']:>8.4f}{r['precision_at_k']:>13.3f}{r['recall_at_k']:>10.3f}" + ("   <- best" if s == best else ""))
+    return "\n".join(lines)
 
 # %% ../nbs/12_demo.ipynb #6d9e4044
 def new_run_dir(output_dir: str | os.PathLike, # parent folder, created if missing
@@ -127,11 +184,12 @@ class DemoData:
 
 def demo_data(noise: float = 0.1, # share of training labels to corrupt
               seed: int = 0, # seed of the corruption
+              kind: str = "uniform", # "uniform" or "classcond" (see `corrupt_labels`)
              ) -> DemoData:
     "The training part of `vision_tiny`'s digits split with a seeded share of labels corrupted."
     train, _ = digits_splits(DIGITS_SPLIT_SEED)
     cols = train.columns
-    noisy, picked = corrupt_labels(cols["labels"], noise, seed=seed, num_classes=10)
+    noisy, picked = corrupt_labels(cols["labels"], noise, seed=seed, num_classes=10, kind=kind)
     keys = [f"digits/{i:04d}" for i in cols["index"].tolist()]
     return DemoData(cols["inputs"], noisy, cols["labels"], cols["index"], keys, picked)
 
@@ -140,27 +198,29 @@ def _write_json(path: Path, obj) -> Path:
     "Write `obj` as JSON atomically; tensors, numpy values and paths are converted, NaN/inf become `null`."
     return write_json_atomic(path, to_jsonable(obj, path.name))
 
-def _corruption_record(data: DemoData, noise: float, seed: int) -> dict:
+_RULES = {"uniform": "round(noise*N) items chosen by torch.randperm(seeded); each relabelled (y + r) % 10, r uniform in 1..9",
+          "classcond": f"in each class c, round(noise*n_c) items chosen by torch.randperm(seeded); each relabelled CONFUSABLE_DIGITS[c] = {CONFUSABLE_DIGITS}"}
+
+def _corruption_record(data: DemoData, noise: float, seed: int, kind: str) -> dict:
     items = [{"key": data.keys[i], "digits_index": int(data.index[i]), "true_label": int(data.true_labels[i]),
               "given_label": int(data.labels[i])} for i in data.corrupted.tolist()]
-    return {"noise": noise, "seed": seed, "train_items": len(data.keys), "corrupted_items": len(items),
-            "rule": "round(noise*N) items chosen by torch.randperm(seeded); each relabelled (y + r) % 10, r uniform in 1..9",
-            "items": items}
+    return {"noise": noise, "noise_kind": kind, "seed": seed, "train_items": len(data.keys), "corrupted_items": len(items),
+            "rule": _RULES[kind], "items": items}
 
 # %% ../nbs/12_demo.ipynb #c1a32281
 def _train_epoch(model, opt, data: DemoData, slots: torch.Tensor, agg: StreamingAggregator,
                  gen: torch.Generator, batch_size: int, step: int) -> tuple[int, float]:
-    "One shuffled pass; per-item losses go to `agg`. Returns the new global step and the epoch's mean loss."
+    "One shuffled pass; per-item losses and training dynamics go to `agg`. Returns the new global step and the epoch's mean loss."
     model.train()
     total = torch.zeros(())
     for batch in torch.randperm(len(data.keys), generator=gen).split(batch_size):
-        per_item = compute_per_example_loss(model(data.inputs[batch]), data.labels[batch], loss_type="cross_entropy")
+        rec = classification_record(model(data.inputs[batch]), data.labels[batch])
         opt.zero_grad()
-        per_item.mean().backward()
+        rec.loss.mean().backward()
         opt.step()
         step += 1
-        agg.update("train", slots[batch], per_item.detach(), step=step)
-        total += per_item.detach().sum()
+        agg.update("train", slots[batch], rec.loss.detach(), step=step, values=rec.values)
+        total += rec.loss.detach().sum()
     return step, float(total) / len(data.keys)
 
 # %% ../nbs/12_demo.ipynb #59d168f5
@@ -203,60 +263,76 @@ class DemoResult:
     results_dir: Path | None # the `save_results` run directory (None if results were unavailable)
     tensorboard_dir: Path | None # TensorBoard event files (None if TensorBoard is not installed)
     figures: dict # figure name -> path
-    detection: dict | None # `label_noise_report` of the final tracked average losses (None without corruption)
+    detection: dict | None # `detection_table` of the final item statistics: {score: label_noise_report} (None without corruption)
     validation: dict | None # final `run_eval(...)["metrics"]`
-    worst: list # [(key, average_loss, given_label, true_label, corrupted)] highest first
+    worst: list # [(key, score, given_label, true_label, corrupted)], most suspect by `ranked_by` first
     history: list # per epoch: {"epoch", "step", "train_loss", "val_accuracy"}
     notes: list = field(default_factory=list) # parts skipped and why
     seconds: float = 0.0 # wall time of the run
+    ranked_by: str = "aum" # the score that ranked `worst`
 
     def __str__(self):
         d = self.detection
-        found = f": AUROC {d['auroc']:.3f}, {d['flagged_corrupted']}/{d['corrupted']} corrupted items flagged" if d else ""
+        best = max(d, key=lambda s: d[s]["auroc"]) if d else None
+        found = (f": best score {best}, AUROC {d[best]['auroc']:.3f}, precision@k {d[best]['precision_at_k']:.3f}") if d else ""
         return f"demo run in {self.run_dir} ({self.seconds:.1f} s){found}"
 
 # %% ../nbs/12_demo.ipynb #27dba286
-def _worst_rows(stats: Mapping, data: DemoData, k: int) -> list[tuple]:
+def _worst_rows(stats: Mapping, data: DemoData, k: int, by: str) -> list[tuple]:
+    "The `k` most suspect items by `by` (the shared ranking), with their given and true labels."
     pos = {key: i for i, key in enumerate(data.keys)}
     bad = set(data.corrupted.tolist())
-    top = sorted(stats.items(), key=lambda kv: -kv[1]["average_loss"])[:k]
-    return [(key, s["average_loss"], int(data.labels[pos[key]]), int(data.true_labels[pos[key]]), pos[key] in bad)
-            for key, s in top]
+    return [(key, score, int(data.labels[pos[key]]), int(data.true_labels[pos[key]]), pos[key] in bad)
+            for key, score in rank_items(stats, by=by, k=k)]
 
-def _print_worst(rows: list[tuple], say):
-    say(f"{'item':<14}{'avg loss':>10}{'label':>7}{'true':>6}  corrupted")
-    for key, loss, given, true, bad in rows: say(f"{key:<14}{loss:>10.3f}{given:>7}{true:>6}  {'yes' if bad else ''}")
+def _print_worst(rows: list[tuple], by: str, say):
+    say(f"{'item':<14}{by:>14}{'label':>7}{'true':>6}  corrupted")
+    for key, score, given, true, bad in rows: say(f"{key:<14}{score:>14.3f}{given:>7}{true:>6}  {'yes' if bad else ''}")
 
 # %% ../nbs/12_demo.ipynb #5dbdb5ee
-def plot_label_noise(scores: Mapping[str, float], # per-item score, e.g. {key: average_loss}
+def plot_label_noise(item_stats: Mapping[str, Mapping], # `{key: entry}` of the training items (snapshot or aggregator)
                      corrupted: Collection[str], # keys whose labels were corrupted
+                     scores: Sequence[str] = DEMO_SCORES, # scores to compare
                      output: str | os.PathLike | None = None, # also save to this .png/.svg/.pdf
-                     bins: int = 40, # histogram bins over the whole score range
+                     bins: int = 40, # histogram bins over the best score's range
                     ):
-    "Histograms of `scores` for clean vs corrupted items, titled with the AUROC; returns the Figure."
+    "AUROC and precision@k of each score, and histograms of the best score for clean vs corrupted items; returns the Figure."
     from matplotlib.figure import Figure
-    corrupted = set(corrupted)
-    values = np.array(list(scores.values()), dtype=np.float64)
-    bad = np.array([k in corrupted for k in scores])
-    edges = np.histogram_bin_edges(values, bins=bins)
-    fig = Figure(figsize=(7, 4), layout="constrained")
-    ax = fig.subplots()
-    ax.hist(values[~bad], bins=edges, alpha=0.6, label=f"clean labels (n={int((~bad).sum())})", color="tab:blue")
-    ax.hist(values[bad], bins=edges, alpha=0.7, label=f"corrupted labels (n={int(bad.sum())})", color="tab:red")
-    ax.set_yscale("log")
-    ax.set(xlabel="tracked average loss per item (cross-entropy, nats)", ylabel="items (log scale)",
-           title=f"Clean vs corrupted training items: AUROC {auroc(values, bad):.3f}")
-    ax.legend()
+    table = detection_table(item_stats, corrupted, scores)
+    best = max(table, key=lambda s: table[s]["auroc"])
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    bars, hist = fig.subplots(1, 2, width_ratios=(1, 1.3))
+    y = np.arange(len(table))[::-1]
+    for off, (field, label, colour) in zip((0.2, -0.2), (("auroc", "AUROC", "tab:blue"), ("precision_at_k", "precision@k", "tab:orange"))):
+        vals = [table[s][field] for s in table]
+        bars.barh(y + off, vals, height=0.38, label=label, color=colour)
+        for yy, v in zip(y + off, vals): bars.text(v - 0.005, yy, f"{v:.3f}", ha="right", va="center", fontsize=8, color="white")
+    bars.set_yticks(y, list(table))
+    low = min(min(r["auroc"], r["precision_at_k"]) for r in table.values())
+    bars.set_xlim(min(0.5, np.floor(low * 10) / 10), 1.0)
+    bars.set(xlabel=f"detection of the {table[best]['corrupted']} corrupted items (k = {table[best]['k']})", title="Which score finds them")
+    bars.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2, fontsize=8, frameon=False)   # below the axis: covers no bar
+    vals = _suspect_values(item_stats, best)
+    v = np.array(list(vals.values()))
+    bad = np.array([key in set(corrupted) for key in vals])
+    edges = np.histogram_bin_edges(v, bins=bins)
+    hist.hist(v[~bad], bins=edges, alpha=0.6, label=f"clean labels (n={int((~bad).sum())})", color="tab:blue")
+    hist.hist(v[bad], bins=edges, alpha=0.7, label=f"corrupted labels (n={int(bad.sum())})", color="tab:red")
+    hist.set_yscale("log")
+    sign = "−" if score_path(best)[1] else ""
+    hist.set(xlabel=f"{sign}{best} per item (right = more suspect)", ylabel="items (log scale)",
+             title=f"Best score, {best}: AUROC {table[best]['auroc']:.3f}")
+    hist.legend(fontsize=8)
     if output is not None: fig.savefig(output, dpi=100)
     return fig
 
 # %% ../nbs/12_demo.ipynb #ccc9ebd8
-def _make_figures(plotting, results_dir, snapshot: Path, fig_dir: Path, notes: list) -> dict:
+def _make_figures(plotting, results_dir, snapshot: Path, fig_dir: Path, notes: list, by: str) -> dict:
     "Validation figure of the saved run and per-item figures of the last snapshot, as PNG files."
     import matplotlib.pyplot as plt
     jobs = {"validation": lambda p: plotting.plot_run(results_dir, output=p) if results_dir else None,
             "item_loss_histogram": lambda p: plotting.plot_item_loss_histogram(snapshot, dataset="train", output=p),
-            "worst_items": lambda p: plotting.plot_worst_items(snapshot, k=20, dataset="train", output=p)}
+            "worst_items": lambda p: plotting.plot_worst_items(snapshot, k=20, dataset="train", by=by, output=p)}
     figures = {}
     fig_dir.mkdir(exist_ok=True)
     for name, draw in jobs.items():
@@ -271,29 +347,40 @@ def _make_figures(plotting, results_dir, snapshot: Path, fig_dir: Path, notes: l
     return figures
 
 # %% ../nbs/12_demo.ipynb #1051baf1
+def _flat_detection(table: Mapping[str, Mapping]) -> dict:
+    "The detection table as one flat record for `save_results`: `<score>_auroc`, `<score>_precision_at_k`, and the counts."
+    first = next(iter(table.values()))
+    out = {"items": first["items"], "corrupted": first["corrupted"], "k": first["k"]}
+    for s, r in table.items(): out.update({f"{s}_auroc": r["auroc"], f"{s}_precision_at_k": r["precision_at_k"]})
+    return out
+
 def run_demo(output_dir: str | os.PathLike = "demo_output", # parent folder; each run gets a new subfolder
              seed: int = 0, # seed of the label corruption, the model's initialisation and the shuffling
              noise: float = 0.1, # share of training labels to corrupt, in [0, 1)
-             epochs: int = 5, # training epochs; a snapshot and a validation after each
+             epochs: int = 20, # training epochs; a snapshot and a validation after each
              batch_size: int = 64, # training mini-batch size
              lr: float = 3e-3, # Adam learning rate
              hidden: int = 64, # hidden units of the MLP
              top: int = 10, # how many worst items to print
              verbose: bool = True, # print progress and the report
              tensorboard: bool = True, # log to TensorBoard when it is installed (console otherwise)
+             noise_kind: str = "uniform", # "uniform" (any other class) or "classcond" (each digit to its look-alike, `CONFUSABLE_DIGITS`)
+             rank_by: str = "aum", # score that ranks the printed worst items and the worst-items figure
             ) -> DemoResult:
     "Train on digits with corrupted labels, track per-item loss, validate, save, plot; report what was flagged."
     if not 0 <= noise < 1: raise ValueError(f"noise must be a share in [0, 1), got {noise!r}")
     if not isinstance(epochs, int) or epochs < 1: raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    if noise_kind not in NOISE_KINDS: raise ValueError(f"noise_kind must be one of {NOISE_KINDS}, got {noise_kind!r}")
+    score_path(rank_by)
     say = print if verbose else (lambda *a, **k: None)
     start, notes = time.perf_counter(), []
     router, results, plotting = (_optional(m, notes) for m in ("router", "results", "plotting"))
     run_dir = new_run_dir(output_dir)
-    data = demo_data(noise, seed)
-    record = _write_json(run_dir / "corrupted_labels.json", _corruption_record(data, noise, seed))
+    data = demo_data(noise, seed, noise_kind)
+    record = _write_json(run_dir / "corrupted_labels.json", _corruption_record(data, noise, seed, noise_kind))
     say(f"caption_evaluator demo -> {run_dir}")
     say(f"training on {len(data.keys)} digits, {len(data.corrupted)} labels corrupted "
-        f"(noise {noise:.0%}, seed {seed}; listed in {record.name})")
+        f"({noise_kind} noise {noise:.0%}, seed {seed}; listed in {record.name})")
 
     torch.manual_seed(seed)
     model = DigitsMLP(hidden=hidden)
@@ -321,33 +408,32 @@ def run_demo(output_dir: str | os.PathLike = "demo_output", # parent folder; eac
     logger.close()
 
     stats = agg.item_stats("train")
-    scores = {k: s["average_loss"] for k, s in stats.items()}
-    detection = label_noise_report(scores, data.corrupted_keys) if len(data.corrupted) else None
+    detection = detection_table(stats, data.corrupted_keys) if len(data.corrupted) else None
     if detection is None: notes.append("no labels were corrupted (noise rounds to 0 items): nothing to detect")
-    worst = _worst_rows(stats, data, top)
+    worst = _worst_rows(stats, data, top, rank_by)
     results_dir = None
     if results and val:
-        cfg = {"job": "demo", "seed": seed, "noise": noise, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+        cfg = {"job": "demo", "seed": seed, "noise": noise, "noise_kind": noise_kind, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                "hidden": hidden, "train_items": len(data.keys), "corrupted_items": len(data.corrupted)}
-        extra = [{"label_noise_detection": detection}] if detection else []
+        extra = [{"label_noise_detection": _flat_detection(detection)}] if detection else []
         results_dir = results.save_results([val, *extra], config=cfg,
                                            results_dir=run_dir / "evaluation_results", model=model,
                                            model_type="DigitsMLP", seed=seed, step=step)
-    figures = _make_figures(plotting, results_dir, snapshots[-1], run_dir / "figures", notes) if plotting else {}
+    figures = _make_figures(plotting, results_dir, snapshots[-1], run_dir / "figures", notes, rank_by) if plotting else {}
     if detection:
         (run_dir / "figures").mkdir(exist_ok=True)
         figures["label_noise"] = run_dir / "figures" / "label_noise.png"
-        plot_label_noise(scores, data.corrupted_keys, output=figures["label_noise"])
+        plot_label_noise(stats, data.corrupted_keys, output=figures["label_noise"])
     seconds = time.perf_counter() - start
     summary = _write_json(run_dir / "demo_summary.json", {
         "detection": detection, "validation": val["metrics"] if val else None, "history": history,
-        "worst": [dict(zip(("key", "average_loss", "given_label", "true_label", "corrupted"), r)) for r in worst],
+        "ranked_by": rank_by, "worst": [dict(zip(("key", "score", "given_label", "true_label", "corrupted"), r)) for r in worst],
         "paths": {"snapshots": [str(p) for p in snapshots], "corrupted_labels": str(record),
                   "results": str(results_dir) if results_dir else None, "tensorboard": str(tb_dir) if tb_dir else None,
                   "figures": {k: str(v) for k, v in figures.items()}},
         "notes": notes, "seconds": seconds})
     result = DemoResult(run_dir, snapshots, record, summary, results_dir, tb_dir, figures, detection,
-                        val["metrics"] if val else None, worst, history, notes, seconds)
+                        val["metrics"] if val else None, worst, history, notes, seconds, rank_by)
     _report(result, say)
     return result
 
@@ -363,12 +449,13 @@ def _report(r: DemoResult, say):
     "Print validation metrics with intervals, the worst items and the label-noise scores."
     say(f"\nvalidation on the held-out digits (task vision_tiny, epoch {len(r.history)}):")
     for line in format_interval_metrics(r.validation) if r.validation else ["  (skipped: no router)"]: say("  " + line)
-    say(f"\nworst {len(r.worst)} training items by tracked average loss:")
-    _print_worst(r.worst, say)
+    say(f"\nworst {len(r.worst)} training items by {r.ranked_by}:")
+    _print_worst(r.worst, r.ranked_by, say)
     d = r.detection or {}
-    if d: say(f"\ncorrupted labels among the {d['k']} highest-loss items: {d['flagged_corrupted']} of {d['corrupted']} "
-        f"(precision@k {d['precision_at_k']:.3f}, recall@k {d['recall_at_k']:.3f}); "
-        f"AUROC of ranking by average loss {d['auroc']:.4f}")
+    if d:
+        first = next(iter(d.values()))
+        say(f"\nfinding the {first['corrupted']} corrupted labels from one training run (precision@k at k = {first['k']}):")
+        for line in format_detection_table(d).splitlines(): say("  " + line)
     for note in r.notes: say(f"note: {note}")
     say(f"\nwritten to {r.run_dir} in {r.seconds:.1f} s"
         + (f"; TensorBoard: tensorboard --logdir {r.tensorboard_dir}" if r.tensorboard_dir else ""))
@@ -384,7 +471,8 @@ def main(argv: Sequence[str] | None = None, # arguments; default `sys.argv[1:]`
     "Run the demo from the command line; exit status 0, or 2 with a message for a bad option."
     parser = build_parser()
     args = parser.parse_args(argv)
-    try: result = run_demo(args.output_dir, seed=args.seed, noise=args.noise, epochs=args.epochs, verbose=not args.quiet)
+    try: result = run_demo(args.output_dir, seed=args.seed, noise=args.noise, epochs=args.epochs, verbose=not args.quiet,
+                           noise_kind=args.noise_kind)
     except ValueError as e: parser.error(str(e))
     if args.quiet: print(result.run_dir)
     return 0
