@@ -327,17 +327,41 @@ def _record_timesteps(ds: _DatasetState, idx: torch.Tensor, x: torch.Tensor, t: 
         tb["bsum"].scatter_add_(0, bucket, xv)
         tb["bsq"].scatter_add_(0, bucket, xv * xv)
 
+def _record_unsorted(st: dict[str, torch.Tensor], idx: torch.Tensor, x: torch.Tensor, steps: torch.Tensor) -> bool:
+    "Order-free scatters for a CPU flush whose losses are all finite and whose items all have a first value; False (nothing changed) otherwise."
+    shift = st["first"].index_select(0, idx)
+    if bool(torch.isnan(shift).any()): return False     # a new item: the sorted path finds its first loss
+    d = x - shift
+    st["count"].index_add_(0, idx, torch.ones_like(x))
+    st["s1"].index_add_(0, idx, d)                      # a 1-D CPU index_add_ adds in arrival order, as the sorted path does
+    st["s2"].index_add_(0, idx, d * d)
+    st["min"].scatter_reduce_(0, idx, x, "amin")
+    st["max"].scatter_reduce_(0, idx, x, "amax")
+    last = torch.full(st["count"].shape, -1, dtype=torch.long).scatter_reduce_(0, idx, torch.arange(x.shape[0]), "amax")
+    hit = torch.nonzero(last >= 0).squeeze(1)           # the items of this flush, and the position of each one's last loss
+    at = last.index_select(0, hit)
+    st["last"].index_copy_(0, hit, x.index_select(0, at))
+    st["last_step"].index_copy_(0, hit, steps.index_select(0, at))
+    return True
+
+def _unsorted_ok(ds: _DatasetState, x: torch.Tensor, extra: Mapping) -> bool:
+    "A CPU flush of finite losses without named values, over a table small next to it: no sort needed."
+    return (x.is_cpu and all(name == "" for name in extra) and 4 * x.shape[0] >= ds.capacity
+            and bool(torch.isfinite(x).all()))
+
 def _flush(ds: _DatasetState):
     "Record the queued batches in one pass; the queue holds them in stream order."
     if not ds.queue.n: return
     idx, x, steps, extra = ds.queue.take()
-    r = _runs(ds, idx, x, steps)
-    _record(ds.state, r)
-    if ds.window is not None: _record(ds.window, r)
+    fast, r = _unsorted_ok(ds, x, extra), None
+    for st in (ds.state, ds.window):
+        if st is None or (fast and _record_unsorted(st, idx, x, steps)): continue
+        r = r or _runs(ds, idx, x, steps)
+        _record(st, r)
     t = extra.pop("", None)
     if t is not None: _record_timesteps(ds, idx, x, t)
     for name, v in extra.items():
-        rv = _value_runs(ds, r, v)
+        rv = _value_runs(ds, r, v)           # `r` exists: a flush with values takes the sorted path
         for st in (ds.values[name], ds.window_values.get(name)):
             if st is not None: _record_value(st, rv)
 

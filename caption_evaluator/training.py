@@ -53,7 +53,7 @@ class ItemLossTracker:
                  gzip: bool = False,  # write `.json.gz` snapshots
                  k: int = 10,  # worst items listed in each summary
                  histogram: bool = True,  # also log a histogram of the per-item average losses
-                 flush_every: int = 16,  # hand records to the aggregator in groups of this many (exact; see "Batching records")
+                 flush_every: int = 64,  # hand records to the aggregator in groups of this many (exact; see "Batching records")
                  timestep_range: tuple[float, float] | None = None,  # range of the timesteps `record` may get, e.g. `(0, 1000)` (for a new aggregator)
                  timestep_buckets: int | Sequence[float] = 10,  # buckets over `timestep_range`, or their edges (for a new aggregator)
                  rank_by: str | None = None,  # score that ranks each summary's worst items; `None`: `tnorm_average_loss` with timesteps, else `average_loss`
@@ -87,14 +87,15 @@ def record(self: ItemLossTracker,
     "Add one (micro-)batch of per-item losses (and their timesteps and extra values)."
     if self.flush_every == 1: return self.aggregator.update(dataset, items, per_item_losses, step=step, timesteps=timesteps, values=values)  # detaches, copies
     losses = per_item_losses.detach()
-    if losses.ndim != 1 or len(items) != losses.shape[0]:
+    n = items.shape[0] if isinstance(items, Tensor) and items.ndim else len(items)   # Tensor.__len__ is a Python call: the hot path avoids it
+    if losses.ndim != 1 or n != losses.shape[0]:
         raise ValueError(f"`per_item_losses` must be 1-D with one loss per item: got shape {tuple(losses.shape)} "
-                         f"for {len(items)} `items`.")
+                         f"for {n} `items`.")
     if not (step is None or isinstance(step, (int, Tensor)) and not isinstance(step, bool)):
         raise TypeError(f"`step` must be an int, a tensor or None, got {type(step).__name__}.")
     if timesteps is not None and self.aggregator.timestep_edges is None:
         raise ValueError("timesteps need declared buckets: ItemLossTracker(..., timestep_range=(0, 1000)) (or the range of your t / sigma)")
-    extra = _checked_extra(timesteps, values, losses.shape[0])
+    extra = None if timesteps is None and values is None else _checked_extra(timesteps, values, n)
     self._pending.append((dataset, items, losses, step, extra))
     if len(self._pending) >= self.flush_every: self.flush()
 
