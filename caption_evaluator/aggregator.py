@@ -154,6 +154,7 @@ class _DatasetState:
         self.window_values: dict[str, dict] = {}
         self.tb = self.window_tb = None         # timestep tables (see `_empty_tb`), once timesteps were recorded
         self.edges = None                       # timestep bucket edges (float64 tensor on the state's device)
+        self.hist = None                        # `_History` of the per-point means, with `history=True`
         self.capacity, self.device = 0, None   # slots allocated (plus the spare slot), and where
         self.batches = self.window_batches = 0
         self.max_index = None  # device-side max index seen, for sync-free accelerator updates
@@ -344,9 +345,11 @@ def _record_unsorted(st: dict[str, torch.Tensor], idx: torch.Tensor, x: torch.Te
     st["last_step"].index_copy_(0, hit, steps.index_select(0, at))
     return True
 
+_UNSORTED_MAX = 32768   # slots: the statistic vectors stay in cache, so unsorted scatters cost no more than sorted ones
+
 def _unsorted_ok(ds: _DatasetState, x: torch.Tensor, extra: Mapping) -> bool:
-    "A CPU flush of finite losses without named values, over a table small next to it: no sort needed."
-    return (x.is_cpu and all(name == "" for name in extra) and 4 * x.shape[0] >= ds.capacity
+    "A CPU flush of finite losses without named values over a small table (in cache, and small next to the flush): no sort needed."
+    return (x.is_cpu and all(name == "" for name in extra) and ds.capacity <= min(_UNSORTED_MAX, 4 * x.shape[0])
             and bool(torch.isfinite(x).all()))
 
 def _flush(ds: _DatasetState):
@@ -391,9 +394,12 @@ class StreamingAggregator:
                  flush_every: int=262144, # losses queued per dataset before they are recorded in one pass (1: every batch at once; larger: less work per loss)
                  timestep_range: tuple[float, float]|None=None, # `(low, high)` of the timesteps `update` may record, e.g. `(0, 1000)` or `(0.0, 1.0)`
                  timestep_buckets: int|Sequence[float]=10, # equal buckets over `timestep_range`, or the increasing bucket edges themselves
+                 history: bool=False, # keep each item's mean loss and values per history point (each save): per-epoch curves for small datasets
                 ):
         if not isinstance(flush_every, int) or flush_every < 1: raise ValueError(f"flush_every must be an int >= 1, got {flush_every!r}")
         self.timestep_edges = _timestep_edges(timestep_range, timestep_buckets)
+        self.history = bool(history)
+        self._history_steps: list[int] = []   # the points marked so far (every dataset's history has them all)
         self.device = None if device is None else torch.device(device)
         self.flush_every = flush_every
         self.keep_window = keep_window
@@ -617,6 +623,7 @@ def _columns(ds: _DatasetState, window: bool) -> dict[str, np.ndarray]:
     cols = _host_columns(state if state is not None else _empty_state(ds.size, "cpu"), ds.size)
     if tb is not None: cols["tnorm_average_loss"] = _tnorm_column(tb, ds.size)
     for name, st in values.items(): cols.update(_value_columns(name, st, ds.size))
+    if not window and ds.hist is not None and ds.hist.steps: cols.update(_history_columns(ds.hist, ds.size))
     return cols
 
 def _take(st: Mapping[str, torch.Tensor], sel) -> dict[str, torch.Tensor]:
@@ -642,6 +649,8 @@ def _item_row(cols: Mapping[str, np.ndarray], i: int, names: list[str]) -> dict:
     if row["last_step"] is not None and row["last_step"] < 0: row["last_step"] = None
     if "tnorm_average_loss" in cols: row["tnorm_average_loss"] = _py(float(cols["tnorm_average_loss"][i]))
     if names: row["values"] = {n: {f: _py(float(cols[f"values.{n}.{f}"][i]), f in _VALUE_INT_FIELDS) for f in VALUE_FIELDS} for n in names}
+    hist = [c for c in cols if c.startswith("history.")]
+    if hist: row["history"] = {c[8:]: [None if v != v else float(f"{v:.7g}") for v in cols[c][i].tolist()] for c in hist}   # as the file holds them
     return row
 
 @patch
@@ -709,6 +718,7 @@ def _pack_dataset(ds: _DatasetState) -> dict:
     if ds.window_values: out["window_values"] = {k: _copy(v, n, VALUE_STAT_FIELDS) for k, v in ds.window_values.items()}
     if ds.tb is not None: out.update(edges=ds.edges.detach().cpu().clone(), tb=_copy_tb(ds.tb, n))
     if ds.window_tb is not None: out["window_tb"] = _copy_tb(ds.window_tb, n)
+    if ds.hist is not None: out["history"] = _pack_history(ds.hist, n)
     return out
 
 def _copy(st: dict|None, n: int, fields: Sequence[str]=STAT_FIELDS) -> dict[str, torch.Tensor]:
@@ -725,7 +735,7 @@ def state_dict(self: StreamingAggregator) -> dict:
     "Plain tensors, ints and key lists (loadable with `torch.load(weights_only=True)`)."
     self._handover()
     for ds in self._data.values(): ds.settle()
-    return {"format": _STATE_FORMAT, "keep_window": self.keep_window,
+    return {"format": _STATE_FORMAT, "keep_window": self.keep_window, "history": self.history, "history_steps": list(self._history_steps),
             "datasets": {name: _pack_dataset(ds) for name, ds in self._data.items()}}
 
 def _fill(dst: dict, src: Mapping, n: int, fields: Sequence[str], device):
@@ -787,7 +797,9 @@ def load_state_dict(self: StreamingAggregator,
         _install(ds, list(d["keys"]), st, d.get("window"), self.device or st["count"].device, d.get("values"),
                  d.get("window_values"), d.get("edges"), d.get("tb"), d.get("window_tb"))
         if ds.edges is not None and self.timestep_edges is None: self.timestep_edges = tuple(ds.edges.tolist())
+        if d.get("history") is not None: ds.hist, self.history = _unpack_history(d["history"]), True
         ds.batches, ds.window_batches = int(d["batches"]), int(d.get("window_batches", 0))
+    self._history_steps = [int(s) for s in sd.get("history_steps", [])]
     return self
 
 # %% ../nbs/01_aggregator.ipynb #21477267
@@ -868,7 +880,11 @@ def merge(self: StreamingAggregator,
         _merge_into(ds.state, idx, ods.state, ods.size)
         if ds.window is not None and ods.window is not None: _merge_into(ds.window, idx, ods.window, ods.size)
         _merge_extras(ds, ods, idx, name)
+        if ods.hist is not None:
+            ds.hist = _sum_histories([(ds.hist, np.arange(ds.size)), (ods.hist, np.asarray(slots))], ds.size, name)
     if self.timestep_edges is None: self.timestep_edges = other.timestep_edges
+    self.history = self.history or other.history
+    if not self._history_steps: self._history_steps = list(other._history_steps)
     return self
 
 # %% ../nbs/01_aggregator.ipynb #a46e6edb
@@ -936,7 +952,7 @@ def sync(self: StreamingAggregator,
     backend = dist.get_backend(group)
     comm_dev = torch.device("cpu") if backend == "gloo" else (self.device or torch.device("cuda", torch.cuda.current_device()))
     out = StreamingAggregator(device=self.device, keep_window=self.keep_window, flush_every=self.flush_every)
-    out.timestep_edges = self.timestep_edges
+    out.timestep_edges, out.history, out._history_steps = self.timestep_edges, self.history, list(self._history_steps)
     for name in names:
         ms = [m[name] for m in metas if name in m]
         ds_out = out._dataset(name, create=True)
@@ -963,6 +979,12 @@ def sync(self: StreamingAggregator,
         _install(ds_out, keys, red[("loss", False, None)], red[("loss", True, None)] if win else None, device,
                  {v: red[("value", False, v)] for v in vnames}, {v: red[("value", True, v)] for v in vnames} if win else None,
                  edges, tabs.get(False), tabs.get(True))
+        if self.history:                                   # every rank's history, aligned to `keys`, summed per point
+            pos = {k: i for i, k in enumerate(keys)}
+            local = None if mine is None or mine.hist is None else _sum_histories([(mine.hist, np.array([pos[k] for k in mine.keys]))], len(keys), name)
+            hists: list = [None] * world
+            dist.all_gather_object(hists, local, group=group)
+            ds_out.hist = _sum_histories([(h, np.arange(len(keys))) for h in hists], len(keys), name)
         ds_out.batches = sum(m[1] for m in ms)
         ds_out.window_batches = sum(m[2] for m in ms)
     return out
@@ -1006,11 +1028,24 @@ def _extra_text(cols: dict[str, np.ndarray], rows: np.ndarray) -> list[str]|None
     for n in _value_names(cols):
         fields = [[f'"{f}": {s}' for s in _texts(cols[f"values.{n}.{f}"][rows], f in _VALUE_INT_FIELDS)] for f in VALUE_FIELDS]
         parts.append([f'{_json_str(n)}: {{{", ".join(fs)}}}' for fs in zip(*fields)])
-    if not parts: return None
+    hist = [c for c in cols if c.startswith("history.")]
+    if not parts and not hist: return None
     has_tn = "tnorm_average_loss" in cols
     tn, vals = (parts[0], parts[1:]) if has_tn else ([""] * len(rows), parts)
-    if not vals: return tn
-    return [t + ', "values": {' + ", ".join(v) + "}" for t, *v in zip(tn, *vals)]
+    out = [t + (', "values": {' + ", ".join(v) + "}" if v else "") for t, *v in zip(tn, *vals)] if vals else tn
+    if hist: out = [o + ', "history": {' + h + "}" for o, h in zip(out, _history_text(cols, hist, rows))]
+    return out
+
+def _short_float(v: float) -> str:
+    "JSON text of a float32-precision value: 7 significant digits, always a float (`2.0`, not `2`); `null` for NaN."
+    if v != v: return "null"
+    s = f"{v:.7g}"
+    return s if any(c in s for c in ".en") else s + ".0"
+
+def _history_text(cols: dict[str, np.ndarray], hist: list[str], rows: np.ndarray) -> list[str]:
+    "Each row's `quantity: [per-point means]` members (7 significant digits: the history is stored in float32)."
+    per = [[_json_str(c[8:]) + ": [" + ", ".join(map(_short_float, r)) + "]" for r in cols[c][rows].tolist()] for c in hist]
+    return [", ".join(parts) for parts in zip(*per)]
 
 def _write_item_chunk(fh, # text file to write to
                       keys: list[str], # the dataset's key table
@@ -1079,6 +1114,7 @@ def save_json(self: StreamingAggregator,
              ) -> Path:
     "Atomically write `{job_name}_{step:09d}.json[.gz]` (schema `caption_evaluator/item_stats@2`); resets the window."
     if by is not None: score_path(by)        # a malformed score is refused before anything is written
+    if self.history: self.mark_history(int(step))
     if not isinstance(job_name, str) or not job_name or os.sep in job_name or (os.altsep and os.altsep in job_name):
         raise ValueError(f"job_name must be a non-empty file-name prefix without path separators, got {job_name!r}")
     if isinstance(step, torch.Tensor): step = int(step)
@@ -1107,6 +1143,7 @@ def _write_document(self: StreamingAggregator, fh, job_name: str, step: int, k: 
         fh.write(("," if n else "") + "\n" + json.dumps(name) + ": {")
         _write_stats(fh, ds.keys, _columns(ds, False), ds.batches, k, by, ascending)
         if ds.tb is not None: fh.write(', "timesteps": ' + json.dumps(_timestep_table(ds.tb, ds.edges), allow_nan=False))
+        if ds.hist is not None and ds.hist.steps: fh.write(', "history_steps": ' + json.dumps(ds.hist.steps))
         if ds.keep_window:
             fh.write(', "window": {')
             _write_stats(fh, ds.keys, _columns(ds, True), ds.window_batches, k, by, ascending)
@@ -1114,3 +1151,101 @@ def _write_document(self: StreamingAggregator, fh, job_name: str, step: int, k: 
             fh.write("}")
         fh.write("}")
     fh.write("\n}}\n")
+
+# %% ../nbs/01_aggregator.ipynb #f73c6338
+class _History:
+    "Each tracked mean per item at every history point: the interval's record count and mean (float32, host), and the running totals."
+    def __init__(self):
+        self.steps: list[int] = []
+        self.n: dict[str, list[np.ndarray]] = {}      # quantity: per point, records per item since the previous point
+        self.mean: dict[str, list[np.ndarray]] = {}   # quantity: per point, their mean per item (NaN: none)
+        self.prev: dict[str, tuple[np.ndarray, np.ndarray]] = {}   # quantity: cumulative count and sum at the last point
+
+def _totals(ds: _DatasetState) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    "Cumulative count and sum of every history quantity: the loss, then each named value (float64 host arrays)."
+    out = {}
+    for q, st in [("average_loss", ds.state)] + [(f"values.{v}", s) for v, s in ds.values.items()]:
+        if st is None: continue
+        n, mean, _ = _moments(_take(st, slice(0, ds.size)))
+        out[q] = (n.cpu().numpy().copy(), (n * mean).cpu().numpy())   # a copy: on a CPU `count` shares the state's memory
+    return out
+
+def _grown(a: np.ndarray, n: int, fill: float=0.0) -> np.ndarray:
+    "`a` padded with `fill` to length `n` (items registered after it was taken)."
+    return a if len(a) >= n else np.concatenate([a, np.full(n - len(a), fill, dtype=a.dtype)])
+
+def _mark(ds: _DatasetState, step: int):
+    "Add one history point: every quantity's interval count and mean since the previous point."
+    h = ds.hist
+    for q, (n, s) in _totals(ds).items():
+        pn, ps = (_grown(a, len(n)) for a in h.prev.get(q, (np.zeros(0), np.zeros(0))))
+        dn, dsum = n - pn, s - ps
+        with np.errstate(invalid="ignore", divide="ignore"): m = np.where(dn > 0, dsum / dn, np.nan)
+        empty = np.zeros(0, dtype=np.float32)
+        h.n.setdefault(q, [empty] * len(h.steps)).append(dn.astype(np.float32))
+        h.mean.setdefault(q, [empty] * len(h.steps)).append(m.astype(np.float32))
+        h.prev[q] = (n, s)
+    h.steps.append(int(step))
+
+def _history_columns(h: _History, size: int) -> dict[str, np.ndarray]:
+    "`history.<quantity>`: `[size, points]` float64 arrays of interval means (NaN where an item had no record)."
+    return {f"history.{q}": np.stack([_grown(m.astype(np.float64), size, np.nan) for m in ms], 1) for q, ms in h.mean.items()}
+
+@patch
+def mark_history(self: StreamingAggregator,
+                 step: int, # the training step the point belongs to (e.g. the end of an epoch)
+                ) -> None:
+    "Add a history point to every dataset now (`save_json` does it at each save when `history=True`)."
+    if not self.history: raise ValueError("mark_history needs StreamingAggregator(history=True)")
+    if self._history_steps and self._history_steps[-1] == int(step): return     # this step is marked already (e.g. by the tracker)
+    self._handover()
+    for ds in self._data.values():
+        ds.settle()
+        if ds.hist is None:                      # a dataset first seen after earlier points: empty there
+            ds.hist = _History()
+            ds.hist.steps = list(self._history_steps)
+        _mark(ds, step)
+    self._history_steps.append(int(step))
+
+def _pack_history(h: _History|None, n: int) -> dict|None:
+    "The history as plain tensors for `state_dict` (`[points, n]` per quantity; loadable with `weights_only=True`)."
+    if h is None: return None
+    stack = lambda arrs, fill: torch.from_numpy(np.stack([_grown(a.astype(np.float32), n, fill) for a in arrs]) if arrs else np.zeros((0, n), np.float32))
+    return {"steps": list(h.steps), "n": {q: stack(a, 0.0) for q, a in h.n.items()}, "mean": {q: stack(a, np.nan) for q, a in h.mean.items()},
+            "prev_n": {q: torch.from_numpy(_grown(p[0], n)) for q, p in h.prev.items()},
+            "prev_sum": {q: torch.from_numpy(_grown(p[1], n)) for q, p in h.prev.items()}}
+
+def _unpack_history(d: Mapping) -> _History:
+    "A `_History` from `_pack_history`'s tensors."
+    h = _History()
+    h.steps = [int(s) for s in d["steps"]]
+    for q in d["mean"]:
+        h.n[q] = [r.numpy().astype(np.float32) for r in d["n"][q]]
+        h.mean[q] = [r.numpy().astype(np.float32) for r in d["mean"][q]]
+    h.prev = {q: (d["prev_n"][q].double().numpy().copy(), d["prev_sum"][q].double().numpy().copy()) for q in d["prev_n"]}
+    return h
+
+def _sum_histories(parts: list[tuple[_History, np.ndarray]], size: int, name: str) -> _History|None:
+    "One history from parts of the stream over the same points (`(history, slots of its items)`): counts add, means are count-weighted."
+    parts = [(h, s) for h, s in parts if h is not None and h.steps]
+    if not parts: return None
+    steps = parts[0][0].steps
+    if any(h.steps != steps for h, _ in parts):
+        raise ValueError(f"dataset {name!r}: the parts' history points differ ({[h.steps for h, _ in parts]}); "
+                         "merge parts saved at the same steps, or mark_history at the same steps on every rank")
+    out = _History()
+    out.steps = list(steps)
+    for q in dict.fromkeys(q for h, _ in parts for q in h.mean):
+        n_tot, s_tot = np.zeros((len(steps), size)), np.zeros((len(steps), size))
+        pn, ps = np.zeros(size), np.zeros(size)
+        for h, slots in parts:
+            for p, (n, m) in enumerate(zip(h.n.get(q, []), h.mean.get(q, []))):
+                k = min(len(n), len(slots))
+                np.add.at(n_tot[p], slots[:k], n[:k]); np.add.at(s_tot[p], slots[:k], np.nan_to_num(n[:k].astype(np.float64) * m[:k]))
+            if q in h.prev:
+                k = min(len(h.prev[q][0]), len(slots))
+                np.add.at(pn, slots[:k], h.prev[q][0][:k]); np.add.at(ps, slots[:k], h.prev[q][1][:k])
+        with np.errstate(invalid="ignore", divide="ignore"): mean = np.where(n_tot > 0, s_tot / n_tot, np.nan)
+        out.n[q], out.mean[q] = list(n_tot.astype(np.float32)), list(mean.astype(np.float32))
+        out.prev[q] = (pn, ps)
+    return out

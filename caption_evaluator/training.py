@@ -187,6 +187,7 @@ def on_save(self: ItemLossTracker,
             ) -> Path | None:  # the snapshot written (None on ranks other than 0)
     "Write `{job_name}_{step:09d}.json` into `save_root` and log each dataset's summary."
     self.flush()
+    if self.aggregator.history: self.aggregator.mark_history(step)   # each rank's own point, before the ranks are merged
     agg = self.aggregator.sync() if _is_distributed() else self.aggregator
     path = None
     if not _is_distributed() or torch.distributed.get_rank() == 0:

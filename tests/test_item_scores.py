@@ -164,3 +164,60 @@ def test_order_free_flush_equals_the_sorted_one(seed, n_items, new_items):
         for agg in (one_by_one, bulk): agg.update("train", idx, torch.tensor(ls), step=step)
     for window in (False, True):
         assert json.dumps(bulk.item_stats("train", window=window)) == json.dumps(one_by_one.item_stats("train", window=window))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 5))
+def test_history_is_the_mean_of_each_interval_across_parts(seed, points):
+    "Two parts of a stream (as two ranks), each marking the same points: merged, every point holds the interval's mean."
+    rng = np.random.default_rng(seed)
+    parts = [StreamingAggregator(history=True) for _ in range(2)]
+    recs = []                                                  # (point, key, loss, margin)
+    for p in range(points):
+        for part in parts:
+            n = int(rng.integers(0, 6))
+            keys = [f"k{j}" for j in rng.integers(0, 5, n)]
+            ls, ms = rng.gamma(2.0, 0.5, n), rng.normal(size=n)
+            if n: part.update("train", keys, torch.tensor(ls), step=p, values={"margin": torch.tensor(ms)})
+            recs += [(p, k, l, m) for k, l, m in zip(keys, ls, ms)]
+        for part in parts: part.mark_history(p)
+    merged = StreamingAggregator(history=True).merge(StreamingAggregator().load_state_dict(parts[0].state_dict())).merge(parts[1])
+    if not merged.datasets: return
+    stats = merged.item_stats("train")
+    for key, s in stats.items():
+        for p in range(points):
+            mine = [(l, m) for q, k, l, m in recs if q == p and k == key]
+            got = s["history"]["average_loss"][p]
+            if not mine: assert got is None; continue
+            assert math.isclose(got, float(np.mean([l for l, _ in mine])), rel_tol=2e-6, abs_tol=1e-6)
+            if "values.margin" in s["history"]:
+                assert math.isclose(s["history"]["values.margin"][p], float(np.mean([m for _, m in mine])), rel_tol=2e-6, abs_tol=1e-6)
+
+
+def test_history_points_must_match(tmp_path):
+    a, b = StreamingAggregator(history=True), StreamingAggregator(history=True)
+    for agg, step in ((a, 1), (b, 2)):
+        agg.update("train", ["x"], torch.ones(1), step=step)
+        agg.mark_history(step)
+    try: a.merge(b)
+    except ValueError as e: assert "history points differ" in str(e)
+    else: raise AssertionError("merging histories of different points must fail")
+
+
+def test_tracker_saves_per_epoch_history(tmp_path):
+    "A tracker saving once per epoch writes each item's per-epoch mean loss and margin into one snapshot."
+    tracker = ItemLossTracker(tmp_path, "hist", aggregator=StreamingAggregator(history=True))
+    rng = np.random.default_rng(0)
+    per_epoch = []
+    for epoch in range(3):
+        logits, labels = torch.tensor(rng.normal(size=(6, 3))), torch.tensor([0, 1, 2, 0, 1, 2])
+        tracker.record_classification("train", [f"i{j}" for j in range(6)], logits, labels, step=epoch)
+        per_epoch.append((torch.nn.functional.cross_entropy(logits, labels, reduction="none").numpy(), logits.numpy()))
+        path = tracker.on_save(epoch)
+    doc = load_item_stats(path)["datasets"]["train"]
+    assert doc["history_steps"] == [0, 1, 2]
+    for j in range(6):
+        h = doc["item_stats"][f"i{j}"]["history"]
+        assert np.allclose(h["average_loss"], [ce[j] for ce, _ in per_epoch], rtol=1e-6)
+        gold = [lg[j, j % 3] - max(v for c, v in enumerate(lg[j]) if c != j % 3) for _, lg in per_epoch]
+        assert np.allclose(h["values.margin"], gold, rtol=1e-6, atol=1e-6)

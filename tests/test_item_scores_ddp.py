@@ -38,9 +38,10 @@ def _batch(rank: int, step: int):
     return keys, losses, t, values
 
 
-def _feed(agg, ranks):
-    "Each step's batches of `ranks`, lower rank first (the order a step-ordered merge gives shared items)."
+def _feed(agg, ranks, mark=False):
+    "Each step's batches of `ranks`, lower rank first (the order a step-ordered merge gives shared items); a history point every 2 steps."
     for step in range(STEPS):
+        if mark and step and step % 2 == 0: agg.mark_history(step)
         for rank in ranks:
             keys, losses, t, values = _batch(rank, step)
             agg.update("train", keys, torch.tensor(losses), step=step, timesteps=torch.tensor(t),
@@ -51,8 +52,8 @@ def _worker(rank: int, port: int, out_dir: str):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
-        agg = StreamingAggregator(timestep_range=(0, 1000), keep_window=True, flush_every=9)
-        _feed(agg, [rank])
+        agg = StreamingAggregator(timestep_range=(0, 1000), keep_window=True, flush_every=9, history=True)
+        _feed(agg, [rank], mark=True)
         synced = agg.sync()
         if rank == 0: synced.save_json(out_dir, "ddp", STEPS)
     finally:
@@ -90,3 +91,10 @@ def test_sync_of_scores_equals_one_process(tmp_path):
             for f in ("mean", "std"): assert (gv[f] is None and wv[f] is None) or math.isclose(gv[f], wv[f], rel_tol=1e-9, abs_tol=1e-12)
             if not key.startswith("shared/"): assert gv["decreases"] == wv["decreases"], (key, name)   # one rank's records: exact
     for key in ref: assert math.isclose(got["window"]["item_stats"][key]["tnorm_average_loss"], ref[key], rel_tol=1e-9)
+    # history: points at steps 2, 4 and the save (6); each holds the mean of both ranks' records of its interval
+    assert got["history_steps"] == [2, 4, STEPS]
+    for key, g in got["item_stats"].items():
+        for p, (lo, hi) in enumerate(((0, 2), (2, 4), (4, STEPS))):
+            ls = [l for r in range(WORLD) for s in range(lo, hi) for k, l in zip(_batch(r, s)[0], _batch(r, s)[1]) if k == key and math.isfinite(l)]
+            h = g["history"]["average_loss"][p]
+            assert (h is None) if not ls else math.isclose(h, float(np.mean(ls)), rel_tol=2e-6), (key, p)
