@@ -221,3 +221,17 @@ def test_tracker_saves_per_epoch_history(tmp_path):
         assert np.allclose(h["average_loss"], [ce[j] for ce, _ in per_epoch], rtol=1e-6)
         gold = [lg[j, j % 3] - max(v for c, v in enumerate(lg[j]) if c != j % 3) for _, lg in per_epoch]
         assert np.allclose(h["values.margin"], gold, rtol=1e-6, atol=1e-6)
+
+
+def test_snapshot_readers_never_import_torch(tmp_path):
+    "The snapshot module, and `caption-eval items` on a real snapshot, run without loading torch."
+    import subprocess, sys
+    agg = StreamingAggregator()
+    agg.update("train", ["a", "b"], torch.tensor([1.0, 2.0]), step=0, values={"margin": torch.tensor([0.5, -1.0])})
+    path = agg.save_json(tmp_path, "job", 1)
+    code = ("import sys, caption_evaluator.snapshots as s, caption_evaluator.cli as cli\n"
+            f"doc = s.load_item_stats({str(path)!r}); s.rank_items(doc['datasets']['train']['item_stats'], by='aum')\n"
+            f"assert cli.main(['items', {str(path)!r}, '--by', 'aum']) == 0\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False", out
