@@ -130,7 +130,8 @@ class _Queue:
     def take(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         "The queued slots, losses, steps and extra columns (views into the buffers, valid until the next `push`); empties the queue."
         n, self.n = self.n, 0
-        return self.idx[:n], self.x[:n], self.steps[:n], {k: v[:n] for k, v in self.extra.items()}
+        extra, self.extra, self.extra_host = {k: v[:n] for k, v in self.extra.items()}, {}, {}   # columns last one flush: later batches without them write none
+        return self.idx[:n], self.x[:n], self.steps[:n], extra
 
 def _put(buf: torch.Tensor, host: np.ndarray|None, a: int, b: int, src):
     "`buf[a:b] = src` (broadcast): through numpy for CPU buffers (a numpy slice assignment costs a fraction of a torch op), else `copy_`/`fill_`."
@@ -650,7 +651,7 @@ def _item_row(cols: Mapping[str, np.ndarray], i: int, names: list[str]) -> dict:
     if "tnorm_average_loss" in cols: row["tnorm_average_loss"] = _py(float(cols["tnorm_average_loss"][i]))
     if names: row["values"] = {n: {f: _py(float(cols[f"values.{n}.{f}"][i]), f in _VALUE_INT_FIELDS) for f in VALUE_FIELDS} for n in names}
     hist = [c for c in cols if c.startswith("history.")]
-    if hist: row["history"] = {c[8:]: [None if v != v else float(f"{v:.7g}") for v in cols[c][i].tolist()] for c in hist}   # as the file holds them
+    if hist: row["history"] = {c[8:]: [float(f"{v:.7g}") if math.isfinite(v) else None for v in cols[c][i].tolist()] for c in hist}   # as the file holds them
     return row
 
 @patch
@@ -736,6 +737,7 @@ def state_dict(self: StreamingAggregator) -> dict:
     self._handover()
     for ds in self._data.values(): ds.settle()
     return {"format": _STATE_FORMAT, "keep_window": self.keep_window, "history": self.history, "history_steps": list(self._history_steps),
+            "timestep_edges": None if self.timestep_edges is None else list(self.timestep_edges),
             "datasets": {name: _pack_dataset(ds) for name, ds in self._data.items()}}
 
 def _fill(dst: dict, src: Mapping, n: int, fields: Sequence[str], device):
@@ -800,6 +802,8 @@ def load_state_dict(self: StreamingAggregator,
         if d.get("history") is not None: ds.hist, self.history = _unpack_history(d["history"]), True
         ds.batches, ds.window_batches = int(d["batches"]), int(d.get("window_batches", 0))
     self._history_steps = [int(s) for s in sd.get("history_steps", [])]
+    self.history = self.history or bool(sd.get("history"))
+    if self.timestep_edges is None and sd.get("timestep_edges") is not None: self.timestep_edges = tuple(float(e) for e in sd["timestep_edges"])
     return self
 
 # %% ../nbs/01_aggregator.ipynb #21477267
@@ -865,11 +869,18 @@ def merge(self: StreamingAggregator,
     "Fold `other`'s statistics into this aggregator (keys matched by name); returns `self`."
     if not isinstance(other, StreamingAggregator): raise TypeError(f"other must be a StreamingAggregator, got {type(other).__name__}")
     other._handover()
-    for name, ods in other._data.items():
+    self._handover()
+    for name, ods in other._data.items():                 # every refusal before anything changes
         ods.settle()
-        ds = self._dataset(name, create=True)
+        ds = self._data.get(name)
+        if ds is None: continue
         ds.settle()
-        if ods.tb is not None and ds.tb is not None: _same_edges(name, [ds.edges.tolist(), ods.edges.tolist()])   # before anything changes
+        if ods.tb is not None and ds.tb is not None: _same_edges(name, [ds.edges.tolist(), ods.edges.tolist()])
+        if ods.hist is not None and ds.hist is not None and ods.hist.steps and ds.hist.steps and ods.hist.steps != ds.hist.steps:
+            raise ValueError(f"dataset {name!r}: the parts' history points differ ({ds.hist.steps} vs {ods.hist.steps}); "
+                             "merge parts saved at the same steps, or mark_history at the same steps on every rank")
+    for name, ods in other._data.items():
+        ds = self._dataset(name, create=True)
         slots = ds.add_keys(ods.keys)
         device = ds.device or self.device or ods.device or "cpu"
         ds.ensure(ds.size, device)
@@ -1038,7 +1049,7 @@ def _extra_text(cols: dict[str, np.ndarray], rows: np.ndarray) -> list[str]|None
 
 def _short_float(v: float) -> str:
     "JSON text of a float32-precision value: 7 significant digits, always a float (`2.0`, not `2`); `null` for NaN."
-    if v != v: return "null"
+    if not math.isfinite(v): return "null"     # NaN (no record), or a mean beyond float32
     s = f"{v:.7g}"
     return s if any(c in s for c in ".en") else s + ".0"
 
@@ -1086,14 +1097,17 @@ def _write_stats(fh, keys: list[str], cols: dict[str, np.ndarray], batches: int,
         _write_item_chunk(fh, keys, cols, rows[start:start + _CHUNK])
     fh.write("\n}")
 
-def _timestep_table(tb: Mapping[str, torch.Tensor], edges: torch.Tensor) -> dict:
-    "The bucket table of a snapshot: edges, and per bucket the count, mean and population std of the loss."
+def _timestep_table(tb: Mapping[str, torch.Tensor], edges: torch.Tensor, finite: int) -> dict:
+    "The bucket table of a snapshot: edges, per bucket the count, mean and population std of the loss; `unbucketed`: finite losses without a finite timestep."
     cnt, s, sq = (tb[f].cpu().numpy() for f in ("bcount", "bsum", "bsq"))
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = s / cnt
         std = np.sqrt(np.clip(sq / cnt - mean * mean, 0.0, None))
     return {"edges": edges.tolist(), "count": cnt[:-1].astype(np.int64).tolist(), "mean": [_py(v) for v in mean[:-1].tolist()],
-            "std": [_py(v) for v in std[:-1].tolist()], "unbucketed": int(cnt[-1])}
+            "std": [_py(v) for v in std[:-1].tolist()], "unbucketed": int(finite - cnt[:-1].sum())}
+
+def _finite_records(st: Mapping[str, torch.Tensor]|None, size: int) -> int:
+    return 0 if st is None else int(st["count"][:size].sum())
 
 def _check_save_root(save_root) -> Path:
     root = Path(save_root)
@@ -1114,13 +1128,13 @@ def save_json(self: StreamingAggregator,
              ) -> Path:
     "Atomically write `{job_name}_{step:09d}.json[.gz]` (schema `caption_evaluator/item_stats@2`); resets the window."
     if by is not None: score_path(by)        # a malformed score is refused before anything is written
-    if self.history: self.mark_history(int(step))
     if not isinstance(job_name, str) or not job_name or os.sep in job_name or (os.altsep and os.altsep in job_name):
         raise ValueError(f"job_name must be a non-empty file-name prefix without path separators, got {job_name!r}")
     if isinstance(step, torch.Tensor): step = int(step)
     if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0:
         raise ValueError(f"step must be a non-negative int, got {step!r}")
     root = _check_save_root(save_root)
+    if self.history: self.mark_history(int(step))   # after every check: a refused save adds no point
     path = root / f"{job_name}_{int(step):09d}.json{'.gz' if gzip else ''}"
     def write(raw):  # `raw`: the binary temporary file of `write_atomic`, fsynced and renamed onto `path` after this
         z = _gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) if gzip else None
@@ -1142,12 +1156,12 @@ def _write_document(self: StreamingAggregator, fh, job_name: str, step: int, k: 
         ds.settle()
         fh.write(("," if n else "") + "\n" + json.dumps(name) + ": {")
         _write_stats(fh, ds.keys, _columns(ds, False), ds.batches, k, by, ascending)
-        if ds.tb is not None: fh.write(', "timesteps": ' + json.dumps(_timestep_table(ds.tb, ds.edges), allow_nan=False))
+        if ds.tb is not None: fh.write(', "timesteps": ' + json.dumps(_timestep_table(ds.tb, ds.edges, _finite_records(ds.state, ds.size)), allow_nan=False))
         if ds.hist is not None and ds.hist.steps: fh.write(', "history_steps": ' + json.dumps(ds.hist.steps))
         if ds.keep_window:
             fh.write(', "window": {')
             _write_stats(fh, ds.keys, _columns(ds, True), ds.window_batches, k, by, ascending)
-            if ds.window_tb is not None: fh.write(', "timesteps": ' + json.dumps(_timestep_table(ds.window_tb, ds.edges), allow_nan=False))
+            if ds.window_tb is not None: fh.write(', "timesteps": ' + json.dumps(_timestep_table(ds.window_tb, ds.edges, _finite_records(ds.window, ds.size)), allow_nan=False))
             fh.write("}")
         fh.write("}")
     fh.write("\n}}\n")
@@ -1180,10 +1194,11 @@ def _mark(ds: _DatasetState, step: int):
     for q, (n, s) in _totals(ds).items():
         pn, ps = (_grown(a, len(n)) for a in h.prev.get(q, (np.zeros(0), np.zeros(0))))
         dn, dsum = n - pn, s - ps
-        with np.errstate(invalid="ignore", divide="ignore"): m = np.where(dn > 0, dsum / dn, np.nan)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):   # a mean beyond float32 becomes inf, written as null
+            m = np.where(dn > 0, dsum / dn, np.nan).astype(np.float32)
         empty = np.zeros(0, dtype=np.float32)
         h.n.setdefault(q, [empty] * len(h.steps)).append(dn.astype(np.float32))
-        h.mean.setdefault(q, [empty] * len(h.steps)).append(m.astype(np.float32))
+        h.mean.setdefault(q, [empty] * len(h.steps)).append(m)
         h.prev[q] = (n, s)
     h.steps.append(int(step))
 

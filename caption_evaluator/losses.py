@@ -185,6 +185,6 @@ def classification_record(logits: Tensor, # [B, C] class scores (C >= 2)
     gold = logp.gather(1, y).squeeze(1)
     with torch.no_grad():
         g = gold.detach()
-        other = logp.detach().scatter(1, y, -torch.inf).amax(1)
+        other = logp.detach().scatter(1, y, -torch.inf).amax(1).clamp(min=torch.finfo(g.dtype).min)   # every other class masked: a finite, huge margin
         values = {"margin": g - other, "p_gold": g.exp(), "correct": (logits.detach().argmax(1) == y[:, 0]).to(g.dtype)}
     return ClassificationRecord(-gold, values)

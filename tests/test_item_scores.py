@@ -7,9 +7,11 @@ tracker's batching, checkpoint round trips and merges of consecutive parts.
 """
 import json
 import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -32,7 +34,7 @@ def streams(draw):
         n = draw(st.integers(0, 12))
         keys = [f"k{draw(st.integers(0, 6))}" for _ in range(n)]
         losses = [draw(number) for _ in range(n)]
-        ts = [draw(st.floats(-0.2, 1.2, allow_nan=False) | special) for _ in range(n)]
+        ts = [draw(st.floats(-0.2, 1.2, allow_nan=False) | special) for _ in range(n)] if draw(st.integers(0, 4)) else None
         vals = {}
         if draw(st.booleans()): vals["margin"] = [draw(value) for _ in range(n)]
         if draw(st.booleans()): vals["correct"] = [float(draw(st.booleans())) for _ in range(n)]
@@ -46,7 +48,7 @@ def _bucket(t: float) -> int:
 
 def reference(stream):
     "tnorm_average_loss and each value's statistics, by their definitions."
-    recs = [(k, l, t) for ks, ls, _, ts, _ in stream for k, l, t in zip(ks, ls, ts) if math.isfinite(l) and math.isfinite(t)]
+    recs = [(k, l, t) for ks, ls, _, ts, _ in stream if ts is not None for k, l, t in zip(ks, ls, ts) if math.isfinite(l) and math.isfinite(t)]
     sums, cnts = np.zeros(len(EDGES) - 1), np.zeros(len(EDGES) - 1)
     for _, l, t in recs: sums[_bucket(t)] += l; cnts[_bucket(t)] += 1
     mu = np.divide(sums, cnts, out=np.zeros_like(sums), where=cnts > 0)
@@ -64,17 +66,23 @@ def reference(stream):
 
 def feed(target, stream, tracker=False):
     for ks, ls, step, ts, vals in stream:
-        args = dict(step=step, timesteps=torch.tensor(ts, dtype=torch.float64),
+        args = dict(step=step, timesteps=None if ts is None else torch.tensor(ts, dtype=torch.float64),
                     values={n: torch.tensor(v, dtype=torch.float64) for n, v in vals.items()})
         if tracker: target.record("train", ks, torch.tensor(ls, dtype=torch.float64), **args)
         else: target.update("train", ks, torch.tensor(ls, dtype=torch.float64), **args)
 
 
-def check(stats, stream):
+def check(stats, stream, agg=None, tmp=None):
     tnorm, seqs = reference(stream)
+    if agg is not None and agg._data["train"].tb is not None:     # the bucket table, read back from a snapshot
+        table = load_item_stats(agg.save_json(tmp, "check", 1))["datasets"]["train"]["timesteps"]
+        timed = [(l, t) for _, ls, _, ts, _ in stream if ts is not None for l, t in zip(ls, ts) if math.isfinite(l) and math.isfinite(t)]
+        finite = sum(math.isfinite(l) for _, ls, *_ in stream for l in ls)
+        assert table["count"] == [sum(_bucket(t) == b for _, t in timed) for b in range(len(EDGES) - 1)]
+        assert table["unbucketed"] == finite - len(timed)
     for key, s in stats.items():
         if key in tnorm: assert math.isclose(s["tnorm_average_loss"], tnorm[key], rel_tol=1e-9, abs_tol=1e-12), key
-        else: assert s["tnorm_average_loss"] is None
+        else: assert s.get("tnorm_average_loss") is None     # no bucketed record (or no timesteps at all: no field)
         for name, per in seqs.items():
             got, x = s["values"][name], per.get(key)
             if x is None:
@@ -96,7 +104,7 @@ def test_aggregator_matches_definitions(stream, flush_every):
     feed(agg, stream)
     if not agg.datasets: return
     stats = agg.item_stats("train")
-    check(stats, stream)
+    with tempfile.TemporaryDirectory() as tmp: check(stats, stream, agg, tmp)
     restored = StreamingAggregator().load_state_dict(agg.state_dict())
     assert json.dumps(restored.item_stats("train")) == json.dumps(stats)
 
@@ -194,14 +202,40 @@ def test_history_is_the_mean_of_each_interval_across_parts(seed, points):
                 assert math.isclose(s["history"]["values.margin"][p], float(np.mean([m for _, m in mine])), rel_tol=2e-6, abs_tol=1e-6)
 
 
-def test_history_points_must_match(tmp_path):
+def test_refused_merges_change_nothing(tmp_path):
+    "Different history points or timestep buckets are refused, and the target keeps every statistic it had."
     a, b = StreamingAggregator(history=True), StreamingAggregator(history=True)
     for agg, step in ((a, 1), (b, 2)):
         agg.update("train", ["x"], torch.ones(1), step=step)
         agg.mark_history(step)
-    try: a.merge(b)
-    except ValueError as e: assert "history points differ" in str(e)
-    else: raise AssertionError("merging histories of different points must fail")
+    before = json.dumps(a.state_dict()["datasets"]["train"]["state"]["count"].tolist()), a.item_stats("train")
+    with pytest.raises(ValueError, match="history points differ"): a.merge(b)
+    assert (json.dumps(a.state_dict()["datasets"]["train"]["state"]["count"].tolist()), a.item_stats("train")) == before
+    c, d = StreamingAggregator(timestep_range=(0, 10)), StreamingAggregator(timestep_range=(0, 20))
+    for name in ("x", "y"): c.update(name, ["k"], torch.ones(1), timesteps=torch.ones(1))
+    d.update("x", ["k"], torch.ones(1))                     # no timesteps: "x" merges cleanly ...
+    d.update("y", ["k"], torch.ones(1), timesteps=torch.ones(1))   # ... "y" disagrees: "x" must not be merged either
+    with pytest.raises(ValueError, match="bucket timesteps differently"): c.merge(d)
+    assert c.item_stats("x")["k"]["count"] == 1 and c.item_stats("y")["k"]["count"] == 1
+
+
+def test_history_edge_cases(tmp_path):
+    "A refused save adds no point; the flag and the edges survive a checkpoint; means beyond float32 are null, the file valid JSON."
+    a = StreamingAggregator(history=True, timestep_range=(0, 1000))
+    a.update("train", ["big", "ok"], torch.tensor([1e39, 1.0], dtype=torch.float64), step=0, timesteps=torch.tensor([1, 2]))
+    with pytest.raises(ValueError): a.save_json(tmp_path, "a/b", 5)
+    assert a._history_steps == []
+    doc = json.loads(a.save_json(tmp_path, "ok", 5).read_text())          # plain json: no inf anywhere
+    assert doc["datasets"]["train"]["item_stats"]["big"]["history"]["average_loss"] == [None]
+    b = StreamingAggregator().load_state_dict(StreamingAggregator(history=True, timestep_range=(0, 1000)).state_dict())
+    assert b.history and b.timestep_edges == a.timestep_edges
+
+
+def test_masked_logits_give_a_finite_margin():
+    from caption_evaluator.losses import classification_record
+    rec = classification_record(torch.tensor([[2.0, -math.inf, -math.inf], [0.0, 1.0, 0.5]]), torch.tensor([0, 2]))
+    assert torch.isfinite(rec.values["margin"]).all() and rec.values["margin"][0] > 1e30
+    assert math.isclose(float(rec.values["margin"][1]), -0.5, rel_tol=1e-6)
 
 
 def test_tracker_saves_per_epoch_history(tmp_path):
