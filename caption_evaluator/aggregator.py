@@ -681,8 +681,8 @@ def _summary(cols: dict[str, np.ndarray], keys: list[str], batches: int, k: int,
     a = avg[has]
     total = float(cnt.sum())
     out = {"items": int(seen.sum()), "updates": int(total + nf.sum()), "batches": int(batches),
-           "mean_loss": float((a * cnt[has]).sum() / total) if total else None,
-           "mean_item_loss": float(a.mean()) if a.size else None}
+           "mean_loss": _py(float((a * cnt[has]).sum() / total)) if total else None,   # None, not inf, where the sums overflow
+           "mean_item_loss": _py(float(a.mean())) if a.size else None}
     pct = np.percentile(a, [50, 90, 99]) if a.size else [None] * 3
     out.update({"p50": _opt(pct[0]), "p90": _opt(pct[1]), "p99": _opt(pct[2]), "nonfinite": int(nf.sum())})
     by = default_score({"columns": cols}) if by is None else by    # the columns hold the fields an item entry would
@@ -692,7 +692,7 @@ def _summary(cols: dict[str, np.ndarray], keys: list[str], batches: int, k: int,
     out.update(ranked_by=by, ascending=low_first, worst=[(keys[i], _py(float(scores[i]))) for i in top])
     return out
 
-def _opt(v): return None if v is None else float(v)
+def _opt(v): return None if v is None else _py(float(v))
 
 @patch
 def dataset_summary(self: StreamingAggregator,

@@ -269,3 +269,12 @@ def test_snapshot_readers_never_import_torch(tmp_path):
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "False", out
+
+
+def test_summary_of_huge_losses_is_valid_json(tmp_path):
+    "Finite losses whose sum overflows give a None mean, not an unwritable inf; the items keep their exact values."
+    agg = StreamingAggregator()
+    agg.update("t", ["x", "y"], torch.tensor([1e308, 1e308], dtype=torch.float64))
+    doc = json.loads(agg.save_json(tmp_path, "huge", 1).read_text())
+    assert doc["datasets"]["t"]["summary"]["mean_loss"] is None
+    assert doc["datasets"]["t"]["item_stats"]["x"]["average_loss"] == 1e308
