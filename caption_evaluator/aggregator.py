@@ -680,9 +680,10 @@ def _summary(cols: dict[str, np.ndarray], keys: list[str], batches: int, k: int,
     has = cnt > 0
     a = avg[has]
     total = float(cnt.sum())
-    out = {"items": int(seen.sum()), "updates": int(total + nf.sum()), "batches": int(batches),
-           "mean_loss": _py(float((a * cnt[has]).sum() / total)) if total else None,   # None, not inf, where the sums overflow
-           "mean_item_loss": _py(float(a.mean())) if a.size else None}
+    with np.errstate(over="ignore", invalid="ignore"):   # None, not inf, where the sums overflow
+        out = {"items": int(seen.sum()), "updates": int(total + nf.sum()), "batches": int(batches),
+               "mean_loss": _py(float((a * cnt[has]).sum() / total)) if total else None,
+               "mean_item_loss": _py(float(a.mean())) if a.size else None}
     pct = np.percentile(a, [50, 90, 99]) if a.size else [None] * 3
     out.update({"p50": _opt(pct[0]), "p90": _opt(pct[1]), "p99": _opt(pct[2]), "nonfinite": int(nf.sum())})
     by = default_score({"columns": cols}) if by is None else by    # the columns hold the fields an item entry would
