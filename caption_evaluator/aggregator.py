@@ -230,7 +230,7 @@ def _grow(state: dict|None, cap: int, device, fields: Sequence[str]=STAT_FIELDS)
     return out
 
 def _empty_tb(n: int, nb: int, device) -> dict[str, torch.Tensor]:
-    "Timestep tables for `n` slots and `nb` buckets: per item the loss sum per bucket and the bucketed record count; per bucket (plus one for unbucketed records) count, sum and sum of squares."
+    "Timestep tables for `n` slots and `nb` buckets: per item the loss sum per bucket and the bucketed record count; per bucket (plus a spare for records without a finite timestep) count, sum and sum of squares."
     z = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=device)
     return {"tsum": z(n, nb), "tcount": z(n), "bcount": z(nb + 1), "bsum": z(nb + 1), "bsq": z(nb + 1)}
 
@@ -320,7 +320,7 @@ def _record_timesteps(ds: _DatasetState, idx: torch.Tensor, x: torch.Tensor, t: 
     okf = ok.to(torch.float64)
     slot = _route(idx, okf.long(), ds.capacity)
     xv = torch.where(ok, x, 0.0)
-    bucket = torch.where(ok, b, nb)                                 # the extra bucket counts records it cannot place
+    bucket = torch.where(ok, b, nb)                                 # records it cannot place go to the extra bucket (never reported)
     for tb in (ds.tb, ds.window_tb):
         if tb is None: continue
         tb["tsum"].view(-1).scatter_add_(0, slot * nb + b, xv)
