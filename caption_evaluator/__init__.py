@@ -26,6 +26,7 @@ _ROOT_NAMES = {
                  "plot_item_diff"],
     "widgets": ["EvalView", "CompareView", "ItemLossExplorer"],
     "demo": ["run_demo"],
+    "probe": ["probe_captions"],
 }
 _MODULE_OF = {name: module for module, names in _ROOT_NAMES.items() for name in names}
 __all__ = list(_MODULE_OF)
