@@ -26,10 +26,9 @@ import numpy as np
 import torch
 
 from caption_evaluator.aggregator import StreamingAggregator
-from caption_evaluator.demo import demo_data, label_noise_report
+from caption_evaluator.demo import demo_data, detection_table, label_noise_report
 from caption_evaluator.losses import classification_record
 from caption_evaluator.models import DigitsMLP
-from caption_evaluator.snapshots import item_score, score_path
 
 RESULTS = Path(__file__).parent / "results"
 SCORES = ("average_loss", "aum", "confidence", "variability", "correctness", "forgetting")
@@ -48,14 +47,6 @@ def train(inputs, labels, seed, epochs, agg=None, keys=None, lr=3e-3, batch=64):
             opt.zero_grad(); rec.loss.mean().backward(); opt.step()
             if agg is not None: agg.update("train", keys[b], rec.loss.detach(), step=step, values=rec.values)
     return model
-
-
-def suspect(stats, keys, by):
-    "Each item's score `by`, signed so that higher = more suspect (never-learned forgetting: above every count)."
-    sign = -1.0 if score_path(by)[1] else 1.0
-    v = np.array([sign * item_score(stats[k], by) for k in keys])
-    fin = v[np.isfinite(v)]
-    return np.where(np.isposinf(v), fin.max() + 1, np.where(np.isfinite(v), v, fin.min() - 1))
 
 
 def cross_val_probs(inputs, labels, seed, epochs, folds=5):
@@ -78,11 +69,8 @@ def one_setting(noise, kind, seed, epochs, with_cleanlab):
     slots = agg.register_items("train", keys)
     t0 = time.process_time()
     train(data.inputs, data.labels, seed, epochs, agg, slots)
-    stats = agg.item_stats("train")
-    out = {}
-    for by in SCORES:
-        r = label_noise_report(dict(zip(keys, suspect(stats, keys, by).tolist())), bad)
-        out[by] = (r["auroc"], r["precision_at_k"])
+    table = detection_table(agg.item_stats("train"), bad, SCORES)    # the demo's table: each score signed so higher = more suspect
+    out = {by: (r["auroc"], r["precision_at_k"]) for by, r in table.items()}
     out["_train_s"] = time.process_time() - t0
     if with_cleanlab:
         from cleanlab.rank import get_label_quality_scores
