@@ -27,6 +27,9 @@ _ROOT_NAMES = {
     "widgets": ["EvalView", "CompareView", "ItemLossExplorer"],
     "demo": ["run_demo"],
     "probe": ["probe_captions"],
+    "caption_edits": ["probe_caption_edits", "word_swaps"],
+    "caption_data": ["captioned_digits", "captioned_shapes"],
+    "denoiser": ["train_caption_denoiser"],
 }
 _MODULE_OF = {name: module for module, names in _ROOT_NAMES.items() for name in names}
 __all__ = list(_MODULE_OF)

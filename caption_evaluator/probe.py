@@ -21,12 +21,15 @@ __all__ = ['PREDICTION_TYPES', 'probe_noise', 'ProbeResult', 'probe_captions']
 def probe_noise(seed: int, # the probe's seed
                 item: int, # the item's index in the probed set
                 shape: Sequence[int], # one latent's shape
-                draws: int, # noise draws
+                draws: int|range, # noise draws: a count (draws 0..n-1) or a range of draw numbers
                 n_timesteps: int, # timesteps per draw
                ) -> Tensor:
-    "The item's fixed noise `[draws, n_timesteps, *shape]` (float32, CPU), independent of batching and device."
-    g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(item)) % (2**63 - 1))
-    return torch.randn((draws, n_timesteps, *shape), generator=g)
+    "The item's fixed noise `[draws, n_timesteps, *shape]` (float32, CPU): one generator per (seed, item, draw), so no draw depends on batching, device or how many draws are taken."
+    out = []
+    for d in (range(draws) if isinstance(draws, int) else draws):
+        g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(item) * 1_009 + int(d)) % (2**63 - 1))
+        out.append(torch.randn((n_timesteps, *shape), generator=g))
+    return torch.stack(out)
 
 # %% ../nbs/14_probe.ipynb #1842728c
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -46,45 +49,65 @@ def _mse(pred: Tensor, target: Tensor) -> Tensor:
     return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
 
 # %% ../nbs/14_probe.ipynb #6e9ab38d
+def _pair_losses(denoise, latents: Tensor, bank: Tensor, pair_item: Tensor, pair_cond: Tensor, abar: Tensor, ts: Sequence[int],
+                 draws: range, prediction_type: str, batch_size: int, seed: int, bar=None) -> Tensor:
+    "Losses `[P, len(draws), len(ts)]` of pairs (item `pair_item[p]`, conditioning `bank[pair_cond[p]]`); `pair_item` sorted, on the CPU."
+    dev, P = latents.device, pair_item.shape[0]
+    out = torch.empty(P, len(draws), len(ts), device=dev)
+    for s in range(0, P, batch_size):
+        e = min(P, s + batch_size)
+        uniq, inv = torch.unique_consecutive(pair_item[s:e], return_inverse=True)
+        eps = torch.stack([probe_noise(seed, u, latents.shape[1:], draws, len(ts)) for u in uniq.tolist()])
+        eps, x0, inv = eps.to(dev, latents.dtype), latents[uniq.to(dev)], inv.to(dev)
+        cond = bank[pair_cond[s:e]]
+        for d in range(len(draws)):
+            for j, t in enumerate(ts):
+                tt = torch.full((len(uniq),), t, device=dev, dtype=torch.long)
+                x_t, sa, sb = _noisy(x0, eps[:, d, j], abar[tt])
+                target = _target(x0, eps[:, d, j], sa, sb, prediction_type)
+                out[s:e, d, j] = _mse(denoise(x_t[inv], tt[inv], cond), target[inv])
+        if bar is not None: bar.update(e - s)
+    return out
+
+# %% ../nbs/14_probe.ipynb #4e518cdb
 def _candidate_timesteps(n_train: int, grid: int = 10) -> list[int]:
     "Evenly spaced timesteps over the schedule, the very ends left out."
     return [int(round(v)) for v in torch.linspace(0.05 * (n_train - 1), 0.95 * (n_train - 1), grid).tolist()]
 
-def _auto_timesteps(denoise, latents, conds, empty_cond, abar, prediction_type, n_timesteps, seed, sample=64) -> list[int]:
-    "The `n_timesteps` candidates where the own caption changes the loss most (relative to the loss), on up to `sample` items."
+def _auto_timesteps(denoise, latents, bank, pair_item, pair_cond, is_own, abar, prediction_type, n_timesteps, seed, batch_size, sample=64) -> list[int]:
+    "The `n_timesteps` candidates where the own caption beats the other captions most (relative to its loss), on the first `sample` items."
     cand = _candidate_timesteps(abar.shape[0])
-    n = min(sample, latents.shape[0])
-    x0, c = latents[:n], conds[:n]
-    eps = torch.stack([probe_noise(seed + 1, i, x0.shape[1:], 1, len(cand))[0] for i in range(n)]).to(x0.device)
-    gain = []
-    for j, t in enumerate(cand):
-        tt = torch.full((n,), t, device=x0.device, dtype=torch.long)
-        x_t, sa, sb = _noisy(x0, eps[:, j], abar[tt])
-        target = _target(x0, eps[:, j], sa, sb, prediction_type)
-        own = _mse(denoise(x_t, tt, c), target)
-        empty = _mse(denoise(x_t, tt, empty_cond.expand_as(c)), target)
-        gain.append((own - empty).abs().mean() / own.mean().clamp(min=1e-12))
-    order = torch.stack(gain).argsort(descending=True)[:n_timesteps].sort().values   # one host read, before the probe loop
+    m = int(torch.searchsorted(pair_item, torch.tensor(min(sample, int(pair_item[-1]) + 1))))
+    raw = _pair_losses(denoise, latents, bank, pair_item[:m], pair_cond[:m], abar, cand, range(1), prediction_type, batch_size, seed + 1)[:, 0]
+    own_at = torch.cumsum(is_own[:m].long(), 0) - 1                         # the own pair of each pair's item (listed first)
+    own_rows = torch.nonzero(is_own[:m]).flatten()
+    own = raw[own_rows.to(raw.device)]
+    other = ~is_own[:m].to(raw.device)
+    gain = (raw[other] - own[own_at.to(raw.device)[other]]).mean(0) / own.mean(0).clamp(min=1e-12)
+    order = gain.argsort(descending=True)[:n_timesteps].sort().values        # one host read, before the probe loop
     return [cand[i] for i in order.tolist()]
 
-# %% ../nbs/14_probe.ipynb #4e518cdb
+# %% ../nbs/14_probe.ipynb #f5551377
 @dataclass
 class ProbeResult:
     "What `probe_captions` found, per item (tensors on the latents' device)."
-    own_loss: Tensor # [N] normalised loss under the own caption
-    empty_gap: Tensor # [N] own − empty (normalised); negative: the caption helps
-    swap_margin: Tensor # [N] own − best alternative (normalised); positive: an alternative explains the image better
-    best_alternative: Tensor # [N] index (into the K alternatives) of the lowest-loss alternative
-    posterior: Tensor # [N, 1 + K] softmax(−scale·loss) over {own, alternatives}
-    losses: Tensor # [N, 2 + K] normalised losses: own, empty, alternatives
+    own_loss: Tensor # [N] normalised loss under the own caption (every draw)
+    empty_gap: Tensor # [N] own − empty (normalised, screening draws); negative: the caption helps
+    swap_margin: Tensor # [N] own − best alternative (normalised, every draw); positive: an alternative explains the image better
+    best_alternative: Tensor # [N] index (into the K alternatives) of the lowest-loss alternative at screening
+    posterior: Tensor # [N, 1 + K] softmax(−scale·loss) over {own, alternatives} (screening draws)
+    losses: Tensor # [N, 2 + K] normalised losses at screening: own, empty, alternatives
     timesteps: list # the probed timesteps
-    forward_passes: int # model evaluations per item (captions × timesteps × draws)
+    forward_passes: int # model evaluations per item: (2 + K)·timesteps·noise_draws + 2·timesteps·refine_draws
 
     def values(self) -> dict[str, Tensor]:
         "The per-item scores as `StreamingAggregator.update(values=...)` takes them (ranked by `--by swap_margin`)."
         return {"swap_margin": self.swap_margin, "empty_gap": self.empty_gap, "probe_own_loss": self.own_loss}
 
-def _check_probe_args(latents, conds, empty_cond, alternatives, abar, prediction_type, noise_draws, batch_size):
+def _check_int(name: str, v, low: int):
+    if not (isinstance(v, int) and not isinstance(v, bool) and v >= low): raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
+
+def _check_probe_args(latents, conds, empty_cond, alternatives, abar, prediction_type, noise_draws, refine_draws, batch_size):
     if not isinstance(latents, Tensor) or latents.ndim < 2: raise ValueError(f"latents must be a tensor [N, ...], got {getattr(latents, 'shape', type(latents).__name__)}")
     n = latents.shape[0]
     if not isinstance(conds, Tensor) or conds.shape[0] != n: raise ValueError(f"conds must be a tensor with one conditioning per latent ({n}), got {getattr(conds, 'shape', None)}")
@@ -92,27 +115,31 @@ def _check_probe_args(latents, conds, empty_cond, alternatives, abar, prediction
         raise ValueError(f"empty_cond must have the shape of one conditioning {tuple(conds.shape[1:])}, got {getattr(empty_cond, 'shape', None)}")
     if not isinstance(alternatives, Tensor) or alternatives.ndim != conds.ndim + 1 or alternatives.shape[0] != n or tuple(alternatives.shape[2:]) != tuple(conds.shape[1:]) or alternatives.shape[1] < 1:
         raise ValueError(f"alternatives must be a tensor [N, K, ...] of K >= 1 conditionings per item shaped like conds {tuple(conds.shape[1:])}, got {getattr(alternatives, 'shape', None)}")
+    _check_schedule(abar, prediction_type, noise_draws, refine_draws, batch_size)
+
+def _check_schedule(abar, prediction_type, noise_draws, refine_draws, batch_size):
     if not isinstance(abar, Tensor) or abar.ndim != 1: raise ValueError("alphas_cumprod must be the scheduler's 1-D tensor of cumulative alphas (e.g. DDPMScheduler().alphas_cumprod)")
     if prediction_type not in PREDICTION_TYPES: raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
-    if not (isinstance(noise_draws, int) and noise_draws >= 1): raise ValueError(f"noise_draws must be an int >= 1, got {noise_draws!r}")
-    if not (isinstance(batch_size, int) and batch_size >= 1): raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    _check_int("noise_draws", noise_draws, 1); _check_int("refine_draws", refine_draws, 0); _check_int("batch_size", batch_size, 1)
 
-# %% ../nbs/14_probe.ipynb #f5551377
-def _probe_batch(denoise, x0, cond, empty_cond, alts, abar, ts, eps, prediction_type) -> Tensor:
-    "Raw losses `[B, draws, timesteps, 2 + K]` of one batch: own, empty, alternatives at the same `x_t` and `t`."
-    b, k = x0.shape[0], alts.shape[1]
-    caps = torch.cat([cond[:, None], empty_cond.expand(b, 1, *cond.shape[1:]), alts], 1)     # [B, 2 + K, ...]
-    flat_caps = caps.reshape(b * (2 + k), *cond.shape[1:])
-    out = torch.empty(b, eps.shape[1], len(ts), 2 + k, device=x0.device)
-    for d in range(eps.shape[1]):
-        for j, t in enumerate(ts):
-            tt = torch.full((b,), t, device=x0.device, dtype=torch.long)
-            x_t, sa, sb = _noisy(x0, eps[:, d, j], abar[tt])
-            target = _target(x0, eps[:, d, j], sa, sb, prediction_type)
-            rep = lambda z: z.repeat_interleave(2 + k, 0)
-            pred = denoise(rep(x_t), rep(tt), flat_caps)
-            out[:, d, j] = _mse(pred, rep(target)).reshape(b, 2 + k)
-    return out
+# %% ../nbs/14_probe.ipynb #b7a33a54
+def _eval_mode(denoise):
+    "The module behind `denoise` if it is in training mode (to be put back), else None."
+    module = denoise if isinstance(denoise, torch.nn.Module) else getattr(denoise, "__self__", None)
+    return module if isinstance(module, torch.nn.Module) and module.training else None
+
+def _pick_timesteps(timesteps, n_timesteps, abar, auto) -> list[int]:
+    if isinstance(timesteps, str):
+        if timesteps != "auto": raise ValueError(f"timesteps must be 'auto' or a list of ints, got {timesteps!r}")
+        _check_int("n_timesteps", n_timesteps, 1)
+        return auto()
+    ts = [int(t) for t in timesteps]
+    if not ts or any(not 0 <= t < abar.shape[0] for t in ts): raise ValueError(f"timesteps must be in 0..{abar.shape[0] - 1}, got {ts}")
+    return ts
+
+def _normalise(raw: Tensor, own_rows: Tensor) -> Tensor:
+    "Divide each timestep's losses by the mean own-caption loss of that timestep (over own rows and draws)."
+    return raw / raw[own_rows].mean((0, 1)).clamp(min=1e-12)[None, None, :]
 
 def probe_captions(denoise: Callable, # `denoise(x_t, t, cond) -> prediction`: the model call (a diffusers UNet in a lambda, any module)
                    latents: Tensor, # [N, ...] clean latents (or images) of the items
@@ -122,48 +149,51 @@ def probe_captions(denoise: Callable, # `denoise(x_t, t, cond) -> prediction`: t
                    alphas_cumprod: Tensor, # [T] the noise schedule's cumulative alphas (`scheduler.alphas_cumprod`)
                    *,
                    timesteps: str|Sequence[int] = "auto", # "auto" (label-free choice of informative timesteps) or explicit timesteps
-                   n_timesteps: int = 4, # how many timesteps "auto" picks
-                   noise_draws: int = 2, # noise draws per timestep
+                   n_timesteps: int = 2, # how many timesteps "auto" picks
+                   noise_draws: int = 1, # screening noise draws per timestep (every caption)
+                   refine_draws: int = 2, # refining draws per timestep (own caption and best alternative only)
                    prediction_type: str = "epsilon", # what `denoise` predicts: "epsilon", "v_prediction" or "sample"
-                   batch_size: int = 64, # items per model call (times 2 + K captions)
+                   batch_size: int = 256, # image–caption pairs per model call
                    seed: int = 0, # seed of the per-item noise
                    posterior_scale: float = 10.0, # λ of the caption posterior softmax(−λ·normalised loss)
                    progress: bool = True, # show a progress bar
                   ) -> ProbeResult:
     "Score every item's own caption against the empty caption and K alternatives at the same noisy input; no_grad, eval mode restored."
-    _check_probe_args(latents, conds, empty_cond, alternatives, alphas_cumprod, prediction_type, noise_draws, batch_size)
-    dev = latents.device
+    _check_probe_args(latents, conds, empty_cond, alternatives, alphas_cumprod, prediction_type, noise_draws, refine_draws, batch_size)
+    n, k, dev = latents.shape[0], alternatives.shape[1], latents.device
     abar = alphas_cumprod.to(dev, torch.float32)
-    module = denoise if isinstance(denoise, torch.nn.Module) else getattr(denoise, "__self__", None)
-    was_training = isinstance(module, torch.nn.Module) and module.training
-    if was_training: module.eval()
+    bank = torch.cat([conds, empty_cond[None].to(conds), alternatives.reshape(n * k, *conds.shape[1:]).to(conds)])
+    item = torch.arange(n).repeat_interleave(2 + k)
+    slot = torch.cat([torch.arange(n)[:, None], torch.full((n, 1), n), n + 1 + torch.arange(n * k).reshape(n, k)], 1).flatten()
+    is_own = torch.zeros(n, 2 + k, dtype=torch.bool); is_own[:, 0] = True
+    module = _eval_mode(denoise)
+    if module is not None: module.eval()
     try:
         with torch.no_grad():
-            ts = (_auto_timesteps(denoise, latents, conds, empty_cond, abar, prediction_type, n_timesteps, seed)
-                  if isinstance(timesteps, str) and timesteps == "auto" else [int(t) for t in timesteps])
-            if not ts or any(not 0 <= t < abar.shape[0] for t in ts): raise ValueError(f"timesteps must be in 0..{abar.shape[0] - 1}, got {ts}")
-            raw = _probe_loop(denoise, latents, conds, empty_cond, alternatives, abar, ts, noise_draws, prediction_type, batch_size, seed, progress)
+            ts = _pick_timesteps(timesteps, n_timesteps, abar, lambda: _auto_timesteps(
+                denoise, latents, bank, item, slot.to(dev), is_own.flatten(), abar, prediction_type, n_timesteps, seed, batch_size))
+            return _two_stage(denoise, latents, bank, item, slot, abar, ts, noise_draws, refine_draws, prediction_type,
+                              batch_size, seed, progress, n, k, posterior_scale)
     finally:
-        if was_training: module.train()
-    return _scores(raw, ts, posterior_scale, noise_draws)
+        if module is not None: module.train()
 
-def _probe_loop(denoise, latents, conds, empty_cond, alternatives, abar, ts, draws, prediction_type, batch_size, seed, progress) -> Tensor:
-    "Raw losses `[N, draws, timesteps, 2 + K]`, batch by batch (no host read inside the loop)."
+def _two_stage(denoise, latents, bank, item, slot, abar, ts, draws, refine, prediction_type, batch_size, seed, progress, n, k, scale) -> ProbeResult:
     from tqdm.auto import tqdm
-    n = latents.shape[0]
-    raw = torch.empty(n, draws, len(ts), 2 + alternatives.shape[1], device=latents.device)
-    starts = range(0, n, batch_size)
-    for s in tqdm(starts, desc="probing captions", disable=not progress, total=len(starts)):
-        e = min(n, s + batch_size)
-        eps = torch.stack([probe_noise(seed, i, latents.shape[1:], draws, len(ts)) for i in range(s, e)]).to(latents.device, latents.dtype)
-        raw[s:e] = _probe_batch(denoise, latents[s:e], conds[s:e], empty_cond.to(conds.device), alternatives[s:e], abar, ts, eps, prediction_type)
-    return raw
-
-def _scores(raw: Tensor, ts: list, scale: float, draws: int) -> ProbeResult:
-    "Normalise each timestep by its mean own-caption loss over every item and draw, average, and derive the scores."
-    norm = raw / raw[..., 0].mean((0, 1)).clamp(min=1e-12)[None, None, :, None]
-    L = norm.mean((1, 2))                                                   # [N, 2 + K]
-    alt_min, best = L[:, 2:].min(1)
-    own = L[:, 0]
+    dev = latents.device
+    with tqdm(total=n * (2 + k) + (2 * n if refine else 0), desc="probing captions", unit="pair", disable=not progress) as bar:
+        raw = _pair_losses(denoise, latents, bank, item, slot.to(dev), abar, ts, range(draws), prediction_type, batch_size, seed, bar)
+        own_rows = torch.arange(n, device=dev) * (2 + k)
+        scale_t = raw[own_rows].mean((0, 1)).clamp(min=1e-12)
+        L = (raw / scale_t).mean((1, 2)).reshape(n, 2 + k)                   # screening means
+        best = L[:, 2:].argmin(1)
+        own_all, best_all = L[:, 0], L[:, 2:].gather(1, best[:, None])[:, 0]
+        if refine:
+            pair = torch.stack([torch.arange(n, device=dev), n + 1 + torch.arange(n, device=dev) * k + best], 1).flatten()
+            raw2 = _pair_losses(denoise, latents, bank, torch.arange(n).repeat_interleave(2), pair, abar, ts,
+                                range(draws, draws + refine), prediction_type, batch_size, seed, bar)
+            r2 = (raw2 / scale_t).mean(2).reshape(n, 2, refine)
+            own_all = (own_all * draws + r2[:, 0].sum(1)) / (draws + refine)
+            best_all = (best_all * draws + r2[:, 1].sum(1)) / (draws + refine)
     post = torch.softmax(-scale * torch.cat([L[:, :1], L[:, 2:]], 1), 1)
-    return ProbeResult(own, own - L[:, 1], own - alt_min, best, post, L, list(ts), raw.shape[-1] * len(ts) * draws)
+    return ProbeResult(own_all, L[:, 0] - L[:, 1], own_all - best_all, best, post, L, list(ts),
+                       (2 + k) * len(ts) * draws + 2 * len(ts) * refine)

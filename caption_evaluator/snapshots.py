@@ -37,6 +37,7 @@ SCORES = {  # name: (path into an item's entry, True when a *low* value is suspe
     "correctness": ("values.correct.mean", True, "share of records predicted as the given label"),
     "forgetting": ("values.correct.decreases", False, "forgetting events (correct to wrong); never learned ranks first"),
     "swap_margin": ("values.swap_margin.mean", False, "caption probe: own caption's loss minus the best alternative's"),
+    "empty_gap": ("values.empty_gap.mean", False, "caption probe or training monitor: own caption's loss minus the empty caption's"),
 }
 
 def score_path(by: str, # a name in `SCORES`, a field such as `max_loss`, `values.NAME` or `values.NAME.STAT`
