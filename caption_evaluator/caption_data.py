@@ -101,9 +101,9 @@ def _draw(attrs: Mapping[str, str], rng: np.random.Generator) -> np.ndarray:
     img = np.empty((3, 16, 16), np.float32)
     img[:] = np.array(_RGB[attrs["background"]], np.float32)[:, None, None]
     row, col = (c + rng.uniform(-1, 1) for c in _CENTRES[attrs["position"]])
-    mask = _shape_mask(attrs["shape"], row, col, 2.2 if attrs["size"] == "small" else 3.6)
+    mask = _shape_mask(attrs["shape"], row, col, 2.8 if attrs["size"] == "small" else 4.5)
     img[:, mask] = np.array(_RGB[attrs["color"]], np.float32)[:, None]
-    return np.clip(img + rng.normal(0, 0.05, img.shape), -1, 1)
+    return np.clip(img + rng.normal(0, 0.05, img.shape), -1, 1).astype(np.float32)
 
 def _shape_attrs(rng: np.random.Generator) -> dict[str, str]:
     while True:

@@ -103,6 +103,19 @@ def add_demo_arguments(p:argparse.ArgumentParser, # the parser of `caption-eval 
     p.add_argument("--quiet", action="store_true", help="print only the run folder")
     return p
 
+def _add_caption_demo_arguments(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
+    "`caption-eval demo [captions|labels]`: the caption demo is the default; noise defaults depend on which demo runs."
+    p.add_argument("which", nargs="?", choices=("captions", "labels"), default="captions",
+                   help="captions: find wrong captions of a text-to-image denoiser (default); labels: find wrong labels of a digits classifier")
+    add_demo_arguments(p)
+    p.add_argument("--steps", type=_positive_int, default=1500, help="captions demo: denoiser training steps (default 1500)")
+    p.set_defaults(noise=None, noise_kind=None)
+    for a in p._actions:
+        if a.dest == "noise": a.help = "share of corrupted captions / labels, in [0, 1) (default 0.3 for captions, 0.1 for labels)"
+        if a.dest == "noise_kind": a.help = "uniform: any other class; classcond: each digit to its look-alike (1<->7, 3<->8, 4<->9, 5<->6, 0<->2) (default classcond for captions, uniform for labels)"
+        if a.dest == "epochs": a.help = "labels demo: training epochs (default 20)"
+    return p
+
 def build_parser() -> argparse.ArgumentParser:
     "The `caption-eval` argument parser."
     p = argparse.ArgumentParser(prog="caption-eval", description="Plot, compare and inspect saved caption_evaluator results.")
@@ -130,9 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: tnorm_average_loss when the run recorded timesteps, else average_loss)")
     it.add_argument("--ascending", action="store_true", default=None,
                     help="lowest scores first (default: the score's suspect end, e.g. lowest first for aum)")
-    dm = sub.add_parser("demo", help="run the end-to-end demo (train, track per-item loss, validate, save, plot)",
-                        description="Train a small digits classifier with corrupted labels and write everything to OUTPUT_DIR.")
-    add_demo_arguments(dm)
+    dm = sub.add_parser("demo", help="run an end-to-end demo: wrong captions (default) or wrong labels",
+                        description="captions: train a text-conditioned denoiser on captioned digits with wrong captions, track, probe and "
+                                    "report; labels: train a digits classifier with corrupted labels. Everything goes to a new folder under OUTPUT_DIR.")
+    _add_caption_demo_arguments(dm)
     return p
 
 # %% ../nbs/10_cli.ipynb #7c167c03
@@ -232,13 +246,21 @@ def cmd_items(args:argparse.Namespace, # parsed arguments of `build_parser`
 # %% ../nbs/10_cli.ipynb #cf929a88
 def cmd_demo(args:argparse.Namespace, # parsed arguments of `build_parser`
             ) -> int:
-    "`caption-eval demo`: run `caption_evaluator.demo.run_demo`."
-    if not 0 <= args.noise < 1: raise UsageError(f"--noise must be a share in [0, 1), got {args.noise}")
-    from caption_evaluator.demo import run_demo
-    result = run_demo(output_dir=args.output_dir, seed=args.seed, noise=args.noise, epochs=args.epochs, noise_kind=args.noise_kind,
-                      verbose=not args.quiet)  # prints its report unless --quiet
+    "`caption-eval demo [captions|labels]`: run `run_caption_demo` (default) or the classifier demo `run_demo`."
+    captions = args.which == "captions"
+    noise = (0.3 if captions else 0.1) if args.noise is None else args.noise
+    kind = ("classcond" if captions else "uniform") if args.noise_kind is None else args.noise_kind
+    if not 0 <= noise < 1: raise UsageError(f"--noise must be a share in [0, 1), got {noise}")
+    if captions:
+        from caption_evaluator.caption_demo import run_caption_demo
+        result = run_caption_demo(output_dir=args.output_dir, noise=noise, kind=kind, steps=args.steps, seed=args.seed, verbose=not args.quiet)
+    else:
+        from caption_evaluator.demo import run_demo
+        result = run_demo(output_dir=args.output_dir, seed=args.seed, noise=noise, epochs=args.epochs, noise_kind=kind,
+                          verbose=not args.quiet)  # prints its report unless --quiet
     if args.quiet: print(result.run_dir)
     return 0
+
 
 # %% ../nbs/10_cli.ipynb #e4e89d24
 _COMMANDS = {"plot": cmd_plot, "runs": cmd_runs, "items": cmd_items, "demo": cmd_demo}

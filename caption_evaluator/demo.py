@@ -143,9 +143,10 @@ def format_detection_table(table: Mapping[str, Mapping], # from `detection_table
                           ) -> str:
     "One line per score: AUROC, precision@k and recall@k, the best AUROC marked."
     best = max(table, key=lambda s: table[s]["auroc"])
-    lines = [f"{'score':<14}{'AUROC':>8}{'precision@k':>13}{'recall@k':>10}"]
+    w = max(14, *(len(s) + 2 for s in table))
+    lines = [f"{'score':<{w}}{'AUROC':>8}{'precision@k':>13}{'recall@k':>10}"]
     for s, r in table.items():
-        lines.append(f"{s:<14}{r['auroc']:>8.4f}{r['precision_at_k']:>13.3f}{r['recall_at_k']:>10.3f}" + ("   <- best" if s == best else ""))
+        lines.append(f"{s:<{w}}{r['auroc']:>8.4f}{r['precision_at_k']:>13.3f}{r['recall_at_k']:>10.3f}" + ("   <- best" if s == best else ""))
     return "\n".join(lines)
 
 # %% ../nbs/12_demo.ipynb #6d9e4044

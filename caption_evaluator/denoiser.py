@@ -41,14 +41,17 @@ class CaptionDenoiser(nn.Module):
                  tokenizer: WordTokenizer, # the caption tokenizer (its size sets the word table)
                  dim: int = 64, # caption vector size
                  hidden: int = 256, # width of the residual MLP
+                 skip: bool|None = None, # pass a learned per-timestep share of `x_t` straight through and feed the caption to the input layer; None: when the image has more values than `hidden`
                 ):
         super().__init__()
         self.image_shape, self.tokenizer = tuple(image_shape), tokenizer
         pixels = math.prod(self.image_shape)
+        self.use_skip = pixels > hidden if skip is None else bool(skip)
         self.words = nn.Embedding(len(tokenizer), dim, padding_idx=tokenizer.pad)
         self.text = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-        self.inp, self.film = nn.Linear(pixels + 32, hidden), nn.Linear(dim, 4 * hidden)
+        self.inp, self.film = nn.Linear(pixels + 32 + dim * self.use_skip, hidden), nn.Linear(dim, 4 * hidden)
         self.l1, self.l2, self.out = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, pixels)
+        self.skip = nn.Linear(32, 1) if self.use_skip else None   # no bottleneck for the identity on wide images
 
     def encode(self, ids: torch.Tensor, # [B, L] word ids from the tokenizer
               ) -> torch.Tensor:
@@ -66,11 +69,13 @@ class CaptionDenoiser(nn.Module):
                 cond: torch.Tensor, # [B, dim] caption vectors
                ) -> torch.Tensor:
         "The predicted noise, shaped like `x_t`."
-        h = F.silu(self.inp(torch.cat([x_t.flatten(1), _timestep_features(t)], 1)))
+        tf = _timestep_features(t)
+        h = F.silu(self.inp(torch.cat([x_t.flatten(1), tf, cond] if self.use_skip else [x_t.flatten(1), tf], 1)))
         g1, b1, g2, b2 = self.film(cond).chunk(4, 1)
         h = h + F.silu(self.l1(h * (1 + g1) + b1))
         h = h + F.silu(self.l2(h * (1 + g2) + b2))
-        return self.out(h).reshape(x_t.shape)
+        out = self.out(h) + (self.skip(tf) * x_t.flatten(1) if self.use_skip else 0)
+        return out.reshape(x_t.shape)
 
 # %% ../nbs/16_denoiser.ipynb #918f3f7d
 def _lr_factor(step: int, steps: int, warmup: int = 100) -> float:

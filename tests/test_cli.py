@@ -252,9 +252,21 @@ def test_list_runs_with_single_run_exit_2(run_dirs):
     assert code == 2 and "--list-runs" in err and out == ""
 
 
+def test_caption_demo_runs(tmp_path):
+    out_dir = tmp_path / "demo_output"
+    code, out, err = cli("demo", "--output-dir", out_dir, "--steps", "150", "--quiet", timeout=300)
+    assert code == 0, err
+    run_dir = Path(out.strip())
+    assert run_dir.parent == out_dir and run_dir.is_dir()
+    assert {p.name for p in run_dir.glob("*.png")} == {"worst_captions.png", "loss_by_timestep.png", "caption_scores.png"}
+    snapshot = next(run_dir.glob("captions_*.json"))
+    code, out, err = cli("items", snapshot, "--dataset", "probe", "--by", "swap_margin", "--top", "3")
+    assert code == 0 and "ranked by swap_margin (highest first)" in out, err
+
+
 def test_demo_runs(tmp_path):
     pytest.importorskip("caption_evaluator.demo")
     out_dir = tmp_path / "demo_output"
-    code, out, err = cli("demo", "--output-dir", out_dir, "--epochs", "1", "--seed", "1", timeout=300)
+    code, out, err = cli("demo", "labels", "--output-dir", out_dir, "--epochs", "1", "--seed", "1", timeout=300)
     assert code == 0, err
     assert any(out_dir.rglob("results.json")), "the demo saves at least one run"
