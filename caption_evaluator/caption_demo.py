@@ -25,12 +25,9 @@ from .results import write_json_atomic
 from .snapshots import load_item_stats
 
 # %% auto #0
-__all__ = ['CAPTION_DEMO_SCORES', 'CaptionDemoResult', 'plot_worst_captions', 'plot_loss_by_timestep', 'plot_caption_scores',
-           'run_caption_demo']
+__all__ = ['CaptionDemoResult', 'plot_worst_captions', 'plot_loss_by_timestep', 'plot_caption_scores', 'run_caption_demo']
 
 # %% ../nbs/12a_caption_demo.ipynb #84b7a5a3
-CAPTION_DEMO_SCORES = ("average_loss", "tnorm_average_loss", "monitor_empty_gap", "empty_gap", "swap_margin")
-
 @dataclass
 class CaptionDemoResult:
     "What `run_caption_demo` made: the run folder, the data, the probe, the detection table and the files."
