@@ -91,7 +91,8 @@ def plot_loss_by_timestep(table: Mapping, # a snapshot's `timesteps` table (edge
     mid = (edges[:-1] + edges[1:]) / 2
     fig, ax = plt.subplots(figsize=(6, 3.4), constrained_layout=True)
     ax.plot(mid, mean, marker="o", label="mean loss")
-    ax.fill_between(mid, mean - std, mean + std, alpha=0.25, label="± 1 std")
+    ax.fill_between(mid, np.maximum(mean - std, 0), mean + std, alpha=0.25, label="± 1 std (losses are ≥ 0)")
+    ax.set_ylim(bottom=0)
     ax.set_xlabel("diffusion timestep t"); ax.set_ylabel("training loss (MSE of ε)"); ax.set_title("Training loss by timestep", fontsize=10)
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=110); plt.close(fig)

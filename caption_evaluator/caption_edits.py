@@ -14,7 +14,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .probe import _auto_timesteps, _check_schedule, _eval_mode, _pair_losses, _pick_timesteps
+from .probe import _auto_timesteps, _check_schedule, _eval_mode, _item_ids, _pair_losses, _pick_timesteps
 
 # %% auto #0
 __all__ = ['word_swaps', 'other_captions', 'CaptionProbe', 'probe_caption_edits']
@@ -65,7 +65,7 @@ class CaptionProbe:
     swap_margin: Tensor # [N] own − best trusted alternative (every draw); positive = suspect; NaN: no trusted alternative
     best_alternative: list # per item: the trusted alternative the model prefers (a suggested fix), or None
     best_tag: list # per item: the tag of `best_alternative`, or None
-    tag_margins: dict # tag -> [N] own − best alternative of that tag (screening draws); NaN where the item has none
+    tag_margins: dict # tag -> [N] own − best alternative of that tag (every draw for trusted tags, screening draws for the others); NaN where the item has none
     calibration: dict # tag -> {"beat_rate", "items", "median_margin", "verifiable"} on the reference items
     alternatives: list # (item, caption, tag) of every alternative
     alternative_losses: Tensor # [A] normalised screening loss of each alternative
@@ -184,11 +184,12 @@ def probe_caption_edits(denoise: Callable, # `denoise(x_t, t, cond) -> predictio
                         timesteps: str|Sequence[int] = "auto", # "auto" or explicit timesteps
                         n_timesteps: int = 2, # how many timesteps "auto" picks
                         noise_draws: int = 1, # screening draws (every caption)
-                        refine_draws: int = 2, # refining draws (own caption and best trusted alternative)
+                        refine_draws: int = 2, # refining draws (own caption and the best edit of each trusted tag)
                         prediction_type: str = "epsilon", # "epsilon", "v_prediction" or "sample"
                         batch_size: int = 256, # image–caption pairs per model call
                         encode_batch: int = 256, # captions per `encode` call
                         seed: int = 0, # seed of the per-item noise
+                        items: Sequence[int]|None = None, # each item's id for its noise (e.g. its dataset index); default 0..N-1
                         progress: bool = True, # show a progress bar
                        ) -> CaptionProbe:
     "Probe each item's caption against edited alternatives at the same noisy input, with per-tag margins, calibration and a suggested fix."
@@ -198,6 +199,7 @@ def probe_caption_edits(denoise: Callable, # `denoise(x_t, t, cond) -> predictio
     alts = _alternative_lists(captions, alternatives)
     strings, item, cond, alt_of, flat = _layout(captions, alts, empty_caption)
     dev, n = latents.device, len(captions)
+    ids = _item_ids(items, n)
     bank = _encode_bank(encode, strings, encode_batch, dev)
     abar = alphas_cumprod.to(dev, torch.float32)
     module = _eval_mode(denoise)
@@ -205,42 +207,53 @@ def probe_caption_edits(denoise: Callable, # `denoise(x_t, t, cond) -> predictio
     try:
         with torch.no_grad():
             ts = _pick_timesteps(timesteps, n_timesteps, abar, lambda: _auto_timesteps(
-                denoise, latents, bank, item, cond.to(dev), _own_pairs(alt_of), abar, prediction_type, n_timesteps, seed, batch_size))
-            return _edit_stages(denoise, latents, bank, captions, item, cond, alt_of, flat, strings, abar, ts, noise_draws,
-                                refine_draws, prediction_type, batch_size, seed, progress, clean, max_beat_rate)
+                denoise, latents, bank, item, cond.to(dev), _own_pairs(alt_of), abar, prediction_type, n_timesteps, seed, batch_size, ids))
+            return _edit_stages(denoise, latents, bank, captions, item, cond, alt_of, flat, abar, ts, noise_draws,
+                                refine_draws, prediction_type, batch_size, seed, progress, clean, max_beat_rate, ids)
     finally:
         if module is not None: module.train()
 
-def _edit_stages(denoise, latents, bank, captions, item, cond, alt_of, flat, strings, abar, ts, draws, refine, prediction_type,
-                 batch_size, seed, progress, clean, max_beat_rate) -> CaptionProbe:
+def _edit_stages(denoise, latents, bank, captions, item, cond, alt_of, flat, abar, ts, draws, refine, prediction_type,
+                 batch_size, seed, progress, clean, max_beat_rate, ids) -> CaptionProbe:
     from tqdm.auto import tqdm
     dev, n = latents.device, len(captions)
     fixed = torch.nonzero(alt_of == -1).flatten()                          # each item's own and empty pairs, in that order
-    own_rows, empty_rows, alt_rows = fixed[0::2], fixed[1::2], torch.nonzero(alt_of >= 0).flatten()
+    own_rows, empty_rows, alt_rows = (r.to(dev) for r in (fixed[0::2], fixed[1::2], torch.nonzero(alt_of >= 0).flatten()))
     owner = torch.tensor([o for o, _, _ in flat], device=dev)
     tags = [t for _, _, t in flat]
-    with tqdm(total=len(item) + (2 * n if refine else 0), desc="probing captions", unit="pair", disable=not progress) as bar:
-        raw = _pair_losses(denoise, latents, bank, item, cond.to(dev), abar, ts, range(draws), prediction_type, batch_size, seed, bar)
-        scale_t = raw[own_rows.to(dev)].mean((0, 1)).clamp(min=1e-12)
+    with tqdm(total=len(item), desc="probing captions", unit="pair", disable=not progress) as bar:
+        raw = _pair_losses(denoise, latents, bank, item, cond.to(dev), abar, ts, range(draws), prediction_type, batch_size, seed, bar, ids)
+        scale_t = raw[own_rows].mean((0, 1)).clamp(min=1e-12)
         Lp = (raw / scale_t).mean((1, 2))
-        own, empty, alt_loss = Lp[own_rows.to(dev)], Lp[empty_rows.to(dev)], Lp[alt_rows.to(dev)]
+        own, empty, alt_loss = Lp[own_rows], Lp[empty_rows], Lp[alt_rows]
         margins = _tag_margins(own, alt_loss, owner, tags, n)
         reference = torch.ones(n, dtype=torch.bool, device=dev) if clean is None else torch.as_tensor(list(clean), dtype=torch.bool, device=dev)
         calibration = _calibrate(margins, reference, max_beat_rate)
-        trusted_tags = {t for t, c in calibration.items() if c["verifiable"]} or set(calibration)
-        best = _best_trusted(alt_loss, owner, torch.tensor([t in trusted_tags for t in tags], device=dev), n)
-        has = best >= 0
-        best_loss = torch.where(has, alt_loss[best.clamp(min=0)], torch.nan)
-        own_all, best_all = own.clone(), best_loss
+        trusted = [t for t, c in calibration.items() if c["verifiable"]] or list(calibration)
+        best = torch.stack([_best_trusted(alt_loss, owner, torch.tensor([g == t for g in tags], device=dev), n) for t in trusted], 1)
+        has = best >= 0                                                     # [N, trusted tags]
+        own_all, best_all = own, torch.where(has, alt_loss[best.clamp(min=0)], torch.nan)
         if refine:
-            best_slot = cond.to(dev)[alt_rows.to(dev)][best.clamp(min=0)]
-            pair = torch.stack([cond.to(dev)[own_rows.to(dev)], best_slot], 1).flatten()
-            raw2 = _pair_losses(denoise, latents, bank, torch.arange(n).repeat_interleave(2), pair, abar, ts,
-                                range(draws, draws + refine), prediction_type, batch_size, seed, bar)
-            r2 = (raw2 / scale_t).mean(2).reshape(n, 2, refine)
-            own_all = (own * draws + r2[:, 0].sum(1)) / (draws + refine)
-            best_all = torch.where(has, (best_loss * draws + r2[:, 1].sum(1)) / (draws + refine), torch.nan)
-    picks = best.tolist()                                                     # host read after the loops
-    passes = (len(item) * draws + 2 * n * refine) * len(ts) / n
-    return CaptionProbe(captions, own_all, own - empty, own_all - best_all, [flat[a][1] if a >= 0 else None for a in picks],
+            bar.total += n * (1 + len(trusted)); bar.refresh()
+            own_all, best_all = _refine(denoise, latents, bank, cond.to(dev), own_rows, alt_rows, best, has, own, best_all, scale_t,
+                                        abar, ts, draws, refine, prediction_type, batch_size, seed, bar, ids)
+    for j, t in enumerate(trusted): margins[t] = own_all - best_all[:, j]   # refined margins of the trusted tags
+    low, j = torch.nan_to_num(best_all, nan=float("inf")).min(1)
+    swap = torch.where(low.isinf(), torch.nan, own_all - low)
+    picks = best.gather(1, j[:, None])[:, 0].tolist()                      # host read after the loops
+    passes = (len(item) * draws + (1 + len(trusted)) * n * refine) * len(ts) / n
+    return CaptionProbe(captions, own_all, own - empty, swap, [flat[a][1] if a >= 0 else None for a in picks],
                         [flat[a][2] if a >= 0 else None for a in picks], margins, calibration, flat, alt_loss, list(ts), passes)
+
+def _refine(denoise, latents, bank, cond, own_rows, alt_rows, best, has, own, best_screen, scale_t, abar, ts, draws, refine,
+            prediction_type, batch_size, seed, bar, ids) -> tuple[Tensor, Tensor]:
+    "More draws for each item's own caption and its best edit of every trusted tag; both averaged with the screening draws."
+    n, m = best.shape
+    own_slot = cond[own_rows]
+    alt_slot = torch.where(has, cond[alt_rows][best.clamp(min=0)], own_slot[:, None])   # a missing edit re-scores the own caption, unused
+    pair = torch.cat([own_slot[:, None], alt_slot], 1).flatten()
+    raw2 = _pair_losses(denoise, latents, bank, torch.arange(n).repeat_interleave(1 + m), pair, abar, ts,
+                        range(draws, draws + refine), prediction_type, batch_size, seed, bar, ids)
+    r2 = (raw2 / scale_t).mean(2).reshape(n, 1 + m, refine).sum(2)
+    total = draws + refine
+    return (own * draws + r2[:, 0]) / total, torch.where(has, (best_screen * draws + r2[:, 1:]) / total, torch.nan)

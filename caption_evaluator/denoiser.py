@@ -41,12 +41,12 @@ class CaptionDenoiser(nn.Module):
                  tokenizer: WordTokenizer, # the caption tokenizer (its size sets the word table)
                  dim: int = 64, # caption vector size
                  hidden: int = 256, # width of the residual MLP
-                 skip: bool|None = None, # pass a learned per-timestep share of `x_t` straight through and feed the caption to the input layer; None: when the image has more values than `hidden`
+                 skip: bool|None = None, # pass a learned per-timestep share of `x_t` straight through and feed the caption to the input layer; None: when the image has more than 256 values
                 ):
         super().__init__()
         self.image_shape, self.tokenizer = tuple(image_shape), tokenizer
         pixels = math.prod(self.image_shape)
-        self.use_skip = pixels > hidden if skip is None else bool(skip)
+        self.use_skip = pixels > 256 if skip is None else bool(skip)
         self.words = nn.Embedding(len(tokenizer), dim, padding_idx=tokenizer.pad)
         self.text = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.inp, self.film = nn.Linear(pixels + 32 + dim * self.use_skip, hidden), nn.Linear(dim, 4 * hidden)

@@ -19,8 +19,8 @@ from torch import Tensor
 from .core import wilson_interval
 
 # %% auto #0
-__all__ = ['accuracy_stats', 'compute_topk_accuracy', 'StreamingMetric', 'ClassificationMetric', 'TokenLMMetric', 'PairMetric',
-           'PositionLossMetric', 'wilson_interval']
+__all__ = ['accuracy_stats', 'compute_topk_accuracy', 'label_ranks', 'StreamingMetric', 'ClassificationMetric', 'TokenLMMetric',
+           'PairMetric', 'PositionLossMetric', 'wilson_interval']
 
 # %% ../nbs/04_metrics.ipynb #f97493e2
 _all_ = ["wilson_interval"]
@@ -75,8 +75,15 @@ def compute_topk_accuracy(
     nan_rows = int(torch.isnan(logits).any(1).sum())
     if nan_rows: raise ValueError(f"compute_topk_accuracy: logits contain NaN in {nan_rows} rows; fix the model "
                                   "output, or use ClassificationMetric, which reports and excludes NaN rows")
-    hits = (logits.topk(k, dim=1).indices == labels[:, None]).any(1)
-    return int(hits.sum()) / hits.numel()
+    return int((label_ranks(logits, labels) < k).sum()) / labels.numel()
+
+def label_ranks(logits: Tensor, # scores of shape [batch, num_classes]
+                labels: Tensor, # integer class indices of shape [batch], in [0, num_classes)
+               ) -> Tensor:
+    "Each label's 0-based rank among its row's logits; ties go to the lower class index (as `argmax`), on every device."
+    lab = logits.gather(1, labels[:, None].long())
+    cols = torch.arange(logits.shape[1], device=logits.device)
+    return (logits > lab).sum(1) + ((logits == lab) & (cols < labels[:, None])).sum(1)
 
 # %% ../nbs/04_metrics.ipynb #c0ab7102
 class StreamingMetric:
@@ -265,20 +272,20 @@ def update(self: ClassificationMetric,
     in_range = (labels >= 0) & (labels < self.num_classes)   # checked on the device; compute() reports the rest
     self.bad_labels.add_((~in_range).sum())
     labels = labels.clamp(0, self.num_classes - 1)           # safe indices; the rows out of range get weight 0 below
-    values, idx = logits.topk(self._kmax, dim=1)            # the only full pass over the logits (without ECE)
-    ok = (values[:, 0] == values[:, 0]) & in_range           # False on NaN rows (topk ranks NaN first) and bad labels
+    top = logits.amax(1)                                     # NaN when the row holds a NaN
+    ok = (top == top) & in_range                             # False on NaN rows and bad labels
     w = ok.long()
-    hits = idx == torch.where(ok, labels, -1)[:, None]       # [B, K], at most one True per row, none on NaN rows
-    hit1 = hits[:, 0].long()
-    self.rank_hits.add_(hits.sum(0))
+    rank = label_ranks(logits, labels)                       # ties go to the lower class index
+    hit1 = (ok & (rank == 0)).long()
+    self.rank_hits.index_add_(0, rank.clamp(max=self._kmax - 1), (ok & (rank < self._kmax)).long())
     self.rows.add_(ok.numel())                               # every row, so NaN rows = rows - support - bad labels
     self.support.index_add_(0, labels, w)
     self.class_correct.index_add_(0, labels, hit1)
-    if self.keep_confusion: self.confusion.index_add_(0, labels * self.num_classes + idx[:, 0], w)
+    if self.keep_confusion: self.confusion.index_add_(0, labels * self.num_classes + logits.argmax(1), w)
     if self.calibration_bins:
-        conf = torch.exp(values[:, 0].float() - torch.logsumexp(logits.float(), dim=1))
+        conf = torch.exp(top.float() - torch.logsumexp(logits.float(), dim=1))
         conf = torch.nan_to_num(conf, nan=0.0)                        # NaN rows (weight 0 below) must not poison the sums
-        conf = torch.where(values[:, 0] == math.inf, 1.0, conf)       # +inf - logsumexp is NaN; the softmax limit is 1
+        conf = torch.where(top == math.inf, 1.0, conf)                # +inf - logsumexp is NaN; the softmax limit is 1
         b = (conf * self.calibration_bins).long().clamp_(0, self.calibration_bins - 1)
         self.bin_count.index_add_(0, b, w)
         self.bin_confidence.index_add_(0, b, conf.double() * w)

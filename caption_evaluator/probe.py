@@ -50,14 +50,14 @@ def _mse(pred: Tensor, target: Tensor) -> Tensor:
 
 # %% ../nbs/14_probe.ipynb #6e9ab38d
 def _pair_losses(denoise, latents: Tensor, bank: Tensor, pair_item: Tensor, pair_cond: Tensor, abar: Tensor, ts: Sequence[int],
-                 draws: range, prediction_type: str, batch_size: int, seed: int, bar=None) -> Tensor:
-    "Losses `[P, len(draws), len(ts)]` of pairs (item `pair_item[p]`, conditioning `bank[pair_cond[p]]`); `pair_item` sorted, on the CPU."
+                 draws: range, prediction_type: str, batch_size: int, seed: int, bar=None, ids: Sequence[int]|None = None) -> Tensor:
+    "Losses `[P, len(draws), len(ts)]` of pairs (item `pair_item[p]`, conditioning `bank[pair_cond[p]]`); `pair_item` sorted, on the CPU; `ids[i]` seeds item i's noise."
     dev, P = latents.device, pair_item.shape[0]
     out = torch.empty(P, len(draws), len(ts), device=dev)
     for s in range(0, P, batch_size):
         e = min(P, s + batch_size)
         uniq, inv = torch.unique_consecutive(pair_item[s:e], return_inverse=True)
-        eps = torch.stack([probe_noise(seed, u, latents.shape[1:], draws, len(ts)) for u in uniq.tolist()])
+        eps = torch.stack([probe_noise(seed, u if ids is None else ids[u], latents.shape[1:], draws, len(ts)) for u in uniq.tolist()])
         eps, x0, inv = eps.to(dev, latents.dtype), latents[uniq.to(dev)], inv.to(dev)
         cond = bank[pair_cond[s:e]]
         for d in range(len(draws)):
@@ -74,11 +74,11 @@ def _candidate_timesteps(n_train: int, grid: int = 10) -> list[int]:
     "Evenly spaced timesteps over the schedule, the very ends left out."
     return [int(round(v)) for v in torch.linspace(0.05 * (n_train - 1), 0.95 * (n_train - 1), grid).tolist()]
 
-def _auto_timesteps(denoise, latents, bank, pair_item, pair_cond, is_own, abar, prediction_type, n_timesteps, seed, batch_size, sample=64) -> list[int]:
+def _auto_timesteps(denoise, latents, bank, pair_item, pair_cond, is_own, abar, prediction_type, n_timesteps, seed, batch_size, ids=None, sample=64) -> list[int]:
     "The `n_timesteps` candidates where the own caption beats the other captions most (relative to its loss), on the first `sample` items."
     cand = _candidate_timesteps(abar.shape[0])
     m = int(torch.searchsorted(pair_item, torch.tensor(min(sample, int(pair_item[-1]) + 1))))
-    raw = _pair_losses(denoise, latents, bank, pair_item[:m], pair_cond[:m], abar, cand, range(1), prediction_type, batch_size, seed + 1)[:, 0]
+    raw = _pair_losses(denoise, latents, bank, pair_item[:m], pair_cond[:m], abar, cand, range(1), prediction_type, batch_size, seed + 1, ids=ids)[:, 0]
     own_at = torch.cumsum(is_own[:m].long(), 0) - 1                         # the own pair of each pair's item (listed first)
     own_rows = torch.nonzero(is_own[:m]).flatten()
     own = raw[own_rows.to(raw.device)]
@@ -123,6 +123,14 @@ def _check_schedule(abar, prediction_type, noise_draws, refine_draws, batch_size
     _check_int("noise_draws", noise_draws, 1); _check_int("refine_draws", refine_draws, 0); _check_int("batch_size", batch_size, 1)
 
 # %% ../nbs/14_probe.ipynb #b7a33a54
+def _item_ids(items, n: int) -> list[int]|None:
+    "The noise ids of the N items, checked (None: 0..N-1)."
+    if items is None: return None
+    ids = [int(i) for i in items]
+    if len(ids) != n or len(set(ids)) != n or any(i < 0 for i in ids):
+        raise ValueError(f"items must give {n} distinct non-negative ids, one per latent (e.g. dataset indices), got {len(ids)} ids")
+    return ids
+
 def _eval_mode(denoise):
     "The module behind `denoise` if it is in training mode (to be put back), else None."
     module = denoise if isinstance(denoise, torch.nn.Module) else getattr(denoise, "__self__", None)
@@ -155,12 +163,14 @@ def probe_captions(denoise: Callable, # `denoise(x_t, t, cond) -> prediction`: t
                    prediction_type: str = "epsilon", # what `denoise` predicts: "epsilon", "v_prediction" or "sample"
                    batch_size: int = 256, # image–caption pairs per model call
                    seed: int = 0, # seed of the per-item noise
+                   items: Sequence[int]|None = None, # each item's id for its noise (e.g. its dataset index); default 0..N-1
                    posterior_scale: float = 10.0, # λ of the caption posterior softmax(−λ·normalised loss)
                    progress: bool = True, # show a progress bar
                   ) -> ProbeResult:
     "Score every item's own caption against the empty caption and K alternatives at the same noisy input; no_grad, eval mode restored."
     _check_probe_args(latents, conds, empty_cond, alternatives, alphas_cumprod, prediction_type, noise_draws, refine_draws, batch_size)
     n, k, dev = latents.shape[0], alternatives.shape[1], latents.device
+    ids = _item_ids(items, n)
     abar = alphas_cumprod.to(dev, torch.float32)
     bank = torch.cat([conds, empty_cond[None].to(conds), alternatives.reshape(n * k, *conds.shape[1:]).to(conds)])
     item = torch.arange(n).repeat_interleave(2 + k)
@@ -171,17 +181,17 @@ def probe_captions(denoise: Callable, # `denoise(x_t, t, cond) -> prediction`: t
     try:
         with torch.no_grad():
             ts = _pick_timesteps(timesteps, n_timesteps, abar, lambda: _auto_timesteps(
-                denoise, latents, bank, item, slot.to(dev), is_own.flatten(), abar, prediction_type, n_timesteps, seed, batch_size))
+                denoise, latents, bank, item, slot.to(dev), is_own.flatten(), abar, prediction_type, n_timesteps, seed, batch_size, ids))
             return _two_stage(denoise, latents, bank, item, slot, abar, ts, noise_draws, refine_draws, prediction_type,
-                              batch_size, seed, progress, n, k, posterior_scale)
+                              batch_size, seed, progress, n, k, posterior_scale, ids)
     finally:
         if module is not None: module.train()
 
-def _two_stage(denoise, latents, bank, item, slot, abar, ts, draws, refine, prediction_type, batch_size, seed, progress, n, k, scale) -> ProbeResult:
+def _two_stage(denoise, latents, bank, item, slot, abar, ts, draws, refine, prediction_type, batch_size, seed, progress, n, k, scale, ids) -> ProbeResult:
     from tqdm.auto import tqdm
     dev = latents.device
     with tqdm(total=n * (2 + k) + (2 * n if refine else 0), desc="probing captions", unit="pair", disable=not progress) as bar:
-        raw = _pair_losses(denoise, latents, bank, item, slot.to(dev), abar, ts, range(draws), prediction_type, batch_size, seed, bar)
+        raw = _pair_losses(denoise, latents, bank, item, slot.to(dev), abar, ts, range(draws), prediction_type, batch_size, seed, bar, ids)
         own_rows = torch.arange(n, device=dev) * (2 + k)
         scale_t = raw[own_rows].mean((0, 1)).clamp(min=1e-12)
         L = (raw / scale_t).mean((1, 2)).reshape(n, 2 + k)                   # screening means
@@ -190,7 +200,7 @@ def _two_stage(denoise, latents, bank, item, slot, abar, ts, draws, refine, pred
         if refine:
             pair = torch.stack([torch.arange(n, device=dev), n + 1 + torch.arange(n, device=dev) * k + best], 1).flatten()
             raw2 = _pair_losses(denoise, latents, bank, torch.arange(n).repeat_interleave(2), pair, abar, ts,
-                                range(draws, draws + refine), prediction_type, batch_size, seed, bar)
+                                range(draws, draws + refine), prediction_type, batch_size, seed, bar, ids)
             r2 = (raw2 / scale_t).mean(2).reshape(n, 2, refine)
             own_all = (own_all * draws + r2[:, 0].sum(1)) / (draws + refine)
             best_all = (best_all * draws + r2[:, 1].sum(1)) / (draws + refine)
