@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import functools
 import math
+import numbers
 import os
 import tempfile
 from collections.abc import Callable
@@ -25,8 +26,12 @@ def wilson_interval(
     z: float = 1.96,  # normal quantile: 1.96 gives a 95 % interval
 ) -> tuple[float, float]:
     "Wilson score interval `(low, high)` for a proportion `correct / n`."
+    for name, v in (("correct", correct), ("n", n), ("z", z)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise TypeError(f"wilson_interval: {name} must be a finite number, got {v!r}")
     if n <= 0: raise ValueError(f"wilson_interval: n must be > 0, got n={n}; no samples were evaluated")
     if not 0 <= correct <= n: raise ValueError(f"wilson_interval: correct must be in [0, n={n}], got correct={correct}")
+    if z <= 0: raise ValueError(f"wilson_interval: z must be a positive normal quantile (1.96 for 95 %), got z={z}")
     p, z2 = correct / n, z * z
     denom = 1 + z2 / n
     center = (p + z2 / (2 * n)) / denom

@@ -8,7 +8,8 @@ Docs: https://caption-evaluator.github.io/caption_evaluator/metrics.html.md"""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -40,6 +41,21 @@ def accuracy_stats(
             "stderr": math.sqrt(p * (1 - p) / n), "ci_low": lo, "ci_high": hi}
 
 # %% ../nbs/04_metrics.ipynb #a0780d68
+def _int_arg(where: str, name: str, v, low: int) -> int:
+    "`v` as an int >= `low`, or an error naming the argument (no silent truncation of 2.9, no bools)."
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral): raise TypeError(f"{where}: {name} must be an int, got {v!r}")
+    if v < low: raise ValueError(f"{where}: {name} must be >= {low}, got {v}")
+    return int(v)
+
+def _scores_arg(name: str, v) -> Tensor:
+    "Per-rendition scores as a flat float64 CPU tensor, or an error naming the argument."
+    try: t = torch.as_tensor(v)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"PairMetric.update: {name} must be numbers (a tensor or a list of floats), got {v!r:.80} ({e})") from None
+    if t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"PairMetric.update: {name} must be real numbers, got dtype {t.dtype}")
+    return t.detach().double().cpu().reshape(-1)
+
 def _check_class_inputs(logits: Tensor, labels: Tensor, num_classes: int | None = None, where: str = "update",
                         check_range: bool = True) -> None:
     "Raise a clear error unless `logits` is [B, C] float and `labels` is [B] integer (in [0, C) when `check_range`: a host sync)."
@@ -68,6 +84,7 @@ def compute_topk_accuracy(
     "Share of rows whose label is among the `k` largest `logits`."
     _check_class_inputs(logits, labels, where="compute_topk_accuracy")
     C = logits.shape[1]
+    _int_arg("compute_topk_accuracy", "k", k, 1)
     if not 1 <= k <= C:
         raise ValueError(f"compute_topk_accuracy: k={k} must be between 1 and num_classes={C}; "
                          f"top-{k} accuracy is undefined with {C} classes")
@@ -235,10 +252,12 @@ class ClassificationMetric(StreamingMetric):
                  confusion_matrix: bool = True,  # keep the [C, C] confusion matrix (C*C int64 counters)
                 ):
         super().__init__()
-        if int(num_classes) < 1: raise ValueError(f"ClassificationMetric: num_classes must be >= 1, got {num_classes}")
+        _int_arg("ClassificationMetric", "num_classes", num_classes, 1)
+        if isinstance(topk, (str, bytes)) or not isinstance(topk, Iterable): raise TypeError(f"ClassificationMetric: topk must be a sequence of ints, e.g. (1, 5), got {topk!r}")
+        for k in topk: _int_arg("ClassificationMetric", "topk", k, 1)
         ks = sorted({int(k) for k in topk})
-        if not ks or ks[0] < 1: raise ValueError(f"ClassificationMetric: topk must be positive integers, got {tuple(topk)}")
-        if calibration_bins < 0: raise ValueError(f"ClassificationMetric: calibration_bins must be >= 0, got {calibration_bins}")
+        if not ks: raise ValueError("ClassificationMetric: topk must name at least one k, e.g. (1, 5)")
+        _int_arg("ClassificationMetric", "calibration_bins", calibration_bins, 0)
         self.num_classes, self.calibration_bins, self.keep_confusion = int(num_classes), int(calibration_bins), bool(confusion_matrix)
         self.topk = tuple(k for k in ks if k <= self.num_classes) or (1,)
         self.skipped_topk = tuple(k for k in ks if k > self.num_classes)
@@ -268,7 +287,7 @@ def update(self: ClassificationMetric,
     "Add one batch to the counters."
     _check_class_inputs(logits, labels, self.num_classes, where="ClassificationMetric.update", check_range=False)
     self.prepare_update(logits.device)
-    logits, labels = logits.detach(), labels.to(logits.device)   # no autograd graph, cheaper than a no_grad context
+    logits, labels = logits.detach(), labels.to(logits.device).long()   # no autograd graph; any integer label dtype
     in_range = (labels >= 0) & (labels < self.num_classes)   # checked on the device; compute() reports the rest
     self.bad_labels.add_((~in_range).sum())
     labels = labels.clamp(0, self.num_classes - 1)           # safe indices; the rows out of range get weight 0 below
@@ -352,7 +371,8 @@ def update(self: TokenLMMetric,
     if logits.ndim != 3 or labels.shape != logits.shape[:2]:
         raise ValueError(f"TokenLMMetric.update: expected logits [batch, seq, vocab] and labels [batch, seq] with the same "
                          f"batch and seq, got logits {tuple(logits.shape)} and labels {tuple(labels.shape)}")
-    if labels.is_floating_point(): raise TypeError(f"TokenLMMetric.update: labels must be integer token ids, got {labels.dtype}")
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise TypeError(f"TokenLMMetric.update: labels must be integer token ids, got {labels.dtype}; use labels.long()")
     V = logits.shape[-1]
     labels = labels.to(logits.device).long()
     scored = labels != ig
@@ -418,7 +438,7 @@ def update(self: PairMetric,
            bad_scores: Tensor | Sequence[float],  # score of the bad member, one per rendition
           ) -> None:
     "Score a batch of renditions and add them to their pair ids."
-    good, bad = torch.as_tensor(good_scores).detach().double().cpu().reshape(-1), torch.as_tensor(bad_scores).detach().double().cpu().reshape(-1)
+    good, bad = _scores_arg("good_scores", good_scores), _scores_arg("bad_scores", bad_scores)
     ids = pair_ids.tolist() if isinstance(pair_ids, Tensor) else list(pair_ids)
     if not (len(ids) == good.numel() == bad.numel()):
         raise ValueError(f"PairMetric.update: pair_ids, good_scores and bad_scores must have the same length, "
@@ -473,7 +493,8 @@ class PositionLossMetric(StreamingMetric):
                  early_fraction: float = 0.25,  # `slope_early` uses buckets centred in this first share of the longest position seen
                 ):
         super().__init__()
-        if bucket_size < 1: raise ValueError(f"PositionLossMetric: bucket_size must be >= 1, got {bucket_size}")
+        _int_arg("PositionLossMetric", "bucket_size", bucket_size, 1)
+        for p in positions: _int_arg("PositionLossMetric", "positions", p, 0)
         if not 0 < early_fraction <= 1: raise ValueError(f"PositionLossMetric: early_fraction must be in (0, 1], got {early_fraction}")
         if any(int(p) < 0 for p in positions): raise ValueError(f"PositionLossMetric: positions must be >= 0 (token indices), got {tuple(positions)}")
         self.bucket_size, self.positions, self.early_fraction = int(bucket_size), tuple(int(p) for p in positions), float(early_fraction)

@@ -16,6 +16,7 @@ import math
 import numbers
 import platform
 import re
+import unicodedata
 import subprocess
 import time
 import types
@@ -180,7 +181,8 @@ def model_type_slug(model_type:str, # any model-type name, e.g. "TTT" or "LoRA r
                    ) -> str:
     "A file-name-safe, lower-case form of `model_type`."
     if not isinstance(model_type, str): raise TypeError(f"model_type must be a str, got {type(model_type).__name__}")
-    slug = re.sub(r"[^a-z0-9._-]+", "_", model_type.strip().lower()).strip("._-")[:40]
+    name = unicodedata.normalize("NFKC", model_type).strip().lower()
+    slug = re.sub(r"[^\w.-]+", "_", name).strip("._-")[:40].strip("._-")   # any script's letters and digits; no separators
     if not slug: raise ValueError(f"model_type {model_type!r} has no letters or digits; pass a name such as 'baseline'")
     return slug
 
@@ -389,7 +391,11 @@ def build_results_doc(results:Mapping|list, # flat `{task: {metric: value}}`, a 
                       now:datetime|None=None, # the run's time (default: now, local time zone; naive means local)
                      ) -> dict:
     "The results document (schema @1) that `save_results` writes, as plain JSON types."
+    if model_type is not None and not isinstance(model_type, str):
+        raise TypeError(f"model_type must be a str such as 'baseline' (or None to detect it), got {type(model_type).__name__} {model_type!r}")
     res, curves, info = normalize_results(results, detailed)
+    if not any(k != "aggregate" for k in res):
+        raise ValueError("results is empty: pass {task: {metric: value}}, a run_eval output, or a list of those; nothing was saved")
     res = to_jsonable(res, "results")
     cfg = _config_dict(config)
     if "aggregate" not in res and aggregate_metrics(res): res["aggregate"] = aggregate_metrics(res)
