@@ -383,10 +383,10 @@ def update(self: TokenLMMetric,
     flat = logits.detach().reshape(-1, V).float()
     tgt = torch.where(valid, labels, 0).reshape(-1)
     nll = F.cross_entropy(flat, tgt, reduction="none")
-    ok = valid.reshape(-1) & torch.isfinite(nll)
+    ok = valid.reshape(-1) & ~torch.isnan(nll)              # +inf NLL is scored (loss inf); NaN is not
     self.nll_sum.add_(torch.where(ok, nll, 0.0).double().sum())
     self.tokens.add_(ok.sum())
-    self.nonfinite_tokens.add_((valid.reshape(-1) & ~ok).sum())
+    self.nonfinite_tokens.add_((valid.reshape(-1) & ~torch.isfinite(nll)).sum())
     self.correct.add_(((flat.argmax(-1) == tgt) & ok).sum())
 
 # %% ../nbs/04_metrics.ipynb #0d6e7d84
@@ -400,7 +400,7 @@ def compute(self: TokenLMMetric) -> dict:
                                 f"={self.ignore_index} and that update() was called")
     loss = float(self.nll_sum) / n
     stats = accuracy_stats(int(self.correct), n)
-    return {"loss": loss, "perplexity": math.exp(loss), "tokens": n, "next_token_accuracy": stats["accuracy"],
+    return {"loss": loss, "perplexity": math.exp(loss) if loss < 709.78 else math.inf, "tokens": n, "next_token_accuracy": stats["accuracy"],
             "next_token_accuracy_stats": stats, "nonfinite_tokens": int(self.nonfinite_tokens)}
 
 # %% ../nbs/04_metrics.ipynb #14187b61
@@ -496,11 +496,11 @@ class PositionLossMetric(StreamingMetric):
         _int_arg("PositionLossMetric", "bucket_size", bucket_size, 1)
         for p in positions: _int_arg("PositionLossMetric", "positions", p, 0)
         if not 0 < early_fraction <= 1: raise ValueError(f"PositionLossMetric: early_fraction must be in (0, 1], got {early_fraction}")
-        if any(int(p) < 0 for p in positions): raise ValueError(f"PositionLossMetric: positions must be >= 0 (token indices), got {tuple(positions)}")
         self.bucket_size, self.positions, self.early_fraction = int(bucket_size), tuple(int(p) for p in positions), float(early_fraction)
         self.add_state("loss_sum", (0,), torch.float64)
         self.add_state("count", (0,), torch.long)
         self.add_state("nonfinite_tokens", (), torch.long)
+        self.add_state("position_count", (len(self.positions),), torch.long)   # scored tokens exactly at each requested position
 
     def _config(self) -> dict:
         return {"bucket_size": self.bucket_size, "positions": self.positions, "early_fraction": self.early_fraction}
@@ -535,6 +535,9 @@ def update(self: PositionLossMetric,
     cnt_b = F.pad(cnt_t, (0, nb * bs - T)).view(nb, bs).sum(1)
     self._grow(nb)
     self.loss_sum[:nb] += loss_b; self.count[:nb] += cnt_b
+    if self.positions:
+        pos = torch.tensor(self.positions, device=cnt_t.device)
+        self.position_count += torch.where(pos < T, cnt_t[pos.clamp(max=T - 1)], 0)
 
 @patch
 def _merge_states(self: PositionLossMetric, other: PositionLossMetric) -> None:
@@ -568,9 +571,10 @@ def compute(self: PositionLossMetric) -> dict:
     centers = [s + (bs - 1) / 2 for s in starts]
     out = {"positions": starts, "losses": losses, "bucket_size": bs, "tokens": int(cnt.sum()),
            "nonfinite_tokens": int(self.nonfinite_tokens)}
-    for p in self.positions:
+    reached = self.position_count.cpu().tolist()
+    for p, hits in zip(self.positions, reached):                # None when no scored token sat at position p itself
         b = p // bs
-        out[_position_key(p)] = float(tot[b] / cnt[b]) if b < cnt.numel() and cnt[b] > 0 else None
+        out[_position_key(p)] = float(tot[b] / cnt[b]) if hits else None
     out["slope"] = _ls_slope(centers, losses)
     limit = self.early_fraction * (max(seen) + 1) * bs
     early = [(c, l) for c, l in zip(centers, losses) if c < limit]
