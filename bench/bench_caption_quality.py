@@ -11,8 +11,9 @@ empty gap and swap margin.
 Part 2, compositional captions (`captioned_shapes`: 2,000 16x16 RGB pictures, captions from 6 templates over
 shape, colour, background, position and size, one attribute wrong in 10 % / 30 % of captions) x 2 seeds,
 denoiser trained 3,000 steps with 512 hidden units:
-`probe_caption_edits` with single-word edits (`word_swaps`) against K = 8 other items' captions and mean
-loss; per-attribute AUROC (corrupted in that attribute vs clean) and the probe's calibration.
+`probe_caption_edits` with single-word edits (`word_swaps`, 4 label-free timesteps) against K = 8 other
+items' captions and mean loss; per-attribute AUROC (corrupted in that attribute vs clean) and the probe's
+calibration.
 
 AUROC and precision@k (k = number of wrong captions). Run: python bench/bench_caption_quality.py
 [--seeds 3] [--shape-seeds 2]. Writes bench/results/caption_quality.md and caption_quality.png.
@@ -74,12 +75,13 @@ def shapes_run(noise, seed):
     agg = StreamingAggregator(timestep_range=(0, 1000))
     model = train_caption_denoiser(data, steps=3000, hidden=512, seed=seed, aggregator=agg, progress=False)
     t0 = time.perf_counter()
-    edits = probe_caption_edits(model, model.encode_captions, data.images, data.captions, word_swaps(data.vocabulary), ddpm_alphas_cumprod(), progress=False)
+    edits = probe_caption_edits(model, model.encode_captions, data.images, data.captions, word_swaps(data.vocabulary), ddpm_alphas_cumprod(),
+                                n_timesteps=4, progress=False)
     probe_s = time.perf_counter() - t0
     others = probe_caption_edits(model, model.encode_captions, data.images, data.captions, other_captions(data.captions, 8, seed), ddpm_alphas_cumprod(), progress=False)
     st = agg.item_stats("train")
     scores = {"mean loss": np.array([st[k]["average_loss"] for k in data.keys]), "swap_margin, K = 8 other captions": others.swap_margin.numpy(),
-              "swap_margin, word edits": edits.swap_margin.numpy()}
+              "swap_margin, word edits": edits.swap_margin.numpy(), "suspicion (robust z over tags), word edits": edits.suspicion.numpy()}
     attr = np.array([a or "" for a in data.corrupted_attribute])
     table = {}
     for name, s in scores.items():
@@ -160,8 +162,8 @@ def main():
              "errors: a seven captioned \"one\" still beats the empty caption.", "",
              f"## Compositional captions (captioned shapes, 2,000 items, {a.shape_seeds} seeds, AUROC)", "",
              "Per attribute: items whose wrong word is in that attribute against the clean items. `swap_margin` is the largest "
-             "refined margin over the trusted tags (one score per item); the last row ranks each attribute by its own tag margin "
-             "(`CaptionProbe.tag_margins`).", "",
+             "refined margin over the trusted tags and `suspicion` the largest robust z-score of those margins (one score per item "
+             "each); the last row ranks each attribute by its own tag margin (`CaptionProbe.tag_margins`).", "",
              "| noise | score | overall | " + " | ".join(attrs) + " |", "|---|---|" + "---:|" * (1 + len(attrs)), *shape_rows, "",
              "Calibration of the word-edit probe (beat rate: share of items where an edit of the tag beats the own caption; "
              "verifiable when <= 0.5; the reference is every item):", "",

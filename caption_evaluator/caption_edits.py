@@ -63,6 +63,7 @@ class CaptionProbe:
     own_loss: Tensor # [N] normalised loss under the own caption (every draw)
     empty_gap: Tensor # [N] own − empty; negative: the caption helps
     swap_margin: Tensor # [N] own − best trusted alternative (every draw); positive = suspect; NaN: no trusted alternative
+    suspicion: Tensor # [N] largest robust z-score of the trusted tags' margins (each tag centred and scaled on the reference items); NaN: no trusted alternative
     best_alternative: list # per item: the trusted alternative the model prefers (a suggested fix), or None
     best_tag: list # per item: the tag of `best_alternative`, or None
     tag_margins: dict # tag -> [N] own − best alternative of that tag (every draw for trusted tags, screening draws for the others); NaN where the item has none
@@ -73,8 +74,8 @@ class CaptionProbe:
     forward_passes: float # model evaluations per item, on average
 
     def values(self) -> dict[str, Tensor]:
-        "Per-item scores as `StreamingAggregator.update(values=...)` takes them: `swap_margin`, `empty_gap`, `probe_own_loss`, `margin_<tag>`."
-        out = {"swap_margin": self.swap_margin, "empty_gap": self.empty_gap, "probe_own_loss": self.own_loss}
+        "Per-item scores as `StreamingAggregator.update(values=...)` takes them: `swap_margin`, `caption_suspicion`, `empty_gap`, `probe_own_loss`, `margin_<tag>`."
+        out = {"swap_margin": self.swap_margin, "caption_suspicion": self.suspicion, "empty_gap": self.empty_gap, "probe_own_loss": self.own_loss}
         return out | {f"margin_{_slug(t)}": m for t, m in self.tag_margins.items()}
 
     def format_calibration(self) -> str:
@@ -98,7 +99,7 @@ def _calibrate(tag_margins: Mapping[str, Tensor], reference: Tensor, max_beat_ra
     for t, m in tag_margins.items():
         v = m[reference & ~m.isnan()]
         rate = int((v > 0).sum()) / len(v) if len(v) else float("nan")
-        out[t] = {"beat_rate": rate, "items": int(len(v)), "median_margin": float(v.median()) if len(v) else float("nan"),
+        out[t] = {"beat_rate": rate, "items": int(len(v)), "median_margin": float(v.quantile(0.5)) if len(v) else float("nan"),
                   "verifiable": bool(len(v)) and rate <= max_beat_rate}
     return out
 
@@ -240,10 +241,22 @@ def _edit_stages(denoise, latents, bank, captions, item, cond, alt_of, flat, aba
     for j, t in enumerate(trusted): margins[t] = own_all - best_all[:, j]   # refined margins of the trusted tags
     low, j = torch.nan_to_num(best_all, nan=float("inf")).min(1)
     swap = torch.where(low.isinf(), torch.nan, own_all - low)
+    suspicion = _suspicion([margins[t] for t in trusted], reference)
     picks = best.gather(1, j[:, None])[:, 0].tolist()                      # host read after the loops
     passes = (len(item) * draws + (1 + len(trusted)) * n * refine) * len(ts) / n
-    return CaptionProbe(captions, own_all, own - empty, swap, [flat[a][1] if a >= 0 else None for a in picks],
+    return CaptionProbe(captions, own_all, own - empty, swap, suspicion, [flat[a][1] if a >= 0 else None for a in picks],
                         [flat[a][2] if a >= 0 else None for a in picks], margins, calibration, flat, alt_loss, list(ts), passes)
+
+def _suspicion(margins: list[Tensor], reference: Tensor) -> Tensor:
+    "Per item, the largest of the tags' robust z-scores: (margin − median) / (1.4826 · MAD), both over the reference items."
+    best = torch.full_like(margins[0], -float("inf"))
+    for m in margins:
+        ref = m[reference & ~m.isnan()]
+        if not len(ref): continue
+        med = ref.quantile(0.5)                                  # the midpoint median, as numpy's
+        scale = ((ref - med).abs().quantile(0.5) * 1.4826).clamp(min=1e-12)
+        best = torch.fmax(best, torch.nan_to_num((m - med) / scale, nan=-float("inf")))
+    return torch.where(best.isinf(), torch.nan, best)
 
 def _refine(denoise, latents, bank, cond, own_rows, alt_rows, best, has, own, best_screen, scale_t, abar, ts, draws, refine,
             prediction_type, batch_size, seed, bar, ids) -> tuple[Tensor, Tensor]:

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import errno
 import functools
+import glob
 import math
 import numbers
 import os
+import re
+import time
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['wilson_interval', 'current_umask', 'write_atomic']
+__all__ = ['MAX_JSON_DEPTH', 'MAX_INT_DIGITS', 'STALE_TEMP_SECONDS', 'wilson_interval', 'read_json', 'current_umask',
+           'is_temp_file', 'write_atomic']
 
 # %% ../nbs/00_core.ipynb #5aa87421
 def wilson_interval(
@@ -37,6 +41,52 @@ def wilson_interval(
     center = (p + z2 / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
     return max(0.0, center - half), min(1.0, center + half)
+
+# %% ../nbs/00_core.ipynb #c7b0925d
+MAX_JSON_DEPTH = 64       # deepest nesting of arrays/objects a caption_evaluator file is read with
+MAX_INT_DIGITS = 30       # longest integer literal accepted (counts and steps need at most 20)
+
+class _BadNumber(ValueError): pass
+
+def _json_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS: raise _BadNumber(f"an integer of {len(text.lstrip('-'))} digits")
+    return int(text)
+
+def _json_float(text: str) -> float:
+    v = float(text)
+    if math.isinf(v): raise _BadNumber(f"the number {text[:24]} (outside the float range)")
+    return v
+
+def _depth(obj) -> int:
+    "Nesting depth of parsed JSON, computed without recursion."
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, (dict, list)):
+            deepest = max(deepest, d)
+            if d <= MAX_JSON_DEPTH: stack.extend((v, d + 1) for v in (o.values() if isinstance(o, dict) else o))
+    return deepest
+
+def read_json(path: str | os.PathLike,  # a .json or .json.gz file
+              what: str = "file",  # what the file should be, for errors ("results file", "snapshot")
+             ):
+    "The parsed JSON of a plain or gzip file, or a `ValueError` naming the file and the problem."
+    import gzip, json, zlib
+    p = Path(path)
+    data = p.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        try: data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e: raise ValueError(f"{p}: {what} is a damaged gzip file ({e})") from None
+    try: return _checked_depth(json.loads(data.decode("utf-8"), parse_int=_json_int, parse_float=_json_float), p, what)
+    except _BadNumber as e:
+        raise ValueError(f"{p}: {what} holds {e}; numbers are limited to {MAX_INT_DIGITS} digits and the float range") from None
+    except RecursionError: raise ValueError(f"{p}: {what} is nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{p}: {what} is not valid JSON ({type(e).__name__}: {e}); it is corrupt or was cut short") from None
+
+def _checked_depth(obj, p: Path, what: str):
+    if _depth(obj) > MAX_JSON_DEPTH: raise ValueError(f"{p}: {what} is nested deeper than {MAX_JSON_DEPTH} levels")
+    return obj
 
 # %% ../nbs/00_core.ipynb #bd1662c3
 @functools.cache
@@ -66,6 +116,23 @@ def _temp_file_next_to(path: Path) -> tuple[int, str]:
         raise OSError(e.errno, f"cannot write {str(path)!r}: no temporary file can be created in {str(folder)!r} "
                                f"({e.strerror}); pass a writable folder") from e
 
+STALE_TEMP_SECONDS = 3600   # a temporary file of ours this old belongs to a killed writer
+
+def is_temp_file(name: str,  # a file name (no folder)
+                ) -> bool:
+    "Whether `name` is one of `write_atomic`'s temporary files (`.<target>.<8 random chars>.tmp`): no listing should offer it."
+    return re.fullmatch(r"\..+\.[A-Za-z0-9_]{8}\.tmp", name) is not None
+
+def _remove_stale_temps(path: Path, older_than: float = STALE_TEMP_SECONDS) -> list[Path]:
+    "Delete the temporary files a killed writer of `path` left, only this target's and only old ones; return them."
+    removed, now = [], time.time()
+    for t in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            if is_temp_file(t.name) and t.name[1:len(path.name) + 1] == path.name and now - t.stat().st_mtime > older_than:
+                t.unlink(); removed.append(t)
+        except OSError: continue                        # gone already, or not ours to remove
+    return removed
+
 def write_atomic(
     path: str | os.PathLike,  # destination file; its folder must exist
     write: Callable,  # called with the open temporary file; writes the whole content
@@ -91,4 +158,5 @@ def write_atomic(
     except BaseException:
         if os.path.exists(tmp_name): os.unlink(tmp_name)
         raise
+    _remove_stale_temps(path)
     return path

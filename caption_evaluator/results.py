@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .core import wilson_interval, write_atomic
+from .core import read_json, wilson_interval, write_atomic
 
 # %% auto #0
 __all__ = ['SCHEMA', 'LEGACY_SCHEMA', 'write_text_atomic', 'write_json_atomic', 'to_jsonable', 'environment_versions', 'git_info',
@@ -536,6 +536,9 @@ def migrate_results_doc(doc:Mapping, # a parsed results.json of any known schema
     if not isinstance(doc.get("results"), Mapping) or not isinstance(doc.get("metadata", {}), Mapping):
         raise ValueError(f"{source}: not a caption_evaluator results document (needs a 'results' mapping)")
     new = {"schema": SCHEMA, "metadata": dict(doc.get("metadata") or {}), "results": dict(doc["results"])}
+    agg = new["results"].get("aggregate")
+    if agg is not None and not isinstance(agg, Mapping):
+        raise ValueError(f"{source}: field results.aggregate must be an object of numbers, got {type(agg).__name__}")
     if version == "0":
         new["metadata"].setdefault("config", {})
         if "aggregate" not in new["results"] and aggregate_metrics(new["results"]):
@@ -550,11 +553,7 @@ def load_run(path:str|Path, # a run directory or its results.json
     path = Path(path)
     if path.is_dir(): path = path / "results.json"
     if not path.is_file(): raise FileNotFoundError(f"no results file at {path}; pass a run directory or its results.json")
-    try:
-        with open(path, encoding="utf-8") as f: raw = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e.__class__.__name__}: {e}); the file is corrupt or was cut short") from None
-    doc, schema = migrate_results_doc(raw, str(path))
+    doc, schema = migrate_results_doc(read_json(path, "results file"), str(path))
     detailed = {k[:-len("_detailed")]: v for k, v in doc.items() if k.endswith("_detailed")}
     return RunRecord(path=path, metadata=doc["metadata"], results=doc["results"], detailed=detailed, schema=schema)
 

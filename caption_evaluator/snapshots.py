@@ -7,15 +7,14 @@ Docs: https://caption-evaluator.github.io/caption_evaluator/snapshots.html.md"""
 # %% ../nbs/01a_snapshots.ipynb #49281619
 from __future__ import annotations
 
-import gzip as _gzip
-import json
 import math
 import os
-import zlib
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+
+from .core import read_json
 
 # %% auto #0
 __all__ = ['ITEM_SCHEMA', 'ITEM_SCHEMA_V1', 'ITEM_FIELDS', 'VALUE_FIELDS', 'SCORES', 'score_path', 'item_score', 'score_column',
@@ -145,11 +144,8 @@ def rank_items(item_stats: Mapping[str, Mapping], # `{key: entry}` of one datase
 
 # %% ../nbs/01a_snapshots.ipynb #f123a910
 def _read_json(p: Path, path) -> object:
-    with open(p, "rb") as f: gz = f.read(2) == b"\x1f\x8b"
-    try:
-        with (_gzip.open(p, "rt", encoding="utf-8") if gz else open(p, encoding="utf-8")) as f: return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError, EOFError, OSError, zlib.error, RecursionError) as e:
-        raise ValueError(f"path {str(path)!r} is not a valid JSON item-stats snapshot: {type(e).__name__}: {e}") from None
+    try: return read_json(p, "item-stats snapshot")
+    except OSError as e: raise ValueError(f"path {str(path)!r} cannot be read: {e}") from None
 
 def _migrate(doc: dict, path) -> dict:
     "Bring a version-1 (or seed-format) document to version 2 in place."
