@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['MAX_JSON_DEPTH', 'MAX_INT_DIGITS', 'STALE_TEMP_SECONDS', 'wilson_interval', 'read_json', 'current_umask',
+__all__ = ['MAX_JSON_DEPTH', 'MAX_INT_DIGITS', 'STALE_TEMP_SECONDS', 'wilson_interval', 'read_json', 'csv_cell', 'current_umask',
            'is_temp_file', 'write_atomic']
 
 # %% ../nbs/00_core.ipynb #5aa87421
@@ -87,6 +87,20 @@ def read_json(path: str | os.PathLike,  # a .json or .json.gz file
 def _checked_depth(obj, p: Path, what: str):
     if _depth(obj) > MAX_JSON_DEPTH: raise ValueError(f"{p}: {what} is nested deeper than {MAX_JSON_DEPTH} levels")
     return obj
+
+# %% ../nbs/00_core.ipynb #c966be44
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+def csv_cell(value,  # a cell: text is checked and guarded, anything else is returned as is
+             what: str = "cell",  # what the cell is, for the error ("item key", "column 'caption'")
+            ):
+    "`value` made safe for a UTF-8 CSV opened in a spreadsheet: formula-like text gets a leading `'`; text that is not UTF-8 is refused."
+    if not isinstance(value, str): return value
+    try: value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} {value!r} is not valid UTF-8 (a file name with undecodable bytes?); rename the file, "
+                         "or export JSON, which keeps the key exactly; nothing was written") from None
+    return "'" + value if value.startswith(_FORMULA_START) else value
 
 # %% ../nbs/00_core.ipynb #bd1662c3
 @functools.cache

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .aggregator import StreamingAggregator
-from .core import write_atomic
+from .core import csv_cell, write_atomic
 from .losses import compute_per_example_loss
 
 # %% auto #0
@@ -80,7 +80,7 @@ def write_item_stats_csv(
     def write(f):
         w = csv.writer(f)
         w.writerow(["item", *fields])
-        for key, s in item_stats.items(): w.writerow([key, *(s.get(c, "") for c in fields)])
+        for key, s in item_stats.items(): w.writerow([csv_cell(key, "item key"), *(csv_cell(s.get(c, ""), f"field {c!r} of {key!r}") for c in fields)])
     return write_atomic(path, write, newline="")  # the csv module writes its own line endings
 
 # %% ../nbs/02_evaluate.ipynb #e2e68543

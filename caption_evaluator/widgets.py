@@ -23,7 +23,7 @@ import numpy as np
 from fastcore.basics import patch
 from matplotlib.figure import Figure
 
-from .core import is_temp_file
+from .core import csv_cell, is_temp_file
 from .snapshots import diff_item_stats, load_item_stats, score_path
 from .plotting import ItemTable, figure_to_png, item_table, plot_comparison, plot_item_diff, plot_run
 from .results import (_STATS_KEYS, _is_number, RunLoadWarning, RunRecord, accuracy_interval, build_results_doc, discover_runs,
@@ -77,7 +77,7 @@ def write_rows_csv(
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=_columns(rows), restval="", lineterminator="\n")
     w.writeheader()
-    w.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
+    w.writerows([{k: ("" if v is None else csv_cell(v, f"column {k!r}")) for k, v in r.items()} for r in rows])
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     return write_text_atomic(p, buf.getvalue())
