@@ -128,3 +128,16 @@ def test_snapshot_reader(originals, tmp_path_factory, data, which):
         for by in [None, *available_scores(stats)]:
             rank_items(stats, by=by, k=3)
             items_table(doc, name, 3, by)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(st.data())
+def test_comparison_plot_survives_a_bad_file(originals, tmp_path_factory, data):
+    root = tmp_path_factory.mktemp("plot")
+    for name, raw in (("run_20250101_000000_good", originals["results"]), ("run_20250102_000000_bad", data.draw(mutations(originals["results"])))):
+        (root / name).mkdir(); (root / name / "results.json").write_bytes(raw)
+    out, err = io.StringIO(), io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        warnings.simplefilter("ignore")
+        code = cli_main(["plot", "--compare-all", str(root), "--output", str(root / "cmp.png")])
+    assert code == 0 and (root / "cmp.png").is_file(), err.getvalue()
