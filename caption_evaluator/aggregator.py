@@ -553,6 +553,7 @@ def update(self: StreamingAggregator,
            step: int|torch.Tensor|None=None, # training step recorded as `last_step`: an int, a 0-d tensor, or a [B] tensor (one per item)
            timesteps: torch.Tensor|None=None, # [B] int or float timestep of each record (diffusion `t` or `sigma`), bucketed over `timestep_range`
            values: Mapping[str, torch.Tensor]|None=None, # named extra [B] values per record, e.g. `{"margin": m, "correct": c}`
+           batches: int=1, # training batches this update holds (a tracker that hands several over at once says how many)
           ) -> None:
     "Record one batch of per-item losses (queued, then recorded in bulk): exact for duplicates, no host sync on the tensor path."
     if not isinstance(losses, torch.Tensor): losses = torch.as_tensor(losses)
@@ -566,8 +567,9 @@ def update(self: StreamingAggregator,
     extra = _extra_columns(self, timesteps, values, n) if timesteps is not None or values else None
     if ds.state is None or ds.size > ds.capacity: ds.ensure(ds.size, device)
     if extra: _start_extras(self, ds, extra)
-    ds.batches += 1
-    ds.window_batches += 1
+    if not (isinstance(batches, int) and not isinstance(batches, bool) and batches >= 0): raise ValueError(f"batches must be an int >= 0, got {batches!r}")
+    ds.batches += batches
+    ds.window_batches += batches
     if n == 0: return
     q = ds.queue
     if q.n + n > q.size: q.reserve(n, ds.device, limit=self.flush_every + n)

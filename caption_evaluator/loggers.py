@@ -16,8 +16,8 @@ from typing import Iterable, Mapping, Protocol, Sequence, TextIO, runtime_checka
 import numpy as np
 
 # %% auto #0
-__all__ = ['Logger', 'flatten_metrics', 'ConsoleLogger', 'TensorBoardLogger', 'WandbLogger', 'log_dataset_summary',
-           'log_item_loss_histogram']
+__all__ = ['Logger', 'flatten_metrics', 'ConsoleLogger', 'TensorBoardLogger', 'WandbLogger', 'MetricsLogger', 'as_logger',
+           'log_dataset_summary', 'log_item_loss_histogram']
 
 # %% ../nbs/09_loggers.ipynb #48df4117
 @runtime_checkable
@@ -189,15 +189,39 @@ class WandbLogger(_ContextLogger):
         "Finish the run (writes its summary)."
         self.run.finish()
 
+# %% ../nbs/09_loggers.ipynb #92baa7a5
+class MetricsLogger(Logger):
+    "Adapter for an object with only `log_metrics(metrics, step)` (e.g. a Lightning logger): flat names, prefix joined in, no histograms."
+    def __init__(self, inner, # the wrapped object; its `log_metrics(metrics, step=...)` receives flat `{name: float}`
+                ): self.inner = inner
+    def log_metrics(self, metrics, step, prefix=""):
+        "Flatten `metrics` under `prefix` and pass them on."
+        self.inner.log_metrics(flatten_metrics(metrics, prefix=prefix), step=step)
+    def log_histogram(self, name, values, step):
+        "Nothing: the wrapped logger takes scalars only."
+    def close(self):
+        "Nothing: the wrapped logger belongs to its trainer, which closes it."
+
+def as_logger(obj, # a `Logger`, or any object with `log_metrics(metrics, step)`
+             ) -> Logger:
+    "`obj` as a `Logger`: full loggers as they are, metrics-only ones (Lightning, accelerate trackers) wrapped in `MetricsLogger`."
+    metrics = getattr(obj, "log_metrics", None)
+    if callable(metrics) and _takes_prefix(metrics) and callable(getattr(obj, "log_histogram", None)): return obj
+    if callable(metrics): return MetricsLogger(obj)
+    raise TypeError(f"loggers: each logger needs a log_metrics(metrics, step) method (a caption_evaluator Logger, a Lightning logger, ...); "
+                    f"got {type(obj).__name__}")
+
+def _takes_prefix(fn) -> bool:
+    import inspect
+    try: return "prefix" in inspect.signature(fn).parameters
+    except (TypeError, ValueError): return False
+
 # %% ../nbs/09_loggers.ipynb #db32645f
 def _as_loggers(loggers) -> list:
     "A list of loggers from `None`, one logger, or a sequence of loggers."
     if loggers is None: return []
-    if isinstance(loggers, Logger): return [loggers]
-    loggers = list(loggers)
-    bad = [type(lg).__name__ for lg in loggers if not isinstance(lg, Logger)]
-    if bad: raise TypeError(f"`loggers` must be Logger objects (log_metrics, log_histogram, close); got {bad}.")
-    return loggers
+    if callable(getattr(loggers, "log_metrics", None)): return [as_logger(loggers)]
+    return [as_logger(lg) for lg in loggers]
 
 # %% ../nbs/09_loggers.ipynb #dfeb92c4
 def log_dataset_summary(loggers: Logger | Sequence[Logger] | None, # one logger, several, or None (no-op)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .aggregator import StreamingAggregator
 from .losses import classification_record
-from .loggers import log_dataset_summary, log_item_loss_histogram
+from .loggers import as_logger, log_dataset_summary, log_item_loss_histogram
 
 # %% auto #0
 __all__ = ['ItemLossTracker']
@@ -35,9 +35,7 @@ def _check_loggers(loggers) -> list:
     if hasattr(loggers, "log_metrics"): loggers = [loggers]
     out = []
     for lg in loggers:
-        if not (callable(getattr(lg, "log_metrics", None)) and callable(getattr(lg, "log_histogram", None))):
-            raise TypeError(f"`loggers` must hold objects with log_metrics(metrics, step, prefix) and "
-                            f"log_histogram(name, values, step); got {type(lg).__name__}.")
+        lg = as_logger(lg)                                   # metrics-only loggers (Lightning's, ...) are wrapped
         out.append(lg if callable(getattr(lg, "close", None)) else _Unclosed(lg))
     return out
 
@@ -174,7 +172,7 @@ def flush(self: ItemLossTracker) -> None:
         group = pending[start:end]
         timesteps, values = _group_extra(group)
         self.aggregator.update(group[0][0], _concat([r[1] for r in group]), torch.cat([r[2] for r in group]),
-                               step=_group_steps(group), timesteps=timesteps, values=values)
+                               step=_group_steps(group), timesteps=timesteps, values=values, batches=len(group))
         start = end
 
 # %% ../nbs/11_training.ipynb #057c3d1b
