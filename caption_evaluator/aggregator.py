@@ -23,6 +23,7 @@ import torch
 from fastcore.basics import patch
 
 from .core import write_atomic
+from .metrics import _comm_device
 from .snapshots import (ITEM_FIELDS, ITEM_SCHEMA, VALUE_FIELDS, default_score, diff_item_stats, load_item_stats,
                                          score_column, score_path, top_indices)  # the readers stay importable from here
 
@@ -963,8 +964,7 @@ def sync(self: StreamingAggregator,
     dist.all_gather_object(metas, meta, group=group)
     names: list[str] = []
     for m in metas: names += [n for n in m if n not in names]
-    backend = dist.get_backend(group)
-    comm_dev = torch.device("cpu") if backend == "gloo" else (self.device or torch.device("cuda", torch.cuda.current_device()))
+    comm_dev = _comm_device(torch.empty(0, device=self.device or "cpu"), group)   # from the group's actual backend(s)
     out = StreamingAggregator(device=self.device, keep_window=self.keep_window, flush_every=self.flush_every)
     out.timestep_edges, out.history, out._history_steps = self.timestep_edges, self.history, list(self._history_steps)
     for name in names:

@@ -203,12 +203,24 @@ def merge(self: StreamingMetric,
     return self
 
 # %% ../nbs/04_metrics.ipynb #dd23d666
+_BACKEND_DEVICES = {"gloo": ("cpu",), "mpi": ("cpu",), "nccl": ("cuda",), "xccl": ("xpu",), "ucc": ("cpu", "cuda")}
+
+def _group_device_types(group=None) -> tuple[str, ...]:
+    "Device types the group's backend(s) run collectives on: from 'cpu:gloo,cuda:nccl' strings, known backends, or the group itself ('undefined')."
+    backend = str(dist.get_backend(group))
+    if ":" in backend: return tuple(part.split(":")[0].strip() for part in backend.split(","))
+    if backend in _BACKEND_DEVICES: return _BACKEND_DEVICES[backend]
+    pg = group if group is not None else dist.group.WORLD
+    types = tuple(d.type for d in getattr(pg, "_device_types", ()) or ())
+    return types or ("cpu",)
+
 def _comm_device(t: Tensor, group=None) -> torch.device:
-    "Device a collective on `t` must use: CPU for gloo, the current CUDA device for nccl, else `t`'s own."
-    backend = dist.get_backend(group)
-    if backend == "gloo": return torch.device("cpu")
-    if backend == "nccl": return torch.device("cuda", torch.cuda.current_device())
-    return t.device
+    "Device a collective on `t` must use: `t`'s own when the group's backends support its type, else one they do (the CPU first)."
+    types = _group_device_types(group)
+    if t.device.type in types: return t.device
+    if "cpu" in types: return torch.device("cpu")
+    kind = types[0]
+    return torch.device(kind, getattr(torch, kind).current_device())
 
 def _all_reduce(t: Tensor, op=dist.ReduceOp.SUM, group=None) -> Tensor:
     "A reduced copy of `t` over the ranks of `group` (through the backend's device), on `t`'s device."
