@@ -23,7 +23,7 @@ import torch
 from fastcore.basics import patch
 
 from .core import write_atomic
-from .metrics import _comm_device
+from .metrics import _all_ranks_arrive, _comm_device
 from .snapshots import (ITEM_FIELDS, ITEM_SCHEMA, VALUE_FIELDS, default_score, diff_item_stats, load_item_stats,
                                          score_column, score_path, top_indices)  # the readers stay importable from here
 
@@ -956,6 +956,7 @@ def sync(self: StreamingAggregator,
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("sync needs torch.distributed to be initialised (dist.init_process_group); for one process use merge")
     world = dist.get_world_size(group)
+    _all_ranks_arrive(group, "StreamingAggregator.sync() (and ItemLossTracker.on_save)")
     self._handover()
     for ds in self._data.values(): ds.settle()
     meta = {n: (ds.keys, ds.batches, ds.window_batches, sorted(ds.values), None if ds.edges is None else ds.edges.tolist())

@@ -20,8 +20,8 @@ from torch import Tensor
 from .core import wilson_interval
 
 # %% auto #0
-__all__ = ['accuracy_stats', 'compute_topk_accuracy', 'label_ranks', 'StreamingMetric', 'ClassificationMetric', 'TokenLMMetric',
-           'PairMetric', 'PositionLossMetric', 'wilson_interval']
+__all__ = ['SYNC_TIMEOUT_S', 'accuracy_stats', 'compute_topk_accuracy', 'label_ranks', 'StreamingMetric', 'ClassificationMetric',
+           'TokenLMMetric', 'PairMetric', 'PositionLossMetric', 'wilson_interval']
 
 # %% ../nbs/04_metrics.ipynb #f97493e2
 _all_ = ["wilson_interval"]
@@ -222,6 +222,18 @@ def _comm_device(t: Tensor, group=None) -> torch.device:
     kind = types[0]
     return torch.device(kind, getattr(torch, kind).current_device())
 
+SYNC_TIMEOUT_S = 120.0   # how long a sync waits for every rank to arrive before it says which ones did not
+
+def _all_ranks_arrive(group, what: str, timeout_s: float | None = None) -> None:
+    "Before a collective: on CPU (gloo) groups, a monitored barrier that fails fast when some rank never calls `what`."
+    import datetime
+    if str(dist.get_backend(group)) != "gloo": return           # torch has monitored barriers for plain gloo groups only
+    t = SYNC_TIMEOUT_S if timeout_s is None else timeout_s
+    try: dist.monitored_barrier(group=group, timeout=datetime.timedelta(seconds=t), wait_all_ranks=True)
+    except RuntimeError as e:
+        raise RuntimeError(f"{what} is a collective: call it on every rank (not only under `if is_main_process:`). "
+                           f"Not every rank arrived within {t:g} s: {' '.join(str(e).split())[:300]}") from None
+
 def _all_reduce(t: Tensor, op=dist.ReduceOp.SUM, group=None) -> Tensor:
     "A reduced copy of `t` over the ranks of `group` (through the backend's device), on `t`'s device."
     buf = t.to(_comm_device(t, group), copy=True)
@@ -238,6 +250,7 @@ def sync(self: StreamingMetric,
         ) -> StreamingMetric:
     "Sum the states over all ranks so every rank holds the global state. No-op outside torch.distributed."
     if not (dist.is_available() and dist.is_initialized()) or self._local is not None: return self
+    _all_ranks_arrive(group, f"{type(self).__name__}.sync()")
     local = self._local_snapshot()
     self._sync_states(group)
     self._local = local

@@ -54,3 +54,31 @@ def test_sync_on_any_cpu_backend(tmp_path, backend):
         assert got["stats"][k]["average_loss"] == pytest.approx(e["average_loss"], rel=1e-6)
     r = m.compute()
     assert (got["acc"], got["top2"]) == (r["accuracy"], r["top2_accuracy"])
+
+
+def _one_rank_worker(rank, port, out_dir, which):
+    import time
+    import caption_evaluator.metrics as metrics
+    from caption_evaluator.training import ItemLossTracker
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    metrics.SYNC_TIMEOUT_S = 2.0
+    try:
+        if rank == 1: time.sleep(6); return                     # only rank 0 calls: the mistake of `if is_main_process: tracker.on_save()`
+        t0, msg = time.monotonic(), ""
+        try:
+            if which == "sync": StreamingAggregator().sync()
+            elif which == "on_save":
+                tr = ItemLossTracker(out_dir, "job"); tr.record("train", ["a"], torch.tensor([1.0])); tr.on_save(1)
+            else: ClassificationMetric(3).sync()
+        except RuntimeError as e: msg = str(e)
+        with open(os.path.join(out_dir, "rank0.json"), "w") as f: json.dump({"seconds": time.monotonic() - t0, "error": msg}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("which", ["sync", "on_save", "metric"])
+def test_a_collective_on_one_rank_fails_fast(tmp_path, which):
+    mp.spawn(_one_rank_worker, args=(_free_port(), str(tmp_path), which), nprocs=2, join=True)
+    got = json.loads((tmp_path / "rank0.json").read_text())
+    assert "call it on every rank" in got["error"] and got["seconds"] < 5, got
