@@ -14,7 +14,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .probe import _auto_timesteps, _check_schedule, _eval_mode, _item_ids, _pair_losses, _pick_timesteps
+from .probe import _EvalMode, _auto_timesteps, _check_schedule, _item_ids, _pair_losses, _pick_timesteps
 
 # %% auto #0
 __all__ = ['word_swaps', 'other_captions', 'CaptionProbe', 'probe_caption_edits']
@@ -105,12 +105,13 @@ def _calibrate(tag_margins: Mapping[str, Tensor], reference: Tensor, max_beat_ra
 
 # %% ../nbs/14a_caption_edits.ipynb #b1375b74
 def _alternative_lists(captions, alternatives) -> list[list[tuple[str, str]]]:
-    "Per item, its distinct (caption, tag) alternatives other than the own caption."
+    "Per item, its alternatives other than the own caption, each caption once (the first tag it came with)."
     if callable(alternatives): per = [alternatives(c) for c in captions]
     elif isinstance(alternatives, Sequence) and not isinstance(alternatives, str) and len(alternatives) == len(captions): per = list(alternatives)
     else: raise ValueError(f"alternatives must be an edit function caption -> list, or one list per caption ({len(captions)})")
     out = []
     for own, alts in zip(captions, per):
+        if isinstance(alts, str): raise ValueError(f"alternatives: each item needs a list of alternative captions, got the string {alts!r}; wrap it in a list")
         seen, row = {own}, []
         for a in alts:
             cap, tag = (a, "edit") if isinstance(a, str) else tuple(a)
@@ -203,16 +204,11 @@ def probe_caption_edits(denoise: Callable, # `denoise(x_t, t, cond) -> predictio
     ids = _item_ids(items, n)
     bank = _encode_bank(encode, strings, encode_batch, dev)
     abar = alphas_cumprod.to(dev, torch.float32)
-    module = _eval_mode(denoise)
-    if module is not None: module.eval()
-    try:
-        with torch.no_grad():
-            ts = _pick_timesteps(timesteps, n_timesteps, abar, lambda: _auto_timesteps(
-                denoise, latents, bank, item, cond.to(dev), _own_pairs(alt_of), abar, prediction_type, n_timesteps, seed, batch_size, ids))
-            return _edit_stages(denoise, latents, bank, captions, item, cond, alt_of, flat, abar, ts, noise_draws,
-                                refine_draws, prediction_type, batch_size, seed, progress, clean, max_beat_rate, ids)
-    finally:
-        if module is not None: module.train()
+    with _EvalMode(denoise), torch.no_grad():
+        ts = _pick_timesteps(timesteps, n_timesteps, abar, lambda: _auto_timesteps(
+            denoise, latents, bank, item, cond.to(dev), _own_pairs(alt_of), abar, prediction_type, n_timesteps, seed, batch_size, ids))
+        return _edit_stages(denoise, latents, bank, captions, item, cond, alt_of, flat, abar, ts, noise_draws,
+                            refine_draws, prediction_type, batch_size, seed, progress, clean, max_beat_rate, ids)
 
 def _edit_stages(denoise, latents, bank, captions, item, cond, alt_of, flat, abar, ts, draws, refine, prediction_type,
                  batch_size, seed, progress, clean, max_beat_rate, ids) -> CaptionProbe:
@@ -228,7 +224,7 @@ def _edit_stages(denoise, latents, bank, captions, item, cond, alt_of, flat, aba
         Lp = (raw / scale_t).mean((1, 2))
         own, empty, alt_loss = Lp[own_rows], Lp[empty_rows], Lp[alt_rows]
         margins = _tag_margins(own, alt_loss, owner, tags, n)
-        reference = torch.ones(n, dtype=torch.bool, device=dev) if clean is None else torch.as_tensor(list(clean), dtype=torch.bool, device=dev)
+        reference = torch.ones(n, dtype=torch.bool, device=dev) if clean is None else torch.as_tensor(clean).to(dev, torch.bool)
         calibration = _calibrate(margins, reference, max_beat_rate)
         trusted = [t for t, c in calibration.items() if c["verifiable"]] or list(calibration)
         best = torch.stack([_best_trusted(alt_loss, owner, torch.tensor([g == t for g in tags], device=dev), n) for t in trusted], 1)
@@ -254,7 +250,10 @@ def _suspicion(margins: list[Tensor], reference: Tensor) -> Tensor:
         ref = m[reference & ~m.isnan()]
         if not len(ref): continue
         med = ref.quantile(0.5)                                  # the midpoint median, as numpy's
-        scale = ((ref - med).abs().quantile(0.5) * 1.4826).clamp(min=1e-12)
+        dev = (ref - med).abs()
+        scale = dev.quantile(0.5) * 1.4826
+        if not scale > 1e-12: scale = dev.mean() * 1.2533        # MAD 0 (ties, few items): the mean absolute deviation
+        if not scale > 1e-12: continue                           # no spread at all: this tag cannot rank anything
         best = torch.fmax(best, torch.nan_to_num((m - med) / scale, nan=-float("inf")))
     return torch.where(best.isinf(), torch.nan, best)
 

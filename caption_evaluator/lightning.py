@@ -53,7 +53,10 @@ class ItemLossCallback(Callback):
         self.timestep_range, self.every_n_epochs = timestep_range, every_n_epochs
         self.tracker, self.snapshots, self._pending, self._seen, self._real = None, [], None, 0, None
 
-    def setup(self, trainer, pl_module, stage):
+    def setup(self, trainer, # the Lightning Trainer
+              pl_module, # the LightningModule
+              stage, # "fit", "validate", ...
+             ):
         "Make the tracker (once), logging through the trainer's loggers."
         if self.tracker is not None: return
         root = Path(self.save_root) if self.save_root is not None else Path(trainer.default_root_dir) / "item_stats"
@@ -61,11 +64,18 @@ class ItemLossCallback(Callback):
         self.tracker = ItemLossTracker(root, self.job_name, loggers=list(trainer.loggers), timestep_range=self.timestep_range)
         if self._pending is not None: self._restore(self._pending)
 
-    def on_train_epoch_start(self, trainer, pl_module):
+    def on_train_epoch_start(self, trainer, # the Lightning Trainer
+                             pl_module, # the LightningModule
+                            ):
         "Start counting this epoch's records (for the sampler's padding)."
         self._seen, self._real = 0, _padded_from(trainer)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+    def on_train_batch_end(self, trainer, # the Lightning Trainer
+                           pl_module, # the LightningModule
+                           outputs, # what `training_step` returned: a dict with the per-item losses and keys
+                           batch, # the batch (unused: keys come from `outputs`)
+                           batch_idx, # the batch's index in the epoch
+                          ):
         "Record the batch's per-item losses, without the sampler's padded repeats."
         if not isinstance(outputs, dict) or self.loss_key not in outputs or self.keys_key not in outputs:
             raise ValueError(f"ItemLossCallback: training_step must return a dict with {self.loss_key!r} (per-item losses [B]) and "
@@ -84,7 +94,9 @@ class ItemLossCallback(Callback):
             if not keys: return
         self.tracker.record(self.dataset, keys, losses, step=trainer.global_step, **extra)
 
-    def on_train_epoch_end(self, trainer, pl_module):
+    def on_train_epoch_end(self, trainer, # the Lightning Trainer
+                           pl_module, # the LightningModule
+                          ):
         "Every `every_n_epochs` epochs (and at the last one): write a snapshot (all ranks take part)."
         last = trainer.current_epoch + 1 >= (trainer.max_epochs or math.inf)
         if (trainer.current_epoch + 1) % self.every_n_epochs == 0 or last:
@@ -103,7 +115,8 @@ class ItemLossCallback(Callback):
             dist.all_gather_object(states, state)
         return {"world": world, "ranks": states, "snapshots": [str(p) for p in self.snapshots]}
 
-    def load_state_dict(self, state_dict: dict):
+    def load_state_dict(self, state_dict: dict, # what `state_dict` returned, from the checkpoint
+                       ):
         "Give each rank its own state back (same world size), or merge every rank's state into rank 0."
         if not state_dict: return
         if self.tracker is None: self._pending = state_dict

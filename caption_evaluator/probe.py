@@ -37,7 +37,7 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 def _noisy(x0: Tensor, eps: Tensor, abar: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     "`(x_t, sqrt(abar), sqrt(1 - abar))` with `abar` broadcast over the latent's dimensions."
     a = abar.reshape(-1, *([1] * (x0.ndim - 1)))
-    sa, sb = a.sqrt(), (1 - a).sqrt()
+    sa, sb = a.sqrt().to(x0.dtype), (1 - a).sqrt().to(x0.dtype)   # a half-precision model gets half-precision inputs
     return sa * x0 + sb * eps, sa, sb
 
 def _target(x0: Tensor, eps: Tensor, sa: Tensor, sb: Tensor, prediction_type: str) -> Tensor:
@@ -131,23 +131,45 @@ def _item_ids(items, n: int) -> list[int]|None:
         raise ValueError(f"items must give {n} distinct non-negative ids, one per latent (e.g. dataset indices), got {len(ids)} ids")
     return ids
 
-def _eval_mode(denoise):
-    "The module behind `denoise` if it is in training mode (to be put back), else None."
-    module = denoise if isinstance(denoise, torch.nn.Module) else getattr(denoise, "__self__", None)
-    return module if isinstance(module, torch.nn.Module) and module.training else None
+def _modules_behind(denoise) -> list[torch.nn.Module]:
+    "The modules `denoise` calls: itself, a bound method's owner, a partial's function and arguments, a lambda's closure and the globals it names."
+    found, todo = [], [denoise]
+    while todo:
+        f = todo.pop()
+        if isinstance(f, torch.nn.Module):
+            if all(f is not m for m in found): found.append(f)
+            continue
+        if getattr(f, "__self__", None) is not None: todo.append(f.__self__)
+        if hasattr(f, "func") and hasattr(f, "args"): todo += [f.func, *f.args, *(getattr(f, "keywords", None) or {}).values()]
+        code = getattr(f, "__code__", None)
+        if code is not None:
+            todo += [c.cell_contents for c in (getattr(f, "__closure__", None) or ()) if _filled(c)]
+            g = getattr(f, "__globals__", {})
+            todo += [g[n] for n in code.co_names if isinstance(g.get(n), torch.nn.Module)]
+    return found
+
+def _filled(cell) -> bool:
+    try: cell.cell_contents; return True
+    except ValueError: return False
+
+class _EvalMode:
+    "Context: every module behind `denoise` (and its submodules) in eval mode, each mode flag restored after."
+    def __init__(self, denoise): self.modules = _modules_behind(denoise)
+    def __enter__(self):
+        self.flags = [(m, m.training) for top in self.modules for m in top.modules()]
+        for top in self.modules: top.eval()
+    def __exit__(self, *exc):
+        for m, flag in self.flags: m.train(flag)
 
 def _pick_timesteps(timesteps, n_timesteps, abar, auto) -> list[int]:
     if isinstance(timesteps, str):
         if timesteps != "auto": raise ValueError(f"timesteps must be 'auto' or a list of ints, got {timesteps!r}")
         _check_int("n_timesteps", n_timesteps, 1)
+        if n_timesteps > 10: raise ValueError(f"n_timesteps: 'auto' chooses among 10 candidate timesteps, got {n_timesteps}; pass explicit timesteps for more")
         return auto()
     ts = [int(t) for t in timesteps]
     if not ts or any(not 0 <= t < abar.shape[0] for t in ts): raise ValueError(f"timesteps must be in 0..{abar.shape[0] - 1}, got {ts}")
     return ts
-
-def _normalise(raw: Tensor, own_rows: Tensor) -> Tensor:
-    "Divide each timestep's losses by the mean own-caption loss of that timestep (over own rows and draws)."
-    return raw / raw[own_rows].mean((0, 1)).clamp(min=1e-12)[None, None, :]
 
 def probe_captions(denoise: Callable, # `denoise(x_t, t, cond) -> prediction`: the model call (a diffusers UNet in a lambda, any module)
                    latents: Tensor, # [N, ...] clean latents (or images) of the items
@@ -172,20 +194,15 @@ def probe_captions(denoise: Callable, # `denoise(x_t, t, cond) -> prediction`: t
     n, k, dev = latents.shape[0], alternatives.shape[1], latents.device
     ids = _item_ids(items, n)
     abar = alphas_cumprod.to(dev, torch.float32)
-    bank = torch.cat([conds, empty_cond[None].to(conds), alternatives.reshape(n * k, *conds.shape[1:]).to(conds)])
+    bank = torch.cat([conds, empty_cond[None].to(conds), alternatives.reshape(n * k, *conds.shape[1:]).to(conds)]).to(dev)
     item = torch.arange(n).repeat_interleave(2 + k)
     slot = torch.cat([torch.arange(n)[:, None], torch.full((n, 1), n), n + 1 + torch.arange(n * k).reshape(n, k)], 1).flatten()
     is_own = torch.zeros(n, 2 + k, dtype=torch.bool); is_own[:, 0] = True
-    module = _eval_mode(denoise)
-    if module is not None: module.eval()
-    try:
-        with torch.no_grad():
-            ts = _pick_timesteps(timesteps, n_timesteps, abar, lambda: _auto_timesteps(
-                denoise, latents, bank, item, slot.to(dev), is_own.flatten(), abar, prediction_type, n_timesteps, seed, batch_size, ids))
-            return _two_stage(denoise, latents, bank, item, slot, abar, ts, noise_draws, refine_draws, prediction_type,
-                              batch_size, seed, progress, n, k, posterior_scale, ids)
-    finally:
-        if module is not None: module.train()
+    with _EvalMode(denoise), torch.no_grad():
+        ts = _pick_timesteps(timesteps, n_timesteps, abar, lambda: _auto_timesteps(
+            denoise, latents, bank, item, slot.to(dev), is_own.flatten(), abar, prediction_type, n_timesteps, seed, batch_size, ids))
+        return _two_stage(denoise, latents, bank, item, slot, abar, ts, noise_draws, refine_draws, prediction_type,
+                          batch_size, seed, progress, n, k, posterior_scale, ids)
 
 def _two_stage(denoise, latents, bank, item, slot, abar, ts, draws, refine, prediction_type, batch_size, seed, progress, n, k, scale, ids) -> ProbeResult:
     from tqdm.auto import tqdm
