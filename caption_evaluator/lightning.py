@@ -11,20 +11,14 @@ import math
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 
-from .aggregator import StreamingAggregator
 from .training import ItemLossTracker
 
 # %% auto #0
 __all__ = ['ItemLossCallback']
 
 # %% ../nbs/18_lightning.ipynb #95c41386
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
 def _padded_from(trainer) -> int|None:
     "How many of this rank's records per epoch are real under a padding `DistributedSampler` (None: no padding)."
     loader = trainer.train_dataloader
@@ -106,14 +100,7 @@ class ItemLossCallback(Callback):
     def state_dict(self) -> dict:
         "Every rank's tracker state (a collective under DDP: Lightning calls this on every rank when it checkpoints)."
         if self.tracker is None: return {}
-        self.tracker.flush()
-        state = self.tracker.aggregator.state_dict()
-        rank, world = _rank_world()
-        states = [state]
-        if world > 1:
-            states = [None] * world
-            dist.all_gather_object(states, state)
-        return {"world": world, "ranks": states, "snapshots": [str(p) for p in self.snapshots]}
+        return {"tracker": self.tracker.state_dict(), "snapshots": [str(p) for p in self.snapshots]}
 
     def load_state_dict(self, state_dict: dict, # what `state_dict` returned, from the checkpoint
                        ):
@@ -123,13 +110,5 @@ class ItemLossCallback(Callback):
         else: self._restore(state_dict)
 
     def _restore(self, state: dict):
-        rank, world = _rank_world()
-        agg = self.tracker.aggregator
-        if state["world"] == world: agg.load_state_dict(state["ranks"][rank])
-        elif rank == 0:
-            parts = []
-            for s in state["ranks"]:
-                a = StreamingAggregator(); a.load_state_dict(s); parts.append(a)
-            agg.load_state_dict(parts[0].state_dict())
-            for a in parts[1:]: agg.merge(a)
+        self.tracker.load_state_dict(state["tracker"])
         self.snapshots, self._pending = [Path(p) for p in state.get("snapshots", [])], None

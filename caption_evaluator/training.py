@@ -213,18 +213,33 @@ def maybe_save(self: ItemLossTracker,
 # %% ../nbs/11_training.ipynb #33c601ef
 @patch
 def state_dict(self: ItemLossTracker) -> dict:
-    "Everything needed to resume: the aggregator state and the snapshots written so far."
+    "Everything needed to resume: every rank's aggregator state (a collective under torch.distributed) and the snapshots written so far."
     self.flush()
-    return {"aggregator": self.aggregator.state_dict(), "job_name": self.job_name, "saved": [str(p) for p in self.saved]}
+    own = self.aggregator.state_dict()
+    ranks = [own]
+    if _is_distributed() and torch.distributed.get_world_size() > 1:
+        ranks = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(ranks, own)
+    return {"aggregator": own, "ranks": ranks, "job_name": self.job_name, "saved": [str(p) for p in self.saved]}
+
+def _merged(states: list) -> StreamingAggregator:
+    "One aggregator holding the merge of several aggregator states."
+    parts = [StreamingAggregator() for _ in states]
+    for a, s in zip(parts, states): a.load_state_dict(s)
+    for a in parts[1:]: parts[0].merge(a)
+    return parts[0]
 
 @patch
 def load_state_dict(self: ItemLossTracker,
                      sd: dict,  # from `state_dict()`
                     ) -> ItemLossTracker:
-    "Restore from `state_dict()`; returns `self`."
+    "Restore from `state_dict()`: each rank its own state on the same number of ranks, else every rank's state merged into rank 0."
     if not isinstance(sd, dict) or "aggregator" not in sd:
         raise ValueError("`sd` is not an ItemLossTracker.state_dict() (no 'aggregator' entry).")
     self._pending = []                        # records buffered before the restore belong to the abandoned run
-    self.aggregator.load_state_dict(sd["aggregator"])
+    ranks = sd.get("ranks") or [sd["aggregator"]]
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if _is_distributed() else (0, 1)
+    if len(ranks) == world: self.aggregator.load_state_dict(ranks[rank])
+    elif rank == 0: self.aggregator.load_state_dict(_merged(ranks).state_dict())
     self.saved = [Path(p) for p in sd.get("saved", [])]
     return self
