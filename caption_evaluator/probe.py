@@ -202,9 +202,14 @@ def probe_captions(denoise: Callable, # `denoise(x_t, t, cond) -> prediction`: t
         ts = _pick_timesteps(timesteps, n_timesteps, abar, lambda: _auto_timesteps(
             denoise, latents, bank, item, slot.to(dev), is_own.flatten(), abar, prediction_type, n_timesteps, seed, batch_size, ids))
         return _two_stage(denoise, latents, bank, item, slot, abar, ts, noise_draws, refine_draws, prediction_type,
-                          batch_size, seed, progress, n, k, posterior_scale, ids)
+                          batch_size, seed, progress, n, k, posterior_scale, ids, _own_copies(conds, alternatives).to(dev))
 
-def _two_stage(denoise, latents, bank, item, slot, abar, ts, draws, refine, prediction_type, batch_size, seed, progress, n, k, scale, ids) -> ProbeResult:
+def _own_copies(conds: Tensor, alternatives: Tensor) -> Tensor:
+    "[N, K] True where an alternative is the item's own conditioning (e.g. every class word given, its own included)."
+    n, k = alternatives.shape[:2]
+    return (alternatives.to(conds) == conds[:, None]).reshape(n, k, -1).all(-1)
+
+def _two_stage(denoise, latents, bank, item, slot, abar, ts, draws, refine, prediction_type, batch_size, seed, progress, n, k, scale, ids, same) -> ProbeResult:
     from tqdm.auto import tqdm
     dev = latents.device
     with tqdm(total=n * (2 + k) + (2 * n if refine else 0), desc="probing captions", unit="pair", disable=not progress) as bar:
@@ -212,8 +217,9 @@ def _two_stage(denoise, latents, bank, item, slot, abar, ts, draws, refine, pred
         own_rows = torch.arange(n, device=dev) * (2 + k)
         scale_t = raw[own_rows].mean((0, 1)).clamp(min=1e-12)
         L = (raw / scale_t).mean((1, 2)).reshape(n, 2 + k)                   # screening means
-        best = L[:, 2:].argmin(1)
-        own_all, best_all = L[:, 0], L[:, 2:].gather(1, best[:, None])[:, 0]
+        alt = L[:, 2:].masked_fill(same, float("inf"))                       # the own caption does not compete with itself
+        best = alt.argmin(1)
+        own_all, best_all = L[:, 0], alt.gather(1, best[:, None])[:, 0]
         if refine:
             pair = torch.stack([torch.arange(n, device=dev), n + 1 + torch.arange(n, device=dev) * k + best], 1).flatten()
             raw2 = _pair_losses(denoise, latents, bank, torch.arange(n).repeat_interleave(2), pair, abar, ts,
@@ -221,6 +227,7 @@ def _two_stage(denoise, latents, bank, item, slot, abar, ts, draws, refine, pred
             r2 = (raw2 / scale_t).mean(2).reshape(n, 2, refine)
             own_all = (own_all * draws + r2[:, 0].sum(1)) / (draws + refine)
             best_all = (best_all * draws + r2[:, 1].sum(1)) / (draws + refine)
-    post = torch.softmax(-scale * torch.cat([L[:, :1], L[:, 2:]], 1), 1)
-    return ProbeResult(own_all, L[:, 0] - L[:, 1], own_all - best_all, best, post, L, list(ts),
+    post = torch.softmax(-scale * torch.cat([L[:, :1], alt], 1), 1)
+    swap = torch.where(same.all(1), torch.nan, own_all - best_all)
+    return ProbeResult(own_all, L[:, 0] - L[:, 1], swap, best, post, L, list(ts),
                        (2 + k) * len(ts) * draws + 2 * len(ts) * refine)
