@@ -15,12 +15,14 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 from .aggregator import StreamingAggregator
 from .caption_data import CaptionedDataset, captioned_digits
 from .caption_edits import CaptionProbe, probe_caption_edits, word_swaps
-from .demo import format_detection_table, label_noise_report, new_run_dir
+from .demo import detection_table, format_detection_table, new_run_dir
 from .denoiser import ddpm_alphas_cumprod, train_caption_denoiser
+from .plotting import _finish
 from .results import write_json_atomic
 from .snapshots import load_item_stats
 
@@ -39,25 +41,13 @@ class CaptionDemoResult:
     figures: dict # name -> PNG path
     seconds: dict # "train", "probe" wall seconds
 
-def _score(v) -> float:
-    "A score for ranking: missing or not finite ranks last."
-    return float(v) if isinstance(v, (int, float)) and np.isfinite(v) else -1e9
-
-def _detection(data: CaptionedDataset, stats: Mapping, probe: CaptionProbe) -> dict:
-    "AUROC and precision@k of each demo score (higher = more suspect; an item without the score ranks last)."
+def _detection(data: CaptionedDataset, datasets: Mapping) -> dict:
+    "AUROC and precision@k of each demo score, from the snapshot's `train` (training) and `probe` (probe) statistics."
     bad = {k for k, b in zip(data.keys, data.corrupted.tolist()) if b}
-    def get(path):
-        out = {}
-        for k in data.keys:
-            v = stats.get(k)
-            for p in path: v = v.get(p) if isinstance(v, Mapping) else None
-            out[k] = _score(v)
-        return out
-    scores = {"average_loss": get(["average_loss"]), "tnorm_average_loss": get(["tnorm_average_loss"]),
-              "monitor_empty_gap": get(["values", "empty_gap", "mean"]),
-              "empty_gap": {k: _score(v) for k, v in zip(data.keys, probe.empty_gap.tolist())},
-              "swap_margin": {k: _score(v) for k, v in zip(data.keys, probe.swap_margin.tolist())}}
-    return {name: label_noise_report(s, bad) for name, s in scores.items()}
+    train = detection_table(datasets["train"]["item_stats"], bad, ("average_loss", "tnorm_average_loss", "empty_gap"))
+    probe = detection_table(datasets["probe"]["item_stats"], bad, ("empty_gap", "swap_margin"))
+    return {"average_loss": train["average_loss"], "tnorm_average_loss": train["tnorm_average_loss"],
+            "monitor_empty_gap": train["empty_gap"], "empty_gap": probe["empty_gap"], "swap_margin": probe["swap_margin"]}
 
 # %% ../nbs/12a_caption_demo.ipynb #63a727b0
 def plot_worst_captions(data: CaptionedDataset, # the items
@@ -66,10 +56,10 @@ def plot_worst_captions(data: CaptionedDataset, # the items
                         k: int = 12, # how many captions
                        ) -> Path:
     "The `k` most suspect captions as a grid of images, each with its own caption, the caption the model prefers and whether it was wrong."
-    import matplotlib.pyplot as plt
     order = torch.nan_to_num(probe.swap_margin, nan=-float("inf")).argsort(descending=True)[:k].tolist()
     cols = min(6, k); rows = -(-len(order) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.6 * rows), squeeze=False, constrained_layout=True)
+    fig = Figure(figsize=(2.2 * cols, 2.6 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat: ax.axis("off")
     for ax, i in zip(axes.flat, order):
         img = data.images[i].permute(1, 2, 0).squeeze(-1).numpy()
@@ -79,23 +69,23 @@ def plot_worst_captions(data: CaptionedDataset, # the items
         ax.set_title(f"says: {said}\nprefers: {fix.split()[-1]}\n{'wrong' if data.corrupted[i] else 'right'} caption, {probe.swap_margin[i]:+.2f}",
                      fontsize=8, color="C3" if data.corrupted[i] else "C0")
     fig.suptitle(f"{len(order)} most suspect captions (swap margin: own − preferred caption)", fontsize=10)
-    fig.savefig(path, dpi=110); plt.close(fig)
+    _finish(fig, path, dpi=110)
     return Path(path)
 
 def plot_loss_by_timestep(table: Mapping, # a snapshot's `timesteps` table (edges, count, mean, std)
                           path: str|Path, # PNG to write
                          ) -> Path:
     "Mean training loss per timestep bucket, ± one standard deviation: why mean loss ranks timestep luck, not captions."
-    import matplotlib.pyplot as plt
     edges, mean, std = np.asarray(table["edges"], float), np.asarray(table["mean"], float), np.asarray(table["std"], float)
     mid = (edges[:-1] + edges[1:]) / 2
-    fig, ax = plt.subplots(figsize=(6, 3.4), constrained_layout=True)
+    fig = Figure(figsize=(6, 3.4), layout="constrained")
+    ax = fig.subplots()
     ax.plot(mid, mean, marker="o", label="mean loss")
     ax.fill_between(mid, np.maximum(mean - std, 0), mean + std, alpha=0.25, label="± 1 std (losses are ≥ 0)")
     ax.set_ylim(bottom=0)
     ax.set_xlabel("diffusion timestep t"); ax.set_ylabel("training loss (MSE of ε)"); ax.set_title("Training loss by timestep", fontsize=10)
     ax.legend(fontsize=8)
-    fig.savefig(path, dpi=110); plt.close(fig)
+    _finish(fig, path, dpi=110)
     return Path(path)
 
 def plot_caption_scores(data: CaptionedDataset, # the items
@@ -103,9 +93,9 @@ def plot_caption_scores(data: CaptionedDataset, # the items
                         path: str|Path, # PNG to write
                        ) -> Path:
     "Histograms of each score for right and wrong captions, side by side."
-    import matplotlib.pyplot as plt
     bad = data.corrupted.numpy()
-    fig, axes = plt.subplots(1, len(scores), figsize=(3.4 * len(scores), 3.0), constrained_layout=True, squeeze=False)
+    fig = Figure(figsize=(3.4 * len(scores), 3.0), layout="constrained")
+    axes = fig.subplots(1, len(scores), squeeze=False)
     for ax, (name, s) in zip(axes[0], scores.items()):
         s = np.asarray(s, float); ok = np.isfinite(s)
         bins = np.linspace(np.percentile(s[ok], 0.5), np.percentile(s[ok], 99.5), 40)
@@ -113,7 +103,7 @@ def plot_caption_scores(data: CaptionedDataset, # the items
         ax.hist(s[ok & bad], bins, alpha=0.6, density=True, label="wrong caption")
         ax.set_xlabel(name); ax.set_yticks([])
     axes[0][0].set_ylabel("density"); axes[0][0].legend(fontsize=8)
-    fig.savefig(path, dpi=110); plt.close(fig)
+    _finish(fig, path, dpi=110)
     return Path(path)
 
 # %% ../nbs/12a_caption_demo.ipynb #37236532
@@ -123,8 +113,6 @@ def _save_truth(run_dir: Path, data: CaptionedDataset, noise: float, kind: str, 
                              "true_captions": dict(zip(data.keys, data.true_captions)), "captions": dict(zip(data.keys, data.captions))})
 
 def _figures(run_dir: Path, data, probe, timesteps_table, stats) -> dict:
-    import matplotlib
-    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"): matplotlib.use("Agg")
     loss = [stats[k]["average_loss"] if k in stats else np.nan for k in data.keys]
     return {"worst": plot_worst_captions(data, probe, run_dir / "worst_captions.png"),
             "timesteps": plot_loss_by_timestep(timesteps_table, run_dir / "loss_by_timestep.png"),
@@ -150,13 +138,12 @@ def run_caption_demo(output_dir: str|Path = "demo_output", # parent folder; each
     probe = probe_caption_edits(model, model.encode_captions, data.images, data.captions, word_swaps(data.vocabulary),
                                 ddpm_alphas_cumprod(), seed=seed, progress=progress and verbose)
     t2 = time.perf_counter()
-    stats = agg.item_stats("train")
     agg.update("probe", agg.register_items("probe", data.keys), probe.own_loss, values=probe.values())
     snapshot = agg.save_json(run_dir, "captions", steps)
-    doc = load_item_stats(snapshot)
-    figures = _figures(run_dir, data, probe, doc["datasets"]["train"]["timesteps"], stats)
+    datasets = load_item_stats(snapshot)["datasets"]           # everything below reads the saved snapshot
+    figures = _figures(run_dir, data, probe, datasets["train"]["timesteps"], datasets["train"]["item_stats"])
     _save_truth(run_dir, data, noise, kind, seed)
-    result = CaptionDemoResult(run_dir, data, probe, _detection(data, stats, probe), snapshot, figures, {"train": t1 - t0, "probe": t2 - t1})
+    result = CaptionDemoResult(run_dir, data, probe, _detection(data, datasets), snapshot, figures, {"train": t1 - t0, "probe": t2 - t1})
     _report(result, noise, kind, say)
     return result
 

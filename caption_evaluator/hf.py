@@ -77,13 +77,13 @@ class ItemLossTrainerMixin:
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
         folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-        tracker = self.item_tracker
-        tracker.flush()
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save(tracker.aggregator.state_dict(), folder / f"item_tracker_rank{_rank()}.pt")
-        tracker.on_save(self.state.global_step)            # every rank: a collective under DDP
+        state = self.item_tracker.state_dict()             # every rank's state: a collective under DDP
+        if _rank() == 0:
+            folder.mkdir(parents=True, exist_ok=True)
+            torch.save(state, folder / "item_tracker.pt")
+        self.item_tracker.on_save(self.state.global_step)  # every rank: a collective under DDP
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        f = Path(resume_from_checkpoint) / f"item_tracker_rank{_rank()}.pt"
-        if f.is_file(): self.item_tracker.aggregator.load_state_dict(torch.load(f, weights_only=True))
+        f = Path(resume_from_checkpoint) / "item_tracker.pt"
+        if f.is_file(): self.item_tracker.load_state_dict(torch.load(f, weights_only=True))   # each rank its own part
