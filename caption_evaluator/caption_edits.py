@@ -14,7 +14,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .probe import _EvalMode, _auto_timesteps, _check_schedule, _item_ids, _pair_losses, _pick_timesteps
+from .probe import _EvalMode, _auto_timesteps, _check_schedule, _finite_mean, _item_ids, _pair_losses, _pick_timesteps
 
 # %% auto #0
 __all__ = ['word_swaps', 'other_captions', 'CaptionProbe', 'probe_caption_edits']
@@ -132,6 +132,7 @@ def _encode_bank(encode, strings: list[str], batch: int, device) -> Tensor:
 
 def _check_edit_args(latents, captions, clean):
     if not isinstance(latents, Tensor) or latents.ndim < 2: raise ValueError(f"latents must be a tensor [N, ...], got {getattr(latents, 'shape', type(latents).__name__)}")
+    if latents.shape[0] == 0: raise ValueError("latents holds no items (shape [0, ...]); pass at least one latent to probe")
     if isinstance(captions, str) or len(captions) != latents.shape[0] or not all(isinstance(c, str) for c in captions):
         raise ValueError(f"captions must be a list of {latents.shape[0]} strings, one per latent")
     if clean is not None and len(clean) != latents.shape[0]: raise ValueError(f"clean must mark each of the {latents.shape[0]} items (True = known clean), got {len(clean)} marks")
@@ -220,7 +221,7 @@ def _edit_stages(denoise, latents, bank, captions, item, cond, alt_of, flat, aba
     tags = [t for _, _, t in flat]
     with tqdm(total=len(item), desc="probing captions", unit="pair", disable=not progress) as bar:
         raw = _pair_losses(denoise, latents, bank, item, cond.to(dev), abar, ts, range(draws), prediction_type, batch_size, seed, bar, ids)
-        scale_t = raw[own_rows].mean((0, 1)).clamp(min=1e-12)
+        scale_t = _finite_mean(raw[own_rows], (0, 1)).clamp(min=1e-12)      # a NaN/inf loss poisons only its own item
         Lp = (raw / scale_t).mean((1, 2))
         own, empty, alt_loss = Lp[own_rows], Lp[empty_rows], Lp[alt_rows]
         margins = _tag_margins(own, alt_loss, owner, tags, n)

@@ -70,6 +70,10 @@ def _pair_losses(denoise, latents: Tensor, bank: Tensor, pair_item: Tensor, pair
     return out
 
 # %% ../nbs/14_probe.ipynb #4e518cdb
+def _finite_mean(x: Tensor, dim) -> Tensor:
+    "Mean over `dim` of the finite entries only (NaN where none is finite)."
+    return torch.where(torch.isfinite(x), x, torch.nan).nanmean(dim)
+
 def _candidate_timesteps(n_train: int, grid: int = 10) -> list[int]:
     "Evenly spaced timesteps over the schedule, the very ends left out."
     return [int(round(v)) for v in torch.linspace(0.05 * (n_train - 1), 0.95 * (n_train - 1), grid).tolist()]
@@ -83,7 +87,7 @@ def _auto_timesteps(denoise, latents, bank, pair_item, pair_cond, is_own, abar, 
     own_rows = torch.nonzero(is_own[:m]).flatten()
     own = raw[own_rows.to(raw.device)]
     other = ~is_own[:m].to(raw.device)
-    gain = (raw[other] - own[own_at.to(raw.device)[other]]).mean(0) / own.mean(0).clamp(min=1e-12)
+    gain = _finite_mean(raw[other] - own[own_at.to(raw.device)[other]], 0) / _finite_mean(own, 0).clamp(min=1e-12)
     order = gain.argsort(descending=True)[:n_timesteps].sort().values        # one host read, before the probe loop
     return [cand[i] for i in order.tolist()]
 
@@ -109,6 +113,7 @@ def _check_int(name: str, v, low: int):
 
 def _check_probe_args(latents, conds, empty_cond, alternatives, abar, prediction_type, noise_draws, refine_draws, batch_size):
     if not isinstance(latents, Tensor) or latents.ndim < 2: raise ValueError(f"latents must be a tensor [N, ...], got {getattr(latents, 'shape', type(latents).__name__)}")
+    if latents.shape[0] == 0: raise ValueError("latents holds no items (shape [0, ...]); pass at least one latent to probe")
     n = latents.shape[0]
     if not isinstance(conds, Tensor) or conds.shape[0] != n: raise ValueError(f"conds must be a tensor with one conditioning per latent ({n}), got {getattr(conds, 'shape', None)}")
     if not isinstance(empty_cond, Tensor) or tuple(empty_cond.shape) != tuple(conds.shape[1:]):
@@ -215,7 +220,7 @@ def _two_stage(denoise, latents, bank, item, slot, abar, ts, draws, refine, pred
     with tqdm(total=n * (2 + k) + (2 * n if refine else 0), desc="probing captions", unit="pair", disable=not progress) as bar:
         raw = _pair_losses(denoise, latents, bank, item, slot.to(dev), abar, ts, range(draws), prediction_type, batch_size, seed, bar, ids)
         own_rows = torch.arange(n, device=dev) * (2 + k)
-        scale_t = raw[own_rows].mean((0, 1)).clamp(min=1e-12)
+        scale_t = _finite_mean(raw[own_rows], (0, 1)).clamp(min=1e-12)      # a NaN/inf loss poisons only its own item
         L = (raw / scale_t).mean((1, 2)).reshape(n, 2 + k)                   # screening means
         alt = L[:, 2:].masked_fill(same, float("inf"))                       # the own caption does not compete with itself
         best = alt.argmin(1)
