@@ -8,7 +8,7 @@ Docs: https://caption-evaluator.github.io/caption_evaluator/caption_data.html.md
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np

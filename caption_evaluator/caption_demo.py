@@ -7,7 +7,6 @@ Docs: https://caption-evaluator.github.io/caption_evaluator/caption_demo.html.md
 # %% ../nbs/12a_caption_demo.ipynb #bfb142ae
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path

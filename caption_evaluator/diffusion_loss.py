@@ -8,7 +8,6 @@ Docs: https://caption-evaluator.github.io/caption_evaluator/diffusion_loss.html.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

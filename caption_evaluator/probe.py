@@ -7,7 +7,6 @@ Docs: https://caption-evaluator.github.io/caption_evaluator/probe.html.md"""
 # %% ../nbs/14_probe.ipynb #76210f99
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
