@@ -125,7 +125,13 @@ def available_scores(item_stats: Mapping[str, Mapping], # `{key: entry}` of one 
         paths += [f"values.{n}.{s}" for n, st in vals.items() if isinstance(st, Mapping) for s in st]
     named = [n for n, (p, _, _) in SCORES.items() if p in paths]
     covered = {SCORES[n][0] for n in named}
-    return named + [p for p in paths if p not in covered]
+    return named + [p for p in paths if p not in covered and _is_score_name(p)]
+
+def _is_score_name(name: str) -> bool:
+    "Whether `score_path` accepts `name` (a field or value statistic whose name holds a `.` does not)."
+    try: score_path(name)
+    except (TypeError, ValueError): return False
+    return True
 
 def rank_items(item_stats: Mapping[str, Mapping], # `{key: entry}` of one dataset, e.g. `doc["datasets"]["train"]["item_stats"]`
                by: str|None=None, # a score (see `score_path`); `None`: `default_score(item_stats)`
@@ -173,6 +179,9 @@ def load_item_stats(path: str|os.PathLike, # a snapshot (`.json` or `.json.gz`),
     for name, d in doc["datasets"].items():
         if not isinstance(d, dict) or not isinstance(d.get("item_stats"), dict):
             raise ValueError(f"path {str(path)!r}: dataset {name!r} has no 'item_stats' object")
+        for block in ("summary", "timesteps"):
+            if d.get(block) is not None and not isinstance(d[block], dict):
+                raise ValueError(f"path {str(path)!r}: dataset {name!r}, field {block!r} is a {type(d[block]).__name__}, not an object")
         bad = next((k for k, e in d["item_stats"].items() if not isinstance(e, dict)), None)
         if bad is not None: raise ValueError(f"path {str(path)!r}: dataset {name!r}, item {bad!r} is not an object")
     return _migrate(doc, path)
