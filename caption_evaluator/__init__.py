@@ -1,8 +1,8 @@
-"""caption_evaluator: per-item loss tracking, modality-aware evaluation, saved results and run comparison.
+"""Find the dataset items your model finds hard, evaluate with modality-aware metrics, save every result with its metadata, and compare runs.
 
-The names a user reaches for first are importable from the package root. Each is imported from its module on
-first use, so `import caption_evaluator` (and the `caption-eval` CLI) stays fast: torch, matplotlib and
-ipywidgets load only when something needs them."""
+Modules:
+
+- `caption_evaluator.accelerate`: Track every training item under 🤗 accelerate: state in `save_state`/`load_state` for every rank, and `even_batches` padding left out, so a 2-process run counts each item exactly once per epoch."""
 
 __version__ = "0.1.0"
 

@@ -7,6 +7,7 @@ Docs: https://caption-evaluator.github.io/caption_evaluator/router.html.md"""
 # %% ../nbs/05_router.ipynb #4254a7c4
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
@@ -83,14 +84,22 @@ def token_losses(
     nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
     return nll.view(labels.shape), mask
 
+def _takes_attention_mask(model: nn.Module) -> bool:
+    "Whether `model`'s forward accepts `attention_mask=` (named, or through `**kwargs`)."
+    try: params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError): return False
+    return any(p.name == "attention_mask" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
 class TextLMAdapter(ModelAdapter):
-    "Causal LM on `batch['input_ids']` -> `{'logits': [B, T, V], 'labels': [B, T]}`; token-weighted cross-entropy."
+    "Causal LM on `batch['input_ids']` (and its `attention_mask`) -> `{'logits': [B, T, V], 'labels': [B, T]}`; token-weighted cross-entropy."
     def __init__(self,
                  shift: bool = False):  # labels equal input_ids (HF style): drop the last logit and the first label
         self.shift = shift
     def forward(self, model, batch, task_spec):
         "`{'logits', 'labels'}` aligned so that `labels[:, t]` is the target of `logits[:, t]`."
-        logits, labels = model_logits(model(batch["input_ids"])), batch["labels"]
+        mask = batch.get("attention_mask")
+        out = model(batch["input_ids"], attention_mask=mask) if mask is not None and _takes_attention_mask(model) else model(batch["input_ids"])
+        logits, labels = model_logits(out), batch["labels"]
         if self.shift: logits, labels = logits[:, :-1], labels[:, 1:]
         return {"logits": logits, "labels": labels}
     def compute_loss(self, outputs, batch, task_spec):
@@ -251,7 +260,8 @@ def _track_items(tracker, adapter, outputs: dict, batch: dict, spec: TaskSpec, s
     if "index" not in batch:
         raise KeyError(f"item_tracker needs batch['index'] (one item id per example) but task {spec.name!r} batches "
                        f"only have {sorted(batch)}; add an 'index' column to its dataset")
-    tracker.update(spec.name, batch["index"], adapter.per_example_loss(outputs, batch, spec).detach(), step=step)
+    add = tracker.record if hasattr(tracker, "record") else tracker.update   # ItemLossTracker or StreamingAggregator
+    add(spec.name, batch["index"], adapter.per_example_loss(outputs, batch, spec).detach(), step=step)
 
 def _log(loggers, metrics: dict, step: int | None, prefix: str) -> None:
     if not loggers: return
@@ -270,7 +280,7 @@ def run_eval(
     progress: bool = True,  # show a progress bar (rank 0 only)
     step: int | None = None,  # step/epoch passed to the loggers
     prefix: str | None = None,  # logger prefix ("val" logs "val/accuracy"); None: the task name
-    item_tracker: Any | None = None,  # e.g. `StreamingAggregator`: gets `adapter.per_example_loss` keyed by `batch['index']`
+    item_tracker: Any | None = None,  # a `StreamingAggregator` or `ItemLossTracker`: gets `adapter.per_example_loss` keyed by `batch['index']`
 ) -> dict:
     "Evaluate `model` on `eval_config`'s task; metrics chosen by the task's modality (see the result format above)."
     spec = task_spec if task_spec is not None else get_task(eval_config.task_name)
@@ -282,6 +292,8 @@ def run_eval(
                         f"got {type(adapter).__name__}")
     if item_tracker is not None and not hasattr(adapter, "per_example_loss"):
         raise TypeError(f"item_tracker needs per-example losses, but {type(adapter).__name__} has no per_example_loss")
+    if item_tracker is not None and not (hasattr(item_tracker, "record") or hasattr(item_tracker, "update")):
+        raise TypeError(f"item_tracker must be an ItemLossTracker or a StreamingAggregator (a `record` or `update` method), got {type(item_tracker).__name__}")
     route = METRIC_ROUTES[modality]
     loader = eval_config.dataloader(spec)
     device = torch.device(eval_config.device) if eval_config.device else _model_device(model)

@@ -62,3 +62,48 @@ def test_save_and_load_state_keep_every_rank(tmp_path):
     for k in want:
         assert got[k]["count"] == want[k]["count"], k
         assert got[k]["average_loss"] == pytest.approx(want[k]["average_loss"], rel=1e-6), k
+
+
+CONFIGS = {"sharded": {}, "split_batches": {"split_batches": True}, "dispatched": {"dispatch_batches": True}}
+N_ITEMS, BATCH, EPOCHS = 23, 4, 2
+
+
+def _even_worker(rank, port, root):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
+                      LOCAL_WORLD_SIZE="2")
+    from accelerate import Accelerator, DataLoaderConfiguration
+    from caption_evaluator.accelerate import record_accelerate_batch
+    out = {}
+    for name, kw in CONFIGS.items():
+        acc = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(even_batches=True, **kw))
+        loader = acc.prepare(torch.utils.data.DataLoader(torch.arange(N_ITEMS), batch_size=BATCH, shuffle=True,
+                                                         generator=torch.Generator().manual_seed(0)))
+        tracker, raw, kept = ItemLossTracker(os.path.join(root, name), "job"), 0, 0
+        for epoch in range(EPOCHS):
+            for step, batch in enumerate(loader):
+                kept += record_accelerate_batch(tracker, acc, "train", batch, batch.double() / 10 + epoch, step=step)
+                raw += len(batch)
+        synced = tracker.aggregator.sync()
+        totals = torch.tensor([raw, kept]); torch.distributed.all_reduce(totals)
+        out[name] = {"stats": synced.item_stats("train"), "raw": totals[0].item(), "kept": totals[1].item()}
+    if rank == 0:
+        with open(os.path.join(root, "even.json"), "w") as f: json.dump(out, f)
+    torch.distributed.destroy_process_group()
+
+
+def test_even_batches_padding_is_not_counted(tmp_path):
+    "2 processes, 23 items, batches of 4, shuffled: accelerate pads every epoch's last round; each item counts once per epoch."
+    mp.spawn(_even_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    got = json.loads((tmp_path / "even.json").read_text())
+    ref = StreamingAggregator()
+    for epoch in range(EPOCHS):
+        ref.update("train", torch.arange(N_ITEMS), torch.arange(N_ITEMS).double() / 10 + epoch)
+    want = ref.item_stats("train")
+    for name in CONFIGS:
+        run = got[name]
+        assert run["raw"] > N_ITEMS * EPOCHS, f"{name}: accelerate did not pad, the test shows nothing"
+        assert run["kept"] == N_ITEMS * EPOCHS, name
+        assert run["stats"].keys() == want.keys(), name
+        for k in want:
+            assert run["stats"][k]["count"] == EPOCHS, (name, k)
+            assert run["stats"][k]["average_loss"] == pytest.approx(want[k]["average_loss"], rel=1e-12), (name, k)
