@@ -25,17 +25,30 @@ def real_count(remainder: int, # `accelerator.gradient_state.remainder`: real it
     return max(0, min(n, remainder - process_index * n))
 
 # %% ../nbs/20_accelerate.ipynb #5b8ad527
+def _shard_sampler(loader):
+    "The `BatchSamplerShard` behind `loader` (through `SkipBatchSampler`s of a resumed epoch), or None."
+    sampler = loader.sampler if hasattr(loader.sampler, "even_batches") else getattr(loader, "batch_sampler", None)
+    while sampler is not None and not hasattr(sampler, "even_batches"): sampler = getattr(sampler, "batch_sampler", None)
+    return sampler
+
+def _padded_remainder(loader, state) -> int|None:
+    "Real items in the last round of `loader`'s epoch when accelerate pads it; None when it does not pad."
+    if type(loader).__name__ == "DataLoaderDispatcher": return state.remainder     # it always completes the last batch
+    sampler = _shard_sampler(loader)
+    if sampler is None or not sampler.even_batches or sampler.drop_last or sampler.batch_size is None: return None
+    total = sampler.batch_size if sampler.split_batches else sampler.batch_size * sampler.num_processes
+    return len(loader.dataset) % total
+
 def real_items(accelerator, # the `accelerate.Accelerator` that prepared the DataLoader being iterated
                n: int, # items in the current batch
+               last: bool|None = None, # whether this is the epoch's last batch; None: accelerate's `end_of_dataloader`
               ) -> int:
     "How many leading items of the current batch are real: `n`, except in an epoch's last batch padded by `even_batches`."
     state = accelerator.gradient_state
     loader = getattr(state, "active_dataloader", None)
-    if loader is None or not state.end_of_dataloader: return n
-    dispatched = type(loader).__name__ == "DataLoaderDispatcher"          # it always completes the last batch
-    even = getattr(getattr(loader, "batch_sampler", None), "even_batches", accelerator.even_batches)
-    if not (dispatched or even): return n
-    return real_count(state.remainder, accelerator.process_index, n)
+    if loader is None or not (state.end_of_dataloader if last is None else last): return n
+    remainder = _padded_remainder(loader, state)
+    return n if remainder is None else real_count(remainder, accelerator.process_index, n)
 
 def record_accelerate_batch(tracker: ItemLossTracker, # the tracker (registered with `accelerator.register_for_checkpointing`)
                             accelerator, # the `accelerate.Accelerator` that prepared the training DataLoader

@@ -13,6 +13,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .accelerate import real_items
+from .loggers import flatten_metrics
+from .router import run_eval
+from .tasks import get_task
 from .training import ItemLossTracker
 
 # %% auto #0
@@ -32,6 +36,14 @@ def sequence_losses(logits: torch.Tensor, # [B, T, V] the model's logits
     nll = F.cross_entropy(logits.float().reshape(-1, v), labels.reshape(-1), ignore_index=ignore_index, reduction="none").reshape(b, t)
     return nll.sum(1), (labels != ignore_index).sum(1)
 
+def _checked_item_eval(item_eval) -> tuple|None:
+    "`(adapter, eval_config, task_spec)` from what `item_eval=` got, or a clear error."
+    if item_eval is None: return None
+    if not isinstance(item_eval, (tuple, list)) or len(item_eval) not in (2, 3):
+        raise TypeError(f"item_eval must be (adapter, eval_config) or (adapter, eval_config, task_spec), got {item_eval!r}")
+    adapter, config, spec = (*item_eval, None) if len(item_eval) == 2 else item_eval
+    return adapter, config, spec if spec is not None else get_task(config.task_name)
+
 def _rank() -> int: return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 class ItemLossTrainerMixin:
@@ -39,6 +51,33 @@ class ItemLossTrainerMixin:
     item_key_column = ITEM_KEY_COLUMN # dataset column holding each item's key (an int index, or a str)
     shift_labels = True # causal-LM label shift when computing per-sequence losses
     item_job_name = "items" # snapshot file prefix
+
+    def __init__(self, *args, # the Trainer's positional arguments
+                 item_eval: tuple|None = None, # `(adapter, eval_config)` or `(adapter, eval_config, task_spec)`: `run_eval` is the evaluation step
+                 **kwargs, # the Trainer's keyword arguments
+                ):
+        "The Trainer; with `item_eval`, `evaluate()` runs `run_eval` and logs its metrics as `eval_*`."
+        self.item_eval = _checked_item_eval(item_eval)
+        if self.item_eval is not None and kwargs.get("eval_dataset") is None:
+            kwargs["eval_dataset"] = self.item_eval[2].dataset()   # the Trainer wants an eval dataset when it evaluates
+        self.item_eval_results = []   # every `run_eval` result of this trainer, in order
+        super().__init__(*args, **kwargs)
+
+    def evaluate(self, eval_dataset=None, # a dataset: the Trainer's own evaluation on it (as without `item_eval`)
+                 ignore_keys=None, # passed on to the Trainer's own evaluation
+                 metric_key_prefix: str = "eval", # prefix of the logged metric names
+                ) -> dict:
+        "With `item_eval`: `run_eval` on its task, metrics logged (and returned) as `{prefix}_{name}`; else the Trainer's own."
+        if self.item_eval is None or eval_dataset is not None:
+            return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        adapter, config, spec = self.item_eval
+        result = run_eval(self.model, adapter, config, spec, progress=False, step=self.state.global_step)
+        self.item_eval_results.append(result)
+        metrics = {f"{metric_key_prefix}_{k}": float(v) for k, v in flatten_metrics(result["metrics"]).items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
 
     @property
     def item_tracker(self) -> ItemLossTracker:
@@ -67,12 +106,26 @@ class ItemLossTrainerMixin:
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch, **kwargs)
         nll, tokens = sequence_losses(outputs.logits.detach(), inputs["labels"], self.shift_labels)
         keys = [str(k) for k in (keys.tolist() if isinstance(keys, torch.Tensor) else keys)]
+        real = self._real_in_batch(len(keys))                 # accelerate's even_batches repeats left out
+        keys, nll, tokens = keys[:real], nll[:real], tokens[:real]
         scored = tokens > 0                                   # a sequence without a scored token has no loss
-        if bool(scored.all()): self.item_tracker.record("train", keys, nll / tokens, step=self.state.global_step)
+        if not keys: pass
+        elif bool(scored.all()): self.item_tracker.record("train", keys, nll / tokens, step=self.state.global_step)
         else:
             keep = scored.nonzero().flatten().tolist()
             if keep: self.item_tracker.record("train", [keys[i] for i in keep], (nll / tokens.clamp(min=1))[keep], step=self.state.global_step)
         return (loss, outputs) if return_outputs else loss
+
+    def _real_in_batch(self, n: int) -> int:
+        "Real items of this training batch: the Trainer fetches a gradient-accumulation window ahead, so batches are counted."
+        loader = getattr(self.accelerator.gradient_state, "active_dataloader", None)
+        if loader is None: return n
+        epoch = (id(loader), getattr(loader, "iteration", 0))   # one pass over one (possibly resumed) loader
+        if epoch != getattr(self, "_item_epoch", None): self._item_epoch, self._item_batches = epoch, 0
+        self._item_batches += 1
+        try: last = self._item_batches == len(loader)
+        except TypeError: return n                           # no length (a stream): accelerate cannot pad it either
+        return real_items(self.accelerator, n, last=last)
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
