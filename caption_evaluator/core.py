@@ -8,20 +8,19 @@ Docs: https://caption-evaluator.github.io/caption_evaluator/core.html.md"""
 from __future__ import annotations
 
 import errno
-import functools
 import glob
 import math
 import numbers
 import os
 import re
+import secrets
 import time
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['MAX_JSON_DEPTH', 'MAX_INT_DIGITS', 'STALE_TEMP_SECONDS', 'wilson_interval', 'read_json', 'csv_cell', 'current_umask',
-           'is_temp_file', 'write_atomic']
+__all__ = ['MAX_JSON_DEPTH', 'MAX_INT_DIGITS', 'STALE_TEMP_SECONDS', 'wilson_interval', 'read_json', 'csv_cell', 'is_temp_file',
+           'write_atomic']
 
 # %% ../nbs/00_core.ipynb #5aa87421
 def wilson_interval(
@@ -102,33 +101,23 @@ def csv_cell(value,  # a cell: text is checked and guarded, anything else is ret
                          "or export JSON, which keeps the key exactly; nothing was written") from None
     return "'" + value if value.startswith(_FORMULA_START) else value
 
-# %% ../nbs/00_core.ipynb #bd1662c3
-@functools.cache
-def _umask_by_setting() -> int:
-    "The umask, read by setting it and putting it back (not thread-safe, so done at most once, and never where /proc answers)."
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-def current_umask() -> int:
-    "The process umask: the current value from `/proc/self/status` on Linux (thread-safe), else the value read once, on first use."
-    try:
-        with open("/proc/self/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"Umask:"): return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError): pass
-    return _umask_by_setting()
-
 # %% ../nbs/00_core.ipynb #e46a951c
+_TEMP_NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+
 def _temp_file_next_to(path: Path) -> tuple[int, str]:
     "An open descriptor and the name of a new temporary file in `path`'s folder (same file system: the rename is atomic)."
     folder = path.parent
     if not folder.is_dir():
         raise OSError(errno.ENOENT, f"cannot write {str(path)!r}: its folder {str(folder)!r} does not exist; create it first")
-    try: return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as e:
-        raise OSError(e.errno, f"cannot write {str(path)!r}: no temporary file can be created in {str(folder)!r} "
-                               f"({e.strerror}); pass a writable folder") from e
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        name = folder / f".{path.name}.{''.join(secrets.choice(_TEMP_NAME_CHARS) for _ in range(8))}.tmp"
+        try: return os.open(name, flags, 0o666), str(name)    # the kernel applies the umask, as for any new file
+        except FileExistsError: continue
+        except OSError as e:
+            raise OSError(e.errno, f"cannot write {str(path)!r}: no temporary file can be created in {str(folder)!r} "
+                                   f"({e.strerror}); pass a writable folder") from e
+    raise FileExistsError(errno.EEXIST, f"cannot write {str(path)!r}: 100 temporary names in {str(folder)!r} were taken")
 
 STALE_TEMP_SECONDS = 3600   # a temporary file of ours this old belongs to a killed writer
 
@@ -167,7 +156,6 @@ def write_atomic(
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
-        os.chmod(tmp_name, 0o666 & ~current_umask())  # the permissions of an ordinary new file, not mkstemp's 0600
         os.replace(tmp_name, path)
     except BaseException:
         if os.path.exists(tmp_name): os.unlink(tmp_name)

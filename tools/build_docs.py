@@ -358,6 +358,15 @@ def run_sphinx(src: Path, out: Path, doctrees: Path, strict: bool, quiet: bool) 
     return build_main(args)
 
 
+def publish(html: Path, out: Path):
+    "Replace the site folder `out` with the freshly built `html` (built elsewhere so the build's scratch stays in `_proc/`)."
+    tmp = out.with_name(out.name + '.new')
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(html, tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--out', default=None, help="output folder for the site (default: _site/ in the project root)")
@@ -381,8 +390,9 @@ def main(argv=None) -> int:
         pages = stage_sources(proc, work / 'src', cfg)
     except DocsError as e:
         print(f"Docs build failed: {e}", file=sys.stderr); return 1
-    rc = run_sphinx(work / 'src', out, work / 'doctrees', a.strict, a.quiet)
+    rc = run_sphinx(work / 'src', work / 'html', work / 'doctrees', a.strict, a.quiet)   # MyST-NB's scratch files land in _proc/.sphinx
     if rc: print(f"Sphinx failed (exit {rc}); see the messages above", file=sys.stderr); return rc
+    publish(work / 'html', out)
     t2 = time.perf_counter()
     print(f"Built {len(pages)} pages in {t2 - t0:.1f} s (nbdev processing {t1 - t0:.1f} s, Sphinx {t2 - t1:.1f} s): "
           f"{out / 'index.html'}")
