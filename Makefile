@@ -1,27 +1,43 @@
-# The two commands a new user needs (README.md): `make demo` and `make test`.
+# The commands a new user needs (README.md): `make demo`, `make lab` and `make test`.
 # Each creates .venv on first use and reinstalls only when the content of pyproject.toml or the constraints changes.
+# `make demo` and `make lab` install the library with its runtime extras only; `make test` adds the dev tools.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints-dev.txt 2>/dev/null | cksum | cut -d' ' -f1)
+SUM    := $(shell cat pyproject.toml constraints-dev.txt 2>/dev/null | cksum | cut -d' ' -f1)
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints-dev.txt
 
-.PHONY: demo test install docs bench clean
+.PHONY: demo lab test install docs bench clean
 
-$(STAMP):  # the name holds the checksum of pyproject.toml + constraints: new content, new stamp
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
+
+# the stamps' names hold the checksum of pyproject.toml + constraints: new content, new stamps
+$(VENV)/.runtime-$(SUM): | $(BIN)/python
+	test -e $(VENV)/.dev-$(SUM) || $(PIP) -e ".[tensorboard]"
+	rm -f $(VENV)/.runtime-* && touch $@
+
+$(VENV)/.lab-$(SUM): $(VENV)/.runtime-$(SUM)
+	test -e $(VENV)/.dev-$(SUM) || $(PIP) -e ".[tensorboard,lab]"
+	rm -f $(VENV)/.lab-* && touch $@
+
+$(VENV)/.dev-$(SUM): | $(BIN)/python
 	$(PIP) -e ".[dev]"
-	rm -f $(VENV)/.installed-* && touch $@
+	rm -f $(VENV)/.dev-* && touch $@
 
-install: $(STAMP)
+install: $(VENV)/.dev-$(SUM)
 
-## The main job: train on digits with corrupted labels, track per-item loss, validate, save, plot.
-demo: $(STAMP)
+## The main job: train a caption model on captioned digits with wrong captions, track and probe every caption.
+demo: $(VENV)/.runtime-$(SUM)
 	$(BIN)/caption-eval demo $(DEMO_ARGS)
 
+## JupyterLab on the tutorials (the lessons of every module are in nbs/).
+lab: $(VENV)/.lab-$(SUM)
+	$(BIN)/jupyter lab nbs/tutorials
+
 ## The whole test suite: notebooks clean and exported, every lesson, every pytest.
-test: $(STAMP)
+test: $(VENV)/.dev-$(SUM)
 	@export OMP_NUM_THREADS=1 PATH="$(CURDIR)/$(BIN):$$PATH"; failed=""; \
 	python .ci/check_sync.py                || failed="$$failed sync"; \
 	nbdev-test --n-workers 2 --timing       || failed="$$failed nbdev-test"; \
@@ -29,10 +45,10 @@ test: $(STAMP)
 	if [ -n "$$failed" ]; then echo "FAILED:$$failed"; exit 1; fi; echo "all checks passed"
 
 ## Static docs site from nbdev's processed notebooks (no Quarto needed).
-docs: $(STAMP)
+docs: $(VENV)/.dev-$(SUM)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tools/build_docs.py
 
-bench: $(STAMP)
+bench: $(VENV)/.dev-$(SUM)
 	for f in bench/bench_*.py; do $(BIN)/python $$f || exit 1; done
 
 clean:

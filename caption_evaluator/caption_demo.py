@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from .core import shell_command
 from .aggregator import StreamingAggregator
 from .caption_data import CaptionedDataset, captioned_digits
 from .caption_edits import CaptionProbe, probe_caption_edits, word_swaps
@@ -154,4 +155,5 @@ def _report(r: CaptionDemoResult, noise: float, kind: str, say):
     say("\nMost suspect captions (swap margin, key, caption -> the caption the model prefers):\n" + r.probe.format_worst(8, keys=r.data.keys))
     say(f"\nRun folder: {r.run_dir}")
     for name, p in r.figures.items(): say(f"  figure: {p}")
-    say(f"Next: caption-eval items {r.snapshot} --dataset probe --by swap_margin")
+    say(f"Next, the most suspect captions from a shell: {shell_command('caption-eval')} items {r.snapshot} --dataset probe --by swap_margin\n"
+        f"The figures above open in any image viewer. In a clone of the repository, `make lab` opens the tutorials.")

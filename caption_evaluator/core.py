@@ -14,13 +14,15 @@ import numbers
 import os
 import re
 import secrets
+import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['MAX_JSON_DEPTH', 'MAX_INT_DIGITS', 'STALE_TEMP_SECONDS', 'wilson_interval', 'read_json', 'csv_cell', 'is_temp_file',
-           'write_atomic']
+__all__ = ['MAX_JSON_DEPTH', 'MAX_INT_DIGITS', 'STALE_TEMP_SECONDS', 'wilson_interval', 'read_json', 'csv_cell', 'shell_command',
+           'is_temp_file', 'write_atomic']
 
 # %% ../nbs/00_core.ipynb #5aa87421
 def wilson_interval(
@@ -100,6 +102,18 @@ def csv_cell(value,  # a cell: text is checked and guarded, anything else is ret
         raise ValueError(f"{what} {value!r} is not valid UTF-8 (a file name with undecodable bytes?); rename the file, "
                          "or export JSON, which keeps the key exactly; nothing was written") from None
     return "'" + value if value.startswith(_FORMULA_START) else value
+
+# %% ../nbs/00_core.ipynb #9a7a3776
+def shell_command(name: str, # a console script of this Python environment, e.g. "caption-eval" or "tensorboard"
+                 ) -> str:
+    "`name` as a shell would run this environment's copy: the bare name if `PATH` finds that copy, else its path."
+    here = Path(sys.executable).parent / name
+    if not here.is_file(): return name                              # not installed here: whatever PATH finds
+    found = shutil.which(name)
+    if found is not None and Path(found).resolve() == here.resolve(): return name
+    try: rel = os.path.relpath(here)
+    except ValueError: return str(here)                             # another drive (Windows)
+    return rel if not rel.startswith("..") else str(here)
 
 # %% ../nbs/00_core.ipynb #e46a951c
 _TEMP_NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"

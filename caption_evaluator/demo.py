@@ -19,6 +19,7 @@ from typing import Collection, Mapping, Sequence
 import numpy as np
 import torch
 
+from .core import shell_command
 from .aggregator import StreamingAggregator
 from .loggers import (ConsoleLogger, TensorBoardLogger, log_dataset_summary,
                                        log_item_loss_histogram)
@@ -459,7 +460,7 @@ def _report(r: DemoResult, say):
         for line in format_detection_table(d).splitlines(): say("  " + line)
     for note in r.notes: say(f"note: {note}")
     say(f"\nwritten to {r.run_dir} in {r.seconds:.1f} s"
-        + (f"; TensorBoard: tensorboard --logdir {r.tensorboard_dir}" if r.tensorboard_dir else ""))
+        + (f"; TensorBoard: {shell_command('tensorboard')} --logdir {r.tensorboard_dir}" if r.tensorboard_dir else ""))
 
 # %% ../nbs/12_demo.ipynb #a609dd6b
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,6 @@ from rank 0 only, so the tracker's `state_dict` gathers all ranks), and the sync
 resume equal one process that saw every record."""
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -14,12 +13,7 @@ accelerate = pytest.importorskip("accelerate")
 
 from caption_evaluator.aggregator import StreamingAggregator
 from caption_evaluator.training import ItemLossTracker
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import free_port as _free_port
 
 
 def _records(rank):

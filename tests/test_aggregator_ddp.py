@@ -7,7 +7,6 @@ and both with statistics computed by plain Python/numpy from the raw batches.
 """
 import math
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -17,16 +16,11 @@ import torch.multiprocessing as mp
 
 from caption_evaluator.aggregator import StreamingAggregator
 from caption_evaluator.snapshots import load_item_stats
+from helpers import free_port as _free_port
 
 WORLD, STEPS, BATCH = 2, 12, 48
 EXACT = ("count", "min_loss", "max_loss", "first_loss", "last_loss", "last_step", "nonfinite")
 CLOSE = ("average_loss", "std_loss")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _batches(rank: int, step: int):

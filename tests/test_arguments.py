@@ -3,9 +3,7 @@ argument, never truncated or passed on to fail somewhere else. Property-based wh
 import math
 import os
 import unicodedata
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st

@@ -3,7 +3,6 @@
 one process that saw every rank's records."""
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -12,12 +11,7 @@ import torch.multiprocessing as mp
 
 from caption_evaluator.aggregator import StreamingAggregator
 from caption_evaluator.metrics import ClassificationMetric
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import free_port as _free_port
 
 
 def _records(rank):

@@ -6,9 +6,7 @@ import contextlib
 import gzip
 import io
 import json
-import random
 import warnings
-from pathlib import Path
 
 import pytest
 import torch

@@ -4,9 +4,7 @@ accumulation, padding and checkpoint rotation: the recorded per-sequence losses 
 recomputation from the same logits, snapshots survive `save_total_limit`, and a resumed run ends with the
 statistics of an uninterrupted one."""
 import json
-import math
 import os
-import socket
 
 import pytest
 import torch
@@ -18,6 +16,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, 
 
 from caption_evaluator.hf import ItemLossTrainerMixin
 from caption_evaluator.snapshots import load_item_stats
+from helpers import free_port as _free_port
 
 
 def rows(n=10):
@@ -99,12 +98,6 @@ def test_resume_equals_uninterrupted(tmp_path):
     for k in whole:
         assert resumed[k]["count"] == whole[k]["count"], k
         assert resumed[k]["average_loss"] == pytest.approx(whole[k]["average_loss"], rel=1e-5), k
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ddp_worker(rank, port, out, stop_at, resume):

@@ -7,7 +7,6 @@ timestep-normalised means with the definition recomputed from the raw records.
 """
 import math
 import os
-import socket
 
 import numpy as np
 import torch
@@ -16,14 +15,9 @@ import torch.multiprocessing as mp
 
 from caption_evaluator.aggregator import StreamingAggregator
 from caption_evaluator.snapshots import load_item_stats
+from helpers import free_port as _free_port
 
 WORLD, STEPS = 2, 6
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _batch(rank: int, step: int):

@@ -1,7 +1,6 @@
 """Two gloo ranks, each evaluating half of the data, must reach exactly the single-process metrics after `sync()`."""
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -9,14 +8,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from caption_evaluator.metrics import ClassificationMetric, PairMetric, PositionLossMetric, TokenLMMetric
+from helpers import free_port as _free_port
 
 WORLD = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _data():

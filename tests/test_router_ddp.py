@@ -3,7 +3,6 @@ reproduce the single-process numbers (counts exactly, float sums to rounding).""
 import json
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from caption_evaluator.models import CharLM, DigitsMLP, train_char_lm, train_cla
 from caption_evaluator.router import (LongContextAdapter, PairwiseLikelihoodAdapter, TextLMAdapter,
                                       VisionClassificationAdapter, run_eval)
 from caption_evaluator.tasks import build_eval_config, digits_splits, text_splits
+from helpers import free_port as _free_port
 
 WORLD = 2
 CASES = {  # task -> (adapter factory, which model, EvalConfig overrides)
@@ -22,12 +22,6 @@ CASES = {  # task -> (adapter factory, which model, EvalConfig overrides)
     "pairs_tiny": (PairwiseLikelihoodAdapter, "lm", {"batch_size": 16}),
     "long_context_tiny": (LongContextAdapter, "lm", {"batch_size": 1, "max_samples": 4}),
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _models(state_path):

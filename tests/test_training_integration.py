@@ -15,6 +15,7 @@ import torch
 from caption_evaluator.snapshots import load_item_stats
 from caption_evaluator.losses import compute_per_example_loss
 from caption_evaluator.training import ItemLossTracker
+from helpers import free_port as _free_port
 
 N_ITEMS, MICRO_BATCH, ACCUM, STEPS, SAVE_EVERY = 10, 4, 3, 12, 4
 PATHS = [f"dataset/img_{i:03d}.png" for i in range(N_ITEMS)]
@@ -186,13 +187,6 @@ def test_window_since_last_save(tmp_path):
 # --- torch.distributed: every rank calls on_save, rank 0 writes the merged statistics -------------------
 
 WORLD = 2
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank_records(rank, step):
