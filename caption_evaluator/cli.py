@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="figure of one run, of several runs, or of every run under a folder",
                         description="Figure of one run (--run), several runs (--compare) or every run under a folder (--compare-all).")
     what = pl.add_mutually_exclusive_group(required=True)
-    what.add_argument("--run", metavar="RUN", help="a run directory or its results.json")
+    what.add_argument("--run", metavar="RUN", help="a run directory or its results.json, or a folder holding runs (the newest; e.g. a demo folder)")
     what.add_argument("--compare", metavar="RUN", nargs="+", help="run directories or results.json files to compare")
     what.add_argument("--compare-all", metavar="DIR", help="compare every run found under DIR (recursively)")
     pl.add_argument("--output", "-o", metavar="FILE", type=_figure_path,
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     it = sub.add_parser("items", help="most suspect items of an item-stats snapshot, ranked by any score",
                         description="The most suspect items of an item-stats snapshot (.json or .json.gz), ranked by --by.")
-    it.add_argument("snapshot", metavar="SNAPSHOT", help="snapshot file written by StreamingAggregator.save_json")
+    it.add_argument("snapshot", metavar="SNAPSHOT", help="snapshot file written by StreamingAggregator.save_json, or a folder (its latest snapshot)")
     it.add_argument("--top", type=_positive_int, default=20, help="how many items per dataset (default 20)")
     it.add_argument("--dataset", "-d", help="only this dataset (default: every dataset in the snapshot)")
     it.add_argument("--by", metavar="SCORE", help="score that ranks the items: average_loss, tnorm_average_loss, aum, confidence, "
@@ -176,13 +176,26 @@ def _plotting():
     return plotting
 
 # %% ../nbs/10_cli.ipynb #9b91275e
+def _run_path(path: str) -> Path:
+    "The run `--run` names: a run folder or its results.json, else the newest run found below a folder (said on stderr)."
+    p = Path(path)
+    if not p.is_dir() or (p / "results.json").is_file(): return p
+    from caption_evaluator.results import discover_runs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        runs = discover_runs(p, recursive=True)
+    if not runs: raise CLIError(f"no results file at {p}/results.json nor in any run folder below it; pass a run directory or its results.json")
+    newest = max(runs, key=lambda r: r.time)
+    print(f"caption-eval: plotting {newest.run_dir} (the newest of {len(runs)} run(s) under {p})", file=sys.stderr)
+    return newest.run_dir
+
 def cmd_plot(args:argparse.Namespace, # parsed arguments of `build_parser`
             ) -> int:
     "`caption-eval plot`: one run, a comparison, or the runs table."
     from caption_evaluator.results import load_run
     if args.run:
         if args.list_runs: raise UsageError("--list-runs goes with --compare or --compare-all, not --run")
-        run = load_run(args.run)
+        run = load_run(_run_path(args.run))
         out = args.output or run.run_dir / "single_run_analysis.png"
         _plotting().plot_run(run, output=out)
     else:
@@ -227,11 +240,16 @@ def _check_score(path, stats:dict, by:str|None):
 def cmd_items(args:argparse.Namespace, # parsed arguments of `build_parser`
             ) -> int:
     "`caption-eval items SNAPSHOT`: the most suspect items per dataset, ranked by `--by`."
-    if not Path(args.snapshot).is_file(): raise CLIError(f"snapshot {args.snapshot} not found")
-    from caption_evaluator.snapshots import load_item_stats
+    from caption_evaluator.snapshots import latest_snapshot, load_item_stats
+    if Path(args.snapshot).is_dir():
+        args.snapshot = str(latest_snapshot(args.snapshot))
+        print(f"{args.snapshot} (the latest snapshot of the folder)")
+    elif not Path(args.snapshot).is_file(): raise CLIError(f"snapshot {args.snapshot} not found; pass a snapshot file or a folder of snapshots")
     doc = load_item_stats(args.snapshot)
     datasets = [args.dataset] if args.dataset else list(doc.get("datasets") or {})
     if not datasets: raise CLIError(f"snapshot {args.snapshot} has no datasets")
+    missing = [d for d in datasets if d not in doc["datasets"]]
+    if missing: raise CLIError(f"dataset {missing[0]!r} is not in {args.snapshot}; it has: {', '.join(doc['datasets'])}")
     for i, name in enumerate(datasets):
         block = (doc.get("datasets") or {}).get(name) or {}
         summary, stats = block.get("summary") or {}, block.get("item_stats") or {}
@@ -273,6 +291,9 @@ def main(argv:list[str]|None=None, # arguments without the program name (default
     try: args = parser.parse_args(argv)
     except SystemExit as e: return int(e.code or 0)
     try: return _COMMANDS[args.command](args)
+    except BrokenPipeError:                       # the reader went away (`caption-eval items ... | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # Python's recipe: no second error at exit
+        return 0
     except UsageError as e:
         print(f"caption-eval {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -553,6 +553,8 @@ def load_run(path:str|Path, # a run directory or its results.json
     path = Path(path)
     if path.is_dir(): path = path / "results.json"
     if not path.is_file(): raise FileNotFoundError(f"no results file at {path}; pass a run directory or its results.json")
+    if path.suffix.lower() != ".json":
+        raise ValueError(f"{path} is a {path.suffix or 'suffix-less'} file, not a results file; pass a run directory or its results.json")
     doc, schema = migrate_results_doc(read_json(path, "results file"), str(path))
     detailed = {k[:-len("_detailed")]: v for k, v in doc.items() if k.endswith("_detailed")}
     return RunRecord(path=path, metadata=doc["metadata"], results=doc["results"], detailed=detailed, schema=schema)

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
-from .core import read_json
+from .core import is_temp_file, read_json
 
 # %% auto #0
-__all__ = ['ITEM_SCHEMA', 'ITEM_SCHEMA_V1', 'ITEM_FIELDS', 'VALUE_FIELDS', 'SCORES', 'score_path', 'item_score', 'score_column',
-           'top_indices', 'default_score', 'available_scores', 'rank_items', 'load_item_stats', 'diff_item_stats']
+__all__ = ['ITEM_SCHEMA', 'ITEM_SCHEMA_V1', 'ITEM_FIELDS', 'VALUE_FIELDS', 'SCORES', 'SNAPSHOT_SUBFOLDERS', 'score_path',
+           'item_score', 'score_column', 'top_indices', 'default_score', 'available_scores', 'rank_items',
+           'load_item_stats', 'snapshot_files', 'latest_snapshot', 'diff_item_stats']
 
 # %% ../nbs/01a_snapshots.ipynb #7535bb72
 ITEM_SCHEMA = "caption_evaluator/item_stats@2"
@@ -185,6 +187,33 @@ def load_item_stats(path: str|os.PathLike, # a snapshot (`.json` or `.json.gz`),
         bad = next((k for k, e in d["item_stats"].items() if not isinstance(e, dict)), None)
         if bad is not None: raise ValueError(f"path {str(path)!r}: dataset {name!r}, item {bad!r} is not an object")
     return _migrate(doc, path)
+
+# %% ../nbs/01a_snapshots.ipynb #23f9eacc
+SNAPSHOT_SUBFOLDERS = ("item_stats", ".item_stats")   # where run folders keep their snapshots
+
+def _step_of(p: Path) -> int:
+    "The step in `{job}_{step:09d}.json[.gz]`, -1 for another name."
+    m = re.search(r"_(\d+)\.json(?:\.gz)?$", p.name)
+    return int(m.group(1)) if m else -1
+
+def snapshot_files(folder: str|os.PathLike, # a folder of snapshots, or a run folder with an `item_stats/` subfolder
+                  ) -> list[Path]:
+    "The snapshot files (`{job}_{step}.json[.gz]`) of `folder` (or of its `item_stats/` subfolder), oldest step first; temporary files left out."
+    root = Path(folder)
+    if not root.is_dir(): raise FileNotFoundError(f"folder {str(folder)!r} does not exist or is not a folder")
+    for where in (root, *(root / s for s in SNAPSHOT_SUBFOLDERS)):
+        found = [p for p in where.glob("*_*.json*") if _step_of(p) >= 0 and p.is_file() and not is_temp_file(p.name)]
+        if found: return sorted(found, key=lambda p: (_step_of(p), p.name))
+    return []
+
+def latest_snapshot(folder: str|os.PathLike, # as for `snapshot_files`
+                   ) -> Path:
+    "The snapshot of `folder` with the highest step; `FileNotFoundError` naming the folder when there is none."
+    files = snapshot_files(folder)
+    if not files:
+        raise FileNotFoundError(f"folder {str(folder)!r} holds no snapshot (*.json or *.json.gz, also looked in "
+                                f"{', '.join(s + '/' for s in SNAPSHOT_SUBFOLDERS)}); pass a snapshot file or the folder a tracker saved to")
+    return files[-1]
 
 # %% ../nbs/01a_snapshots.ipynb #e042362f
 def _as_doc(x, name: str) -> dict:

@@ -24,7 +24,7 @@ from fastcore.basics import patch
 from matplotlib.figure import Figure
 
 from .core import csv_cell, is_temp_file
-from .snapshots import diff_item_stats, load_item_stats, score_path
+from .snapshots import diff_item_stats, load_item_stats, score_path, snapshot_files
 from .plotting import ItemTable, figure_to_png, item_table, plot_comparison, plot_item_diff, plot_run
 from .results import (_STATS_KEYS, _is_number, RunLoadWarning, RunRecord, accuracy_interval, build_results_doc, discover_runs,
                                        runs_table, save_results, to_jsonable, write_json_atomic, write_text_atomic)
@@ -423,7 +423,7 @@ def _snapshot_choices(source: Any, snapshots: Any) -> dict[str, Any]:
         p = Path(source)
         job = re.sub(r"_\d{9}\.json(\.gz)?$", "", p.name)
         snapshots = sorted(p.parent.glob(f"{job}_" + "[0-9]" * 9 + ".json*"))
-    if isinstance(snapshots, (str, Path)): snapshots = sorted(Path(snapshots).glob("*.json*"))
+    if isinstance(snapshots, (str, Path)): snapshots = snapshot_files(snapshots)   # named as trackers name them, oldest step first
     if isinstance(snapshots, list): snapshots = [s for s in snapshots if not (isinstance(s, (str, Path)) and is_temp_file(Path(s).name))]
     if isinstance(snapshots, Mapping): return dict(snapshots)
     return {Path(s).name if isinstance(s, (str, Path)) else f"snapshot {i}": s for i, s in enumerate(snapshots or [])}

@@ -230,14 +230,57 @@ def test_items_by_any_score_from_a_real_snapshot(tmp_path):
 
 def test_items_errors_exit_1(snapshot, tmp_path):
     pytest.importorskip("caption_evaluator.aggregator")
-    code, _, err = cli("items", snapshot, "--dataset", "test")
+    code, out, err = cli("items", snapshot, "--dataset", "test")
     assert code == 1 and "train" in err and len(err.strip().splitlines()) == 1
+    assert out == "", "nothing is printed before the error"
     code, _, err = cli("items", tmp_path / "missing.json")
     assert code == 1 and "missing.json" in err
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     code, _, err = cli("items", bad)
     assert code == 1 and err.startswith("caption-eval: error:")
+
+
+def test_items_of_a_folder_opens_its_latest_snapshot(snapshot, tmp_path):
+    "A run folder: snapshots in item_stats/, next to files that are not snapshots and an interrupted save's temp file."
+    run = tmp_path / "run"
+    (run / "item_stats").mkdir(parents=True)
+    doc = json.loads(snapshot.read_text())
+    for step, worst in ((40, "train/000.png"), (120, "train/001.png")):
+        (run / "item_stats" / f"job_{step:09d}.json").write_text(json.dumps({**doc, "step": step}))
+    (run / "item_stats" / ".job_000000500.json.ab12cd34.tmp").write_text("{half")
+    (run / "demo_summary.json").write_text("{}")
+    for folder in (run, run / "item_stats"):
+        code, out, err = cli("items", folder, "--top", "1")
+        assert code == 0, err
+        assert out.splitlines()[0].startswith(str(run / "item_stats" / "job_000000120.json")), out
+    code, _, err = cli("items", tmp_path / "missing_folder")
+    assert code == 1 and "missing_folder" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = cli("items", tmp_path / "empty")
+    assert code == 1 and "holds no snapshot" in err
+
+
+def test_plot_run_finds_the_run_below_a_folder_and_names_a_wrong_file(results_dir, tmp_path):
+    code, out, err = cli("plot", "--run", results_dir / "ablation", "--output", tmp_path / "one.png")
+    assert code == 0 and (tmp_path / "one.png").read_bytes()[:8] == PNG_MAGIC, err
+    assert "newest of 1 run" in err
+    png = tmp_path / "one.png"
+    code, _, err = cli("plot", "--run", png)
+    assert code == 1 and "is a .png file, not a results file" in err and str(png) in err
+
+
+def test_output_cut_short_by_the_reader_is_not_an_error(snapshot, tmp_path):
+    "`caption-eval items ... | head`: the pipe closes while 20,000 rows are still being written."
+    doc = json.loads(snapshot.read_text())
+    row = next(iter(doc["datasets"]["train"]["item_stats"].values()))
+    doc["datasets"] = {"train": {**doc["datasets"]["train"], "item_stats": {f"img/{i:05d}.png": row for i in range(20_000)}}}
+    big = tmp_path / "big_000000001.json"
+    big.write_text(json.dumps(doc))
+    p = subprocess.run(f'"{sys.executable}" -m caption_evaluator.cli items "{big}" --top 20000 | head -c 10', shell=True,
+                       capture_output=True, text=True, timeout=120)
+    assert len(p.stdout) == 10
+    assert p.stderr == "", p.stderr
 
 
 # --- demo --------------------------------------------------------------------------------------------------
