@@ -24,7 +24,7 @@ from .tasks import IGNORE_INDEX, EvalConfig, TaskSpec, get_task, infer_modality
 # %% auto #0
 __all__ = ['METRIC_ROUTES', 'ModelAdapter', 'model_logits', 'VisionClassificationAdapter', 'token_losses', 'TextLMAdapter',
            'LongContextAdapter', 'sequence_log_likelihood', 'PairwiseLikelihoodAdapter', 'MetricRoute',
-           'register_metric_route', 'to_device', 'run_eval']
+           'register_metric_route', 'to_device', 'EvalResult', 'run_eval']
 
 # %% ../nbs/05_router.ipynb #b74e20cd
 @runtime_checkable
@@ -241,6 +241,21 @@ def _model_device(model: nn.Module) -> torch.device:
 def _distributed() -> bool: return dist.is_available() and dist.is_initialized()
 
 # %% ../nbs/05_router.ipynb #5ff56931
+class EvalResult(dict):
+    "`run_eval`'s record (`task`, `modality`, `metrics`, `detailed`, ...) in which every metric also reads by name: `res['accuracy']`."
+    def __getitem__(self, key):
+        if dict.__contains__(self, key): return dict.__getitem__(self, key)
+        metrics = dict.get(self, "metrics")
+        if isinstance(metrics, dict) and key in metrics: return metrics[key]
+        raise KeyError(f"{key!r} is neither a field of this result ({', '.join(self)}) nor one of its metrics "
+                       f"({', '.join(metrics or {})})")
+    def __contains__(self, key): return dict.__contains__(self, key) or key in (dict.get(self, "metrics") or {})
+    def get(self, key, # a field of the record or a metric name
+            default=None, # returned when `key` is neither
+           ):
+        "`self[key]`, or `default` when `key` is neither a field nor a metric."
+        return self[key] if key in self else default
+
 def _check_not_empty(n_local: int, spec: TaskSpec, cfg: EvalConfig) -> None:
     "Raise a clear error when no rank saw a batch (summed over ranks under torch.distributed)."
     n = n_local
@@ -281,7 +296,7 @@ def run_eval(
     step: int | None = None,  # step/epoch passed to the loggers
     prefix: str | None = None,  # logger prefix ("val" logs "val/accuracy"); None: the task name
     item_tracker: Any | None = None,  # a `StreamingAggregator` or `ItemLossTracker`: gets `adapter.per_example_loss` keyed by `batch['index']`
-) -> dict:
+) -> EvalResult:
     "Evaluate `model` on `eval_config`'s task; metrics chosen by the task's modality (see the result format above)."
     spec = task_spec if task_spec is not None else get_task(eval_config.task_name)
     modality = infer_modality(getattr(spec, "modality", None), getattr(spec, "task_type", None), spec.name)
@@ -315,9 +330,9 @@ def run_eval(
     metric.sync()  # no-op unless torch.distributed is initialised
     metrics, detailed = route.split(metric.compute())
     if hasattr(adapter, "scoring"): metrics["scoring"] = adapter.scoring
-    result = _jsonable({"task": spec.name, "modality": modality, "metrics": metrics, "detailed": detailed,
-                        "eval_config": eval_config.to_dict(), "adapter": type(adapter).__name__,
-                        "duration_s": time.perf_counter() - t0})
+    result = EvalResult(_jsonable({"task": spec.name, "modality": modality, "metrics": metrics, "detailed": detailed,
+                                   "eval_config": eval_config.to_dict(), "adapter": type(adapter).__name__,
+                                   "duration_s": time.perf_counter() - t0}))
     if not _distributed() or dist.get_rank() == 0:  # every rank holds the same numbers; log them once
         _log(loggers, result["metrics"], step, spec.name if prefix is None else prefix)
     return result
