@@ -57,6 +57,7 @@ def model_logits(
 # %% ../nbs/05_router.ipynb #6fdf0052
 class VisionClassificationAdapter(ModelAdapter):
     "Classifier on `batch[input_key]` -> `{'logits': [B, C]}`; cross-entropy against `batch['labels']`."
+    modality = "vision"  # the tasks this adapter runs (views match adapters to tasks by it)
     def __init__(self,
                  input_key: str = "inputs"):  # batch key of the model input
         self.input_key = input_key
@@ -92,6 +93,7 @@ def _takes_attention_mask(model: nn.Module) -> bool:
 
 class TextLMAdapter(ModelAdapter):
     "Causal LM on `batch['input_ids']` (and its `attention_mask`) -> `{'logits': [B, T, V], 'labels': [B, T]}`; token-weighted cross-entropy."
+    modality = "text"  # the tasks this adapter runs
     def __init__(self,
                  shift: bool = False):  # labels equal input_ids (HF style): drop the last logit and the first label
         self.shift = shift
@@ -118,6 +120,7 @@ class TextLMAdapter(ModelAdapter):
 # %% ../nbs/05_router.ipynb #07e631df
 class LongContextAdapter(TextLMAdapter):
     "A `TextLMAdapter` whose outputs add `token_losses [B, T]` and `mask [B, T]` for loss by position."
+    modality = "long_context"  # the tasks this adapter runs
     def forward(self,
                 model: nn.Module,  # causal LM: ids `[B, T]` -> logits `[B, T, V]`
                 batch: dict,  # a text batch: "input_ids" and "labels" `[B, T]`
@@ -144,6 +147,7 @@ def sequence_log_likelihood(
 
 class PairwiseLikelihoodAdapter(ModelAdapter):
     "Scores both members of each minimal pair by (summed or length-normalised) log-likelihood."
+    modality = "pairs"  # the tasks this adapter runs
     def __init__(self,
                  normalize: bool = False):  # mean log-likelihood per token instead of the sum
         self.normalize = normalize

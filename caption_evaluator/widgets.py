@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from .core import csv_cell, is_temp_file
 from .snapshots import diff_item_stats, load_item_stats, score_path, snapshot_files
 from .plotting import ItemTable, figure_to_png, item_table, plot_comparison, plot_item_diff, plot_run
-from .results import (_STATS_KEYS, _is_number, RunLoadWarning, RunRecord, accuracy_interval, build_results_doc, discover_runs,
+from .results import (_STATS_KEYS, _is_number, RunLoadWarning, RunRecord, accuracy_interval, build_results_doc, detect_model_type, discover_runs,
                                        runs_table, save_results, to_jsonable, write_json_atomic, write_text_atomic)
 from .router import run_eval
 from .tasks import build_eval_config, get_task, list_tasks
@@ -176,11 +176,13 @@ class EvalView(_View):
                 ):
         self.models, self.adapters = _named(models, "models"), _named(adapters, "adapters")
         self.config, self.eval_overrides = dict(config or {}), eval_overrides
-        self.task = widgets.Dropdown(options=list(tasks) if tasks is not None else list_tasks(), description="task")
+        offered = list(tasks) if tasks is not None else list_tasks()
+        runnable = [t for t in offered if self._adapter_for(get_task(t)) is not None]
+        self.task = widgets.Dropdown(options=offered, value=(runnable or offered or [None])[0], description="task")
         self.model = widgets.Dropdown(options=list(self.models), description="model")
         self.adapter = widgets.Dropdown(options=list(self.adapters), description="adapter")
         self.max_samples = widgets.IntText(value=0, description="max samples", tooltip="0: the whole eval set")
-        self.model_type = widgets.Text(value="", description="model type", placeholder="detect from the model")
+        self.model_type = widgets.Text(value="", description="model type", placeholder="detected, else the model's name")
         self.run_button = widgets.Button(description="Run evaluation", button_style="primary", icon="play")
         self.progress = widgets.IntProgress(value=0, min=0, max=1, description="batches")
         self.status = widgets.HTML()
@@ -205,11 +207,16 @@ class EvalView(_View):
             widgets.HBox([self.results_dir, self.save_button]),
             widgets.HBox([self.export_path, self.export_csv_button, self.export_json_button])])
 
+    def _adapter_for(self, spec) -> str|None:
+        "The adapter named after the task or its modality, else the first whose `modality` is the task's."
+        for name in (spec.name, spec.modality):
+            if name in self.adapters: return name
+        return next((n for n, a in self.adapters.items() if getattr(a, "modality", None) == spec.modality), None)
+
     def _pick_adapter(self) -> None:
         if self.task.value is None: return
-        spec = get_task(self.task.value)
-        for name in (spec.name, spec.modality):
-            if name in self.adapters: self.adapter.value = name; return
+        name = self._adapter_for(get_task(self.task.value))
+        if name is not None: self.adapter.value = name
 
 # %% ../nbs/08_widgets.ipynb #3c7de7c8
 @patch
@@ -220,16 +227,33 @@ def run(self: EvalView) -> dict:
     cfg = build_eval_config(self.task.value, **({"max_samples": n} if n else {}), **self.eval_overrides)
     self._say(f"evaluating {self.model.value} on {self.task.value}…")
     model, adapter = self.models[self.model.value], self.adapters[self.adapter.value]
+    _check_adapter(get_task(self.task.value), self.adapter.value, adapter)
     self.result = run_eval(model, adapter, _counting_config(cfg, self.progress), progress=False)
     self.eval_config = cfg
     self.rows = metric_rows(self.result["metrics"])
     self.table.value = html_table(self.rows)
-    doc = build_results_doc(self.result, config=self._config(), model=model, model_type=self.model_type.value or None)
+    doc = build_results_doc(self.result, config=self._config(), model=model, model_type=self._model_type())
     self.fig = plot_run(doc)
     _show_figure(self.figure, self.fig)
     for b in (self.save_button, self.export_csv_button, self.export_json_button): b.disabled = False
     self._say(f"{self.task.value}: {len(self.rows)} metrics in {self.result.get('duration_s', 0):.1f} s")
     return self.result
+
+def _check_adapter(spec, name: str, adapter) -> None:
+    "Refuse an adapter made for another modality, naming the one the task needs."
+    made_for = getattr(adapter, "modality", None)
+    if made_for is None or made_for == spec.modality: return
+    needs = {"vision": "VisionClassificationAdapter", "text": "TextLMAdapter", "long_context": "LongContextAdapter",
+             "pairs": "PairwiseLikelihoodAdapter"}.get(spec.modality, f"an adapter for {spec.modality!r}")
+    raise ValueError(f"task {spec.name!r} is a {spec.modality} task and needs {needs}; adapter {name!r} "
+                     f"({type(adapter).__name__}) runs {made_for} tasks; pick another task or pass that adapter")
+
+@patch
+def _model_type(self: EvalView) -> str:
+    "The box's model type; empty: a registered detector's answer, else the model's name in the dropdown."
+    if self.model_type.value: return self.model_type.value
+    detected = detect_model_type(self.models[self.model.value], self.config)
+    return detected if detected != "baseline" else self.model.value
 
 @patch
 def _config(self: EvalView) -> dict:
@@ -247,7 +271,7 @@ def save(self: EvalView) -> Path:
     "Save the last evaluation with `save_results`; returns the run directory."
     res = self._need_result()
     self.run_dir = save_results(res, config=self._config(), results_dir=self.results_dir.value,
-                                model=self.models[self.model.value], model_type=self.model_type.value or None)
+                                model=self.models[self.model.value], model_type=self._model_type())
     self._say(f"saved {self.run_dir}")
     return self.run_dir
 
