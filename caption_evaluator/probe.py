@@ -8,13 +8,13 @@ Docs: https://caption-evaluator.github.io/caption_evaluator/probe.html.md"""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['PREDICTION_TYPES', 'probe_noise', 'ProbeResult', 'probe_captions']
+__all__ = ['PREDICTION_TYPES', 'probe_noise', 'ProbeResult', 'probe_captions', 'probe_caption_batches']
 
 # %% ../nbs/14_probe.ipynb #1a0e5974
 def probe_noise(seed: int, # the probe's seed
@@ -111,6 +111,11 @@ def _check_int(name: str, v, low: int):
     if not (isinstance(v, int) and not isinstance(v, bool) and v >= low): raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
 
 def _check_probe_args(latents, conds, empty_cond, alternatives, abar, prediction_type, noise_draws, refine_draws, batch_size):
+    _check_items(latents, conds, empty_cond, alternatives)
+    _check_schedule(abar, prediction_type, noise_draws, refine_draws, batch_size)
+
+def _check_items(latents, conds, empty_cond, alternatives):
+    "Latents [N, ...], one conditioning per latent, an empty conditioning and K >= 1 alternatives per item, all shaped alike."
     if not isinstance(latents, Tensor) or latents.ndim < 2: raise ValueError(f"latents must be a tensor [N, ...], got {getattr(latents, 'shape', type(latents).__name__)}")
     if latents.shape[0] == 0: raise ValueError("latents holds no items (shape [0, ...]); pass at least one latent to probe")
     n = latents.shape[0]
@@ -119,7 +124,6 @@ def _check_probe_args(latents, conds, empty_cond, alternatives, abar, prediction
         raise ValueError(f"empty_cond must have the shape of one conditioning {tuple(conds.shape[1:])}, got {getattr(empty_cond, 'shape', None)}")
     if not isinstance(alternatives, Tensor) or alternatives.ndim != conds.ndim + 1 or alternatives.shape[0] != n or tuple(alternatives.shape[2:]) != tuple(conds.shape[1:]) or alternatives.shape[1] < 1:
         raise ValueError(f"alternatives must be a tensor [N, K, ...] of K >= 1 conditionings per item shaped like conds {tuple(conds.shape[1:])}, got {getattr(alternatives, 'shape', None)}")
-    _check_schedule(abar, prediction_type, noise_draws, refine_draws, batch_size)
 
 def _check_schedule(abar, prediction_type, noise_draws, refine_draws, batch_size):
     if not isinstance(abar, Tensor) or abar.ndim != 1: raise ValueError("alphas_cumprod must be the scheduler's 1-D tensor of cumulative alphas (e.g. DDPMScheduler().alphas_cumprod)")
@@ -176,10 +180,10 @@ def _pick_timesteps(timesteps, n_timesteps, abar, auto) -> list[int]:
     return ts
 
 def probe_captions(denoise: Callable, # `denoise(x_t, t, cond) -> prediction`: the model call (a diffusers UNet in a lambda, any module)
-                   latents: Tensor, # [N, ...] clean latents (or images) of the items
-                   conds: Tensor, # [N, ...] each item's own caption conditioning (e.g. text-encoder states)
+                   latents, # [N, ...] clean latents (or images) of the items; or a DataLoader of dicts (see `probe_caption_batches`)
+                   conds: Tensor|None, # [N, ...] each item's own caption conditioning (e.g. text-encoder states); None with a DataLoader
                    empty_cond: Tensor, # [...] the empty caption's conditioning
-                   alternatives: Tensor, # [N, K, ...] K alternative conditionings per item (other class words, edits, ...)
+                   alternatives: Tensor|None, # [N, K, ...] K alternative conditionings per item (other class words, edits, ...); None with a DataLoader
                    alphas_cumprod: Tensor, # [T] the noise schedule's cumulative alphas (`scheduler.alphas_cumprod`)
                    *,
                    timesteps: str|Sequence[int] = "auto", # "auto" (label-free choice of informative timesteps) or explicit timesteps
@@ -194,44 +198,115 @@ def probe_captions(denoise: Callable, # `denoise(x_t, t, cond) -> prediction`: t
                    progress: bool = True, # show a progress bar
                   ) -> ProbeResult:
     "Score every item's own caption against the empty caption and K alternatives at the same noisy input; no_grad, eval mode restored."
+    kw = dict(timesteps=timesteps, n_timesteps=n_timesteps, noise_draws=noise_draws, refine_draws=refine_draws,
+              prediction_type=prediction_type, batch_size=batch_size, seed=seed, posterior_scale=posterior_scale, progress=progress)
+    if not isinstance(latents, Tensor) and conds is None and alternatives is None and hasattr(latents, "__iter__"):
+        if items is not None: raise ValueError("items: a DataLoader's batches carry their ids in 'index'; pass items only with tensors")
+        return probe_caption_batches(denoise, latents, empty_cond, alphas_cumprod, **kw)
     _check_probe_args(latents, conds, empty_cond, alternatives, alphas_cumprod, prediction_type, noise_draws, refine_draws, batch_size)
-    n, k, dev = latents.shape[0], alternatives.shape[1], latents.device
-    ids = _item_ids(items, n)
-    abar = alphas_cumprod.to(dev, torch.float32)
-    bank = torch.cat([conds, empty_cond[None].to(conds), alternatives.reshape(n * k, *conds.shape[1:]).to(conds)]).to(dev)
-    item = torch.arange(n).repeat_interleave(2 + k)
-    slot = torch.cat([torch.arange(n)[:, None], torch.full((n, 1), n), n + 1 + torch.arange(n * k).reshape(n, k)], 1).flatten()
-    is_own = torch.zeros(n, 2 + k, dtype=torch.bool); is_own[:, 0] = True
-    with _EvalMode(denoise), torch.no_grad():
-        ts = _pick_timesteps(timesteps, n_timesteps, abar, lambda: _auto_timesteps(
-            denoise, latents, bank, item, slot.to(dev), is_own.flatten(), abar, prediction_type, n_timesteps, seed, batch_size, ids))
-        return _two_stage(denoise, latents, bank, item, slot, abar, ts, noise_draws, refine_draws, prediction_type,
-                          batch_size, seed, progress, n, k, posterior_scale, ids, _own_copies(conds, alternatives).to(dev))
+    ids = _item_ids(items, latents.shape[0])
+    one = [(latents, conds, alternatives, ids)]
+    return _probe(denoise, lambda: iter(one), empty_cond, alphas_cumprod, total=latents.shape[0], **kw)
 
-def _own_copies(conds: Tensor, alternatives: Tensor) -> Tensor:
-    "[N, K] True where an alternative is the item's own conditioning (e.g. every class word given, its own included)."
-    n, k = alternatives.shape[:2]
-    return (alternatives.to(conds) == conds[:, None]).reshape(n, k, -1).all(-1)
+def probe_caption_batches(denoise: Callable, # `denoise(x_t, t, cond) -> prediction`, as for `probe_captions`
+                          batches, # an iterable you can iterate twice (a DataLoader, a list) of dicts: "latents" [B, ...], "conds" [B, ...], "alternatives" [B, K, ...], optional "index" [B]
+                          empty_cond: Tensor, # [...] the empty caption's conditioning
+                          alphas_cumprod: Tensor, # [T] the noise schedule's cumulative alphas
+                          **kwargs, # `probe_captions`' keyword arguments (timesteps, noise_draws, refine_draws, prediction_type, batch_size, seed, ...)
+                         ) -> ProbeResult:
+    "`probe_captions` over batches of dicts: only one batch of latents and conditionings is held at a time; same scores as one call on everything."
+    if isinstance(batches, Tensor) or not hasattr(batches, "__iter__"):
+        raise TypeError(f"batches must be a DataLoader (or list) of dicts with 'latents', 'conds' and 'alternatives', got {type(batches).__name__}")
+    opts = {"timesteps": "auto", "n_timesteps": 2, "noise_draws": 1, "refine_draws": 2, "prediction_type": "epsilon", "batch_size": 256,
+            "seed": 0, "posterior_scale": 10.0, "progress": True}
+    unknown = sorted(set(kwargs) - set(opts))
+    if unknown: raise TypeError(f"probe_caption_batches got unknown arguments {unknown}; it takes {sorted(opts)}")
+    opts.update(kwargs)
+    _check_schedule(alphas_cumprod, opts["prediction_type"], opts["noise_draws"], opts["refine_draws"], opts["batch_size"])
+    total = len(batches.dataset) if hasattr(batches, "dataset") and hasattr(batches.dataset, "__len__") else None
+    return _probe(denoise, lambda: _dict_batches(batches, empty_cond), empty_cond, alphas_cumprod, total=total, **opts)
 
-def _two_stage(denoise, latents, bank, item, slot, abar, ts, draws, refine, prediction_type, batch_size, seed, progress, n, k, scale, ids, same) -> ProbeResult:
+def _dict_batches(batches, empty_cond):
+    "(latents, conds, alternatives, ids) of each batch dict, checked; ids from 'index' or the running position."
+    seen, start = set(), 0
+    for i, b in enumerate(batches):
+        if not isinstance(b, Mapping) or not {"latents", "conds", "alternatives"} <= set(b):
+            raise ValueError(f"batch {i}: each batch must be a dict with 'latents', 'conds' and 'alternatives' (and optionally 'index'), "
+                             f"got {sorted(b) if isinstance(b, Mapping) else type(b).__name__}")
+        x, c, a = b["latents"], b["conds"], b["alternatives"]
+        try: _check_items(x, c, empty_cond, a)
+        except ValueError as e: raise ValueError(f"batch {i}: {e}") from None
+        n = x.shape[0]
+        ids = [int(v) for v in (b["index"].tolist() if isinstance(b.get("index"), Tensor) else b["index"])] if b.get("index") is not None else list(range(start, start + n))
+        if len(ids) != n or len(set(ids)) != n or seen & set(ids) or any(v < 0 for v in ids):
+            raise ValueError(f"batch {i}: 'index' must give {n} distinct non-negative item ids, none seen in an earlier batch")
+        seen |= set(ids); start += n
+        yield x, c, a, ids
+
+def _probe(denoise, batches: Callable, empty_cond, abar, *, timesteps, n_timesteps, noise_draws, refine_draws, prediction_type,
+           batch_size, seed, posterior_scale, progress, total) -> ProbeResult:
+    "The two stages over `batches()` (called once per stage): screening every caption, global per-timestep scales, refining two."
     from tqdm.auto import tqdm
-    dev = latents.device
-    with tqdm(total=n * (2 + k) + (2 * n if refine else 0), desc="probing captions", unit="pair", disable=not progress) as bar:
-        raw = _pair_losses(denoise, latents, bank, item, slot.to(dev), abar, ts, range(draws), prediction_type, batch_size, seed, bar, ids)
+    ts, screened = None if isinstance(timesteps, str) else _pick_timesteps(timesteps, n_timesteps, abar, None), []
+    with _EvalMode(denoise), torch.no_grad(), tqdm(total=None if total is None else total * (1 + bool(refine_draws)), desc="probing captions",
+                                                     unit="item", disable=not progress) as bar:
+        for x, c, a, ids in batches():
+            bank, item, slot, same = _batch_bank(x, c, empty_cond, a)
+            if ts is None:                                       # "auto": chosen on the first batch's items, before any scoring
+                is_own = (slot < c.shape[0]) & (slot == item)
+                ts = _pick_timesteps(timesteps, n_timesteps, abar, lambda: _auto_timesteps(
+                    denoise, x, bank, item, slot.to(x.device), is_own, abar.to(x.device, torch.float32), prediction_type, n_timesteps, seed, batch_size, ids))
+            raw = _pair_losses(denoise, x, bank, item, slot.to(x.device), abar.to(x.device, torch.float32), ts, range(noise_draws),
+                               prediction_type, batch_size, seed, None, ids)
+            screened.append((raw, same, x.shape[0], a.shape[1])); bar.update(x.shape[0])
+        if not screened: raise ValueError("batches yielded no batch; pass at least one item to probe")
+        ks = {k for *_, k in screened}
+        if len(ks) != 1: raise ValueError(f"every batch must have the same number K of alternatives, got {sorted(ks)}")
+        k = ks.pop()
+        raw, same = torch.cat([r for r, *_ in screened]), torch.cat([s.to(screened[0][0].device) for _, s, *_ in screened])
+        n, dev = same.shape[0], raw.device
         own_rows = torch.arange(n, device=dev) * (2 + k)
         scale_t = _finite_mean(raw[own_rows], (0, 1)).clamp(min=1e-12)      # a NaN/inf loss poisons only its own item
         L = (raw / scale_t).mean((1, 2)).reshape(n, 2 + k)                   # screening means
         alt = L[:, 2:].masked_fill(same, float("inf"))                       # the own caption does not compete with itself
         best = alt.argmin(1)
         own_all, best_all = L[:, 0], alt.gather(1, best[:, None])[:, 0]
-        if refine:
-            pair = torch.stack([torch.arange(n, device=dev), n + 1 + torch.arange(n, device=dev) * k + best], 1).flatten()
-            raw2 = _pair_losses(denoise, latents, bank, torch.arange(n).repeat_interleave(2), pair, abar, ts,
-                                range(draws, draws + refine), prediction_type, batch_size, seed, bar, ids)
-            r2 = (raw2 / scale_t).mean(2).reshape(n, 2, refine)
-            own_all = (own_all * draws + r2[:, 0].sum(1)) / (draws + refine)
-            best_all = (best_all * draws + r2[:, 1].sum(1)) / (draws + refine)
-    post = torch.softmax(-scale * torch.cat([L[:, :1], alt], 1), 1)
+        if refine_draws:
+            r2 = _refine(denoise, batches, empty_cond, abar, best, ts, noise_draws, refine_draws, prediction_type, batch_size, seed, bar, n)
+            r2 = (r2.to(dev) / scale_t).mean(2).reshape(n, 2, refine_draws)
+            own_all = (own_all * noise_draws + r2[:, 0].sum(1)) / (noise_draws + refine_draws)
+            best_all = (best_all * noise_draws + r2[:, 1].sum(1)) / (noise_draws + refine_draws)
+    post = torch.softmax(-posterior_scale * torch.cat([L[:, :1], alt], 1), 1)
     swap = torch.where(same.all(1), torch.nan, own_all - best_all)
     return ProbeResult(own_all, L[:, 0] - L[:, 1], swap, best, post, L, list(ts),
-                       (2 + k) * len(ts) * draws + 2 * len(ts) * refine)
+                       (2 + k) * len(ts) * noise_draws + 2 * len(ts) * refine_draws)
+
+def _batch_bank(x, c, empty_cond, a):
+    "A batch's conditioning bank (own, empty, alternatives), the item and bank slot of each of its pairs, and its own-copy mask."
+    n, k, dev = x.shape[0], a.shape[1], x.device
+    bank = torch.cat([c, empty_cond[None].to(c), a.reshape(n * k, *c.shape[1:]).to(c)]).to(dev)
+    item = torch.arange(n).repeat_interleave(2 + k)
+    slot = torch.cat([torch.arange(n)[:, None], torch.full((n, 1), n), n + 1 + torch.arange(n * k).reshape(n, k)], 1).flatten()
+    return bank, item, slot, _own_copies(c, a).to(dev)
+
+def _refine(denoise, batches, empty_cond, abar, best, ts, draws, refine, prediction_type, batch_size, seed, bar, n) -> Tensor:
+    "Raw losses [2N, refine, T] of each item's own caption and its best alternative at the refining draws, batch by batch."
+    out, start = [], 0
+    for x, c, a, ids in batches():
+        m, k = x.shape[0], a.shape[1]
+        if start + m > n: break
+        bank, *_ = _batch_bank(x, c, empty_cond, a)
+        b = best[start:start + m].to(x.device)
+        pair = torch.stack([torch.arange(m, device=x.device), m + 1 + torch.arange(m, device=x.device) * k + b], 1).flatten()
+        out.append(_pair_losses(denoise, x, bank, torch.arange(m).repeat_interleave(2), pair, abar.to(x.device, torch.float32), ts,
+                                range(draws, draws + refine), prediction_type, batch_size, seed, None, ids))
+        start += m; bar.update(m)
+    if start != n: raise ValueError(f"batches gave {n} items to screen but {start} to refine: pass something that can be iterated "
+                                    "twice in the same order (a DataLoader without shuffling, a list), or refine_draws=0")
+    return torch.cat(out)
+
+def _own_copies(conds: Tensor, alternatives: Tensor) -> Tensor:
+    "[N, K] True where an alternative is the item's own conditioning (e.g. every class word given, its own included)."
+    n, k = alternatives.shape[:2]
+    return (alternatives.to(conds) == conds[:, None]).reshape(n, k, -1).all(-1)
+
