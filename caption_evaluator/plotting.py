@@ -27,7 +27,7 @@ from .snapshots import (available_scores, diff_item_stats, item_score, load_item
                                          score_path, top_indices)
 
 # %% auto #0
-__all__ = ['figure_to_png', 'plot_run', 'plot_confusion_matrix', 'plot_comparison', 'ItemTable', 'item_table',
+__all__ = ['figure_to_png', 'plot_run', 'clipped_text', 'plot_confusion_matrix', 'plot_comparison', 'ItemTable', 'item_table',
            'plot_item_loss_histogram', 'plot_worst_items', 'plot_item_diff']
 
 # %% ../nbs/07_plotting.ipynb #ff446326
@@ -204,19 +204,20 @@ def figure_to_png(
 
 def _grid(n: int, ncols: int = 3, size: tuple[float, float] = (5.2, 3.8)) -> tuple[Figure, list]:
     "A figure with `n` axes in a grid of at most `ncols` columns (no empty cells)."
-    ncols = max(1, min(ncols, n))
+    ncols = max(1, min(2 if n == 4 else ncols, n))        # four panels: 2 × 2, not 3 + 1 with two blank cells
     nrows = math.ceil(n / ncols)
     fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
     return fig, [fig.add_subplot(nrows, ncols, i + 1) for i in range(n)]
 
-def _draw_panels(panels: list, title: str, output: str | os.PathLike | None, empty: str, **grid) -> Figure:
-    "Draw the wanted `(name, wanted, draw)` panels on one grid (axes labelled `name`), title it, save it."
+def _draw_panels(panels: list, title: str, output: str | os.PathLike | None, empty: str, legend=None, **grid) -> Figure:
+    "Draw the wanted `(name, wanted, draw)` panels on one grid (axes labelled `name`), title it, add `legend(fig)`, save it."
     panels = [(name, draw) for name, wanted, draw in panels if wanted]
     if not panels: raise ValueError(empty)
     fig, axes = _grid(len(panels), **grid)
     for ax, (name, draw) in zip(axes, panels):
         draw(ax)
         ax.set_label(name)
+    if legend is not None: legend(fig)
     fig.suptitle(title, fontsize=13)
     return _finish(fig, output)
 
@@ -232,9 +233,12 @@ def _panel_benchmarks(ax, run: _Run, accs: dict) -> None:
     h = np.array([accs[t][0] for t in names])
     lo = np.array([accs[t][1] if accs[t][1] is not None else accs[t][0] for t in names])
     hi = np.array([accs[t][2] if accs[t][2] is not None else accs[t][0] for t in names])
-    ax.bar(np.arange(len(names)), h, yerr=_yerr(h, lo, hi), capsize=4, color="C0", alpha=0.85)
-    for x, v in enumerate(h): ax.annotate(f"{v:.3f}", (x, v), xytext=(0, -12), textcoords="offset points",
-                                          ha="center", fontsize=8, color="white")
+    few = len(names) <= 2                                   # a lone bar stays a bar, not a wall
+    ax.bar(np.arange(len(names)), h, 0.45 if few else 0.8, yerr=_yerr(h, lo, hi), capsize=4, color="C0", alpha=0.85)
+    for x, v in enumerate(h):                               # the value inside its bar, clear of the error bar
+        ax.annotate(f"{v:.3f}", (x, v / 2 if v >= 0.15 else v), xytext=(0, 0 if v >= 0.15 else 3), textcoords="offset points",
+                    ha="center", va="center" if v >= 0.15 else "bottom", fontsize=8, color="white" if v >= 0.15 else "black")
+    if few: ax.set_xlim(-0.8, len(names) - 0.2)
     if any(0.0 < accs[t][0] < 1.0 for t in names) and len(names) > 1: ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.set_xticks(np.arange(len(names)), names, rotation=20 if len(names) > 4 else 0)
     ax.set_ylim(0, 1.05)
@@ -260,16 +264,17 @@ def _panel_per_class(ax, task: str, per_class: Mapping) -> None:
     for i in np.flatnonzero(np.isnan(acc)): ax.annotate("n=0", (i, 0.02), ha="center", fontsize=7, color="grey")
     ax.set_xticks(np.arange(len(names)), names, fontsize=8 if len(names) <= 20 else 6)
     ax.set_ylim(0, 1.05)
-    ax.set_title(f"Per-class accuracy: {task} (Wilson 95% interval)")
+    ax.set_title(f"Per-class accuracy: {task}")
     ax.set_xlabel("Class")
-    ax.set_ylabel("Accuracy (fraction correct)")
+    ax.set_ylabel("Accuracy (Wilson 95% interval)")
 
 def _panel_long_context(ax, run: _Run, tasks: list[str]) -> None:
     "Loss at named context lengths (`loss_8k`, `loss_16k`, ...) per long-context task."
     for t in tasks:
         pts = _context_losses(run.results.get(t))
-        if pts: ax.plot([p[0] for p in pts], [p[2] for p in pts], "o-", label=t)
+        if pts: ax.plot([p[0] for p in pts], [p[2] for p in pts], "o", label=t)   # a few points: no line to read a trend into
         for x, k, y in pts: ax.annotate(k, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8)
+    ax.set_ylim(0, 1.08 * ax.get_ylim()[1])                 # the whole scale: small differences look small
     ax.set_title("Long-context loss by context length")
     ax.set_xlabel("Context position (tokens)")
     ax.set_ylabel("Mean loss per token")
@@ -366,15 +371,15 @@ def _panel_confusion(ax, task: str, cm: np.ndarray, names: list[str], max_classe
     im = ax.imshow(np.ma.masked_invalid(frac), vmin=0, vmax=1, cmap="Blues")
     if n <= 12:
         for (i, j), c in np.ndenumerate(cm):
-            if rows[i, 0] > 0: ax.text(j, i, f"{int(c)}", ha="center", va="center", fontsize=8,
+            if rows[i, 0] > 0 and c > 0: ax.text(j, i, f"{frac[i, j]:.0%}", ha="center", va="center", fontsize=7,
                                        color="white" if frac[i, j] > 0.5 else "black")
     size = 8 if n <= 12 else 6
     ax.set_xticks(np.arange(n), names, fontsize=size, rotation=90 if n > 12 else 0)
     ax.set_yticks(np.arange(n), names, fontsize=size)
     ax.set_xlabel("Predicted class")
     ax.set_ylabel("True class")
-    ax.set_title(f"Confusion matrix: {task} (share of each true class)")
-    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_title(f"Confusion matrix: {task}")
+    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04).set_label("share of the true class (row)", fontsize=8)
 
 # %% ../nbs/07_plotting.ipynb #aecba315
 def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -394,6 +399,10 @@ def _text_panel(ax, title: str, lines: list[str], max_lines: int = 22) -> None:
     ax.axis("off")
     ax.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=8, transform=ax.transAxes)
     ax.set_title(title)
+
+def _with_heading(heading: str, lines: list[str]) -> list[str]:
+    "`lines` under a blank line and `heading:` (nothing when there are no lines)."
+    return ["", f"{heading}:", *[f"  {l}" for l in lines]] if lines else []
 
 def _config_lines(run: _Run) -> list[str]:
     meta = {k: v for k, v in run.metadata.items() if k in ("model_type", "datetime", "timestamp")}
@@ -448,12 +457,27 @@ def plot_run(
          lambda ax: _panel_long_context(ax, r, [t for t in lc if _context_losses(r.results.get(t))])),
         ("position", any(_curve(r, t) for t in lc), lambda ax: _panel_position(ax, r, [t for t in lc if _curve(r, t)])),
         ("slopes", bool(slopes), lambda ax: _panel_slopes(ax, r, slopes)),
-        ("config", bool(_config_lines(r)), lambda ax: _text_panel(ax, "Configuration", _config_lines(r))),
-        ("summary", bool(accs or lc or text or _aggregate(r)),
-         lambda ax: _text_panel(ax, "Performance summary", _summary_lines(r, accs, lc, text))),
+        ("summary", bool(accs or lc or text or _aggregate(r) or _config_lines(r)),
+         lambda ax: _text_panel(ax, "Run summary", _summary_lines(r, accs, lc, text) + _with_heading("configuration", _config_lines(r)))),
     ]
     return _draw_panels(panels, title or f"Evaluation run: {r.label}", output,
                         "run: nothing to plot; the run has no accuracies, text-LM metrics, losses, slopes or config")
+
+# %% ../nbs/07_plotting.ipynb #a18673fd
+def clipped_text(fig: Figure, # any matplotlib figure (drawn here, with its own layout engine)
+                 tolerance: float = 1.0, # pixels an extent may pass the canvas edge
+                ) -> list[str]:
+    "The axes (by label or title) and figure texts whose drawn extent reaches outside `fig`'s canvas; `[]`: nothing clipped."
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    renderer = canvas.get_renderer()
+    fig.draw(renderer)                                     # lays the figure out as savefig does
+    w, h = fig.bbox.width, fig.bbox.height
+    inside = lambda b: b.x0 >= -tolerance and b.y0 >= -tolerance and b.x1 <= w + tolerance and b.y1 <= h + tolerance
+    out = [ax.get_label() or ax.get_title() or f"axes {i}" for i, ax in enumerate(fig.axes)
+           if ax.get_visible() and not inside(ax.get_tightbbox(renderer))]
+    texts = [*fig.texts, *([fig._suptitle] if fig._suptitle is not None else [])]
+    return out + [repr(t.get_text()) for t in texts if t.get_visible() and t.get_text() and not inside(t.get_window_extent(renderer))]
 
 # %% ../nbs/07_plotting.ipynb #c0f5a004
 def plot_confusion_matrix(
@@ -519,12 +543,17 @@ def _bench_strip(ax, tasks, table, runs, cols) -> None:
     ax.add_collection(LineCollection(segs, colors=colarr[segs_ok], linewidths=0.6, alpha=0.35))
     ax.scatter(xs[ok], table[..., 0][ok], s=8, c=colarr[ok], zorder=3)
 
-def _type_legend(ax, runs, type_col) -> None:
+def _run_legend(fig, runs, labels, cols, type_col, many: bool, title: str) -> None:
+    "One legend for the whole figure, below the panels (never on a bar): a colour per run, or per model type for many runs."
     from matplotlib.lines import Line2D
-    counts = {}
-    for r in runs: counts[r.model_type] = counts.get(r.model_type, 0) + 1
-    handles = [Line2D([], [], marker="o", ls="", color=type_col[t], label=f"{t} ({c} runs)") for t, c in counts.items()]
-    ax.legend(handles=handles, fontsize=8, title=f"{len(runs)} runs by model type", title_fontsize=8)
+    from matplotlib.patches import Patch
+    if many:
+        counts = {}
+        for r in runs: counts[r.model_type] = counts.get(r.model_type, 0) + 1
+        handles = [Line2D([], [], marker="o", ls="", color=type_col[t], label=f"{t} ({c} runs)") for t, c in counts.items()]
+        title = f"{len(runs)} runs by model type"
+    else: handles = [Patch(color=tuple(c), label=l) for l, c in zip(labels, cols)]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(3, len(handles)), fontsize=8, title=title, title_fontsize=8)
 
 # %% ../nbs/07_plotting.ipynb #3220a2b3
 def _bench_tasks(r: _Run) -> list[str]:
@@ -538,8 +567,8 @@ def _panel_compare_bench(ax, runs, labels, cols, type_col, many: bool) -> None:
         for i, t in enumerate(tasks):
             a = _bench_value(r.results.get(t))
             if a is not None: table[i, j] = [a[0], a[1] if a[1] is not None else a[0], a[2] if a[2] is not None else a[0]]
-    if many: _bench_strip(ax, tasks, table, runs, cols); _type_legend(ax, runs, type_col)
-    else: _bench_grouped(ax, tasks, table, labels, cols); ax.legend(fontsize=8, title="model type · timestamp", title_fontsize=8)
+    if many: _bench_strip(ax, tasks, table, runs, cols)
+    else: _bench_grouped(ax, tasks, table, labels, cols)
     text = {t for r in runs for t in _text_tasks(r)}
     ax.set_xticks(np.arange(len(tasks)), [f"{t}\n(next token)" if t in text else t for t in tasks],
                   rotation=20 if len(tasks) > 4 else 0)
@@ -571,16 +600,24 @@ def _panel_compare_lc(ax, runs, labels, cols, type_col, many: bool) -> None:
                 if segs: ax.add_collection(LineCollection(segs, colors=col, linewidths=0.7, alpha=0.3,
                                                           linestyles=styles[t_i % 4]))
         ax.autoscale_view()
-        _type_legend(ax, runs, type_col)
     else:
+        few_points = all(len(x) < 8 for s in series for _, x, _ in s)
         for r, s, lab, col in zip(runs, series, labels, map(tuple, cols)):
-            for t, x, y in s:
-                ax.plot(x, y, styles[lc_tasks.index(t) % 4], color=col, marker="o" if len(x) < 8 else None,
-                        label=lab if len(lc_tasks) == 1 else f"{lab} · {t}")
-        ax.legend(fontsize=8)
+            for t, x, y in s:                              # a few named lengths: points, no line to read a trend into
+                ax.plot(x, y, "" if few_points else styles[lc_tasks.index(t) % 4], color=col, marker="o" if few_points else None,
+                        ls="none" if few_points else None, label=lab if len(lc_tasks) == 1 else f"{lab} · {t}")
+        if few_points: ax.set_ylim(0, 1.08 * ax.get_ylim()[1])
+    if len(lc_tasks) > 1:                                  # which line style is which task (colours: the figure legend)
+        from matplotlib.lines import Line2D
+        ax.legend(handles=[Line2D([], [], ls=styles[i % 4], color="grey", label=t) for i, t in enumerate(lc_tasks)], fontsize=8, title="task")
     ax.set_title("Long-context loss by position" + (f" ({', '.join(lc_tasks)})" if lc_tasks else ""))
     ax.set_xlabel("Position (tokens)")
     ax.set_ylabel("Mean loss per token")
+
+def _aggregate_repeats_one_task(runs: list[_Run]) -> bool:
+    "Whether the only aggregate is the mean over a single benchmark task (the same number as the task's bar)."
+    names = {k for r in runs for k in _aggregate(r)}
+    return names <= {"paper_metrics_avg"} and all(len(_accuracy_tasks(r)) <= 1 for r in runs)
 
 def _panel_compare_agg(ax, runs, labels, cols, many: bool) -> None:
     aggs = [_aggregate(r) for r in runs]
@@ -616,13 +653,14 @@ def plot_comparison(
     cols, type_col = _colours(rs, by_type=many)
     has_acc = any(_bench_tasks(r) for r in rs)
     has_lc = any(_lc_series(r) for r in rs)
-    has_agg = any(_aggregate(r) for r in rs)
+    has_agg = any(_aggregate(r) for r in rs) and not _aggregate_repeats_one_task(rs)
+    legend_title = "model type · timestamp" if labels == [r.label for r in rs] else "run"
     panels = [("benchmarks", has_acc, lambda ax: _panel_compare_bench(ax, rs, labels, cols, type_col, many)),
               ("long_context", has_lc, lambda ax: _panel_compare_lc(ax, rs, labels, cols, type_col, many)),
               ("aggregate", has_agg, lambda ax: _panel_compare_agg(ax, rs, labels, cols, many))]
     return _draw_panels(panels, title or f"Comparison of {len(rs)} run{'s' if len(rs) != 1 else ''}", output,
                         "runs: none of the runs has accuracies, next-token accuracies, long-context losses or aggregates to compare",
-                        ncols=2, size=(7.0, 4.6))
+                        legend=lambda fig: _run_legend(fig, rs, labels, cols, type_col, many, legend_title), ncols=2, size=(7.0, 4.6))
 
 # %% ../nbs/07_plotting.ipynb #35638d9c
 def _load_snapshot(snapshot: Any) -> dict:

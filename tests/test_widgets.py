@@ -143,7 +143,7 @@ def test_compare_view_filter_refresh_export(tmp_path):
     assert len(view.runs.options) == 2 and len(view.runs.value) == 2
     panels = {ax.get_label(): ax for ax in view.fig.axes}
     assert set(panels) >= {"benchmarks", "long_context"}
-    legend = [t.get_text() for t in panels["benchmarks"].get_legend().get_texts()]
+    legend = [t.get_text() for t in view.fig.legends[0].get_texts()]
     assert len(legend) == 2 and all(t.startswith("ttt") for t in legend)
 
     view.runs.value = view.runs.options[:1]
