@@ -101,6 +101,9 @@ def server(site):
 _IMAGES_JS = "Array.from(document.images).map(i => ({src: i.currentSrc || i.src, width: i.naturalWidth, " \
              "figure: !!i.closest('.cell_output')}))"
 _NAV_JS = "Array.from(document.querySelectorAll('.sidebar-tree a.reference')).map(a => a.href)"
+_WIDE_CODE_JS = "Array.from(document.querySelectorAll('article pre')).filter(p => p.scrollWidth > p.clientWidth + 1)" \
+                ".map(p => p.innerText.split('\\n')[0].slice(0, 60))"
+_FOOTER_JS = "(document.querySelector('.footer .copyright, footer .copyright') || {innerText: ''}).innerText"
 
 
 @pytest.fixture(scope='module')
@@ -133,6 +136,8 @@ def visits(server, tmp_path_factory) -> dict:
                 v['text'] = page.inner_text('article[role=main]')
                 v['images'] = page.evaluate(_IMAGES_JS)
                 v['nav'] = page.evaluate(_NAV_JS)
+                v['wide_code'] = page.evaluate(_WIDE_CODE_JS)
+                v['footer'] = page.evaluate(_FOOTER_JS)
                 res[nb] = v
                 page.close()
         finally: ctx.close()
@@ -182,6 +187,17 @@ def test_every_public_name_is_documented(visits):
                 missing.setdefault(f.stem, []).append(name)
     assert checked, "no public names found in caption_evaluator/*.py"
     assert not missing, f"exported names that do not appear on their module's page: {missing}"
+
+
+def test_code_stays_in_the_column(visits):
+    "No code block on any page scrolls sideways (at the browser's default window width)."
+    wide = {str(nb): v['wide_code'] for nb, v in visits.items() if v['wide_code']}
+    assert not wide, f"code blocks wider than the column: {wide}"
+
+
+def test_footer_names_the_copyright_holder(visits):
+    footer = visits[Path('index.ipynb')]['footer']
+    assert re.search(r'©\s*\d{4},?\s*\w', footer), f"footer: {footer!r}"
 
 
 def test_figures_load(visits):
