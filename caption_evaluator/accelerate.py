@@ -1,5 +1,4 @@
-"""Track every training item under 🤗 accelerate: state in `save_state`/`load_state` for every rank, and
-`even_batches` padding left out, so a 2-process run counts each item exactly once per epoch.
+"""Track every training item under 🤗 accelerate: every rank's state in its checkpoints, `even_batches` padding left out.
 
 Docs: https://caption-evaluator.github.io/caption_evaluator/accelerate.html.md"""
 

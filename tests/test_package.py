@@ -1,7 +1,7 @@
 """The package as a new user meets it (issue 2 §1): the wheel installs and imports outside the repository,
 README.md is generated from nbs/index.ipynb and gives the two commands, CI runs the README's test command,
 and the project is an nbdev 3 project (settings in pyproject.toml only)."""
-import ast, json, os, re, shutil, subprocess, sys, sysconfig, tomllib, zipfile
+import ast, importlib, json, os, re, shutil, subprocess, sys, sysconfig, tomllib, zipfile
 from pathlib import Path
 
 import pytest
@@ -163,3 +163,16 @@ def test_nbdev3_layout():
     torch = next(d for d in cfg['project']['dependencies'] if re.match(r'torch\b', d))
     assert '>=' in torch and '==' not in torch, torch
     assert re.search(r'^torch==', (ROOT / 'constraints-dev.txt').read_text(), re.M), "constraints-dev.txt must pin torch"
+
+
+def test_type_checking_imports_match_the_lazy_names():
+    "Editors see every lazily imported root name: the `TYPE_CHECKING` block imports exactly `_ROOT_NAMES`, from the same modules."
+    tree = ast.parse((ROOT / 'caption_evaluator' / '__init__.py').read_text())
+    roots = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], 'id', '') == '_ROOT_NAMES')
+    block = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, 'id', '') == '_TYPE_CHECKING')
+    imported = {}
+    for imp in block.body: imported.setdefault(imp.module, []).extend(a.name for a in imp.names)   # `from .losses import ...`: module 'losses'
+    assert imported == roots
+    import caption_evaluator
+    for module, names in roots.items():
+        for name in names: assert getattr(caption_evaluator, name) is getattr(importlib.import_module(f"caption_evaluator.{module}"), name)
