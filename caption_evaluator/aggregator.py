@@ -414,6 +414,12 @@ class StreamingAggregator:
         self._handover()
         return list(self._data)
 
+    def add_read_hook(self, hook, # a callable of no arguments, e.g. a tracker's `flush`
+                     ) -> None:
+        "Run `hook()` before every read of this aggregator (statistics, summaries, saves), e.g. to hand over buffered records."
+        if not callable(hook): raise TypeError(f"hook must be callable, got {type(hook).__name__}")
+        self._read_hooks.append(hook)
+
     def _handover(self) -> None:
         "Run the read hooks (e.g. hand over a tracker's buffered records, which may add datasets) before a read."
         for hook in self._read_hooks: hook()

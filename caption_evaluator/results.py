@@ -29,12 +29,12 @@ from typing import Any, Callable, Mapping
 from .core import read_json, wilson_interval, write_atomic
 
 # %% auto #0
-__all__ = ['SCHEMA', 'LEGACY_SCHEMA', 'write_text_atomic', 'write_json_atomic', 'to_jsonable', 'environment_versions', 'git_info',
-           'register_model_type_detector', 'detect_model_type', 'model_type_slug', 'normalize_results', 'metric_value',
-           'main_metrics', 'aggregate_metrics', 'accuracy_interval', 'format_summary', 'build_results_doc',
-           'dumps_results_doc', 'save_results', 'RunRecord', 'migrate_results_doc', 'load_run', 'RunLoadWarning',
-           'discover_runs', 'runs_table', 'PaperMetricsConfig', 'load_paper_metrics_config', 'PaperMetricsScheduler',
-           'write_atomic']
+__all__ = ['SCHEMA', 'LEGACY_SCHEMA', 'STATS_KEYS', 'write_text_atomic', 'write_json_atomic', 'to_jsonable',
+           'environment_versions', 'git_info', 'register_model_type_detector', 'detect_model_type', 'model_type_slug',
+           'normalize_results', 'metric_value', 'main_metrics', 'aggregate_metrics', 'accuracy_interval',
+           'format_summary', 'build_results_doc', 'dumps_results_doc', 'save_results', 'RunRecord',
+           'migrate_results_doc', 'load_run', 'RunLoadWarning', 'discover_runs', 'is_number', 'runs_table',
+           'PaperMetricsConfig', 'load_paper_metrics_config', 'PaperMetricsScheduler', 'write_atomic']
 
 # %% ../nbs/06_results.ipynb #142974bb
 _all_ = ["write_atomic"]
@@ -273,7 +273,7 @@ def accuracy_interval(stats:Mapping, # a task's metrics or an accuracy-stats dic
     except ValueError: return None  # counts no proportion can have (a hand-edited file)
 
 # %% ../nbs/06_results.ipynb #c0914c73
-_STATS_KEYS = {"samples", "correct", "stderr", "ci_low", "ci_high"}
+STATS_KEYS = {"samples", "correct", "stderr", "ci_low", "ci_high"}   # the fields beside a task's `accuracy`: its count and interval, not metrics of their own
 
 # %% ../nbs/06_results.ipynb #602890b6
 def _fmt(v:Any) -> str:
@@ -289,7 +289,7 @@ def _metric_lines(metrics:Mapping) -> list[str]:
     lines = []
     def _is_stats(v): return isinstance(v, Mapping) and metric_value(v) is not None and ("samples" in v or "ci_low" in v)
     for name, v in metrics.items():
-        if name in _STATS_KEYS and "accuracy" in metrics: continue
+        if name in STATS_KEYS and "accuracy" in metrics: continue
         if name.endswith("_stats") and name[:-len("_stats")] in metrics: continue  # shown on its metric's line
         if _is_stats(v): stats = v
         elif _is_stats(metrics.get(f"{name}_stats")): stats = metrics[f"{name}_stats"]
@@ -581,7 +581,10 @@ def discover_runs(results_dir:str|Path, # the folder to search
     return [r for _, _, r in sorted(keyed, key=lambda x: (x[0], x[1]))]
 
 # %% ../nbs/06_results.ipynb #84245eb4
-def _is_number(v:Any) -> bool: return isinstance(v, numbers.Real) and not isinstance(v, bool)
+def is_number(v:Any, # any value from a results file
+             ) -> bool:
+    "Whether `v` is a real number (an int or float, not a bool): what tables and plots treat as a metric value."
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 def runs_table(runs:list[RunRecord], # runs from `discover_runs` / `load_run`
               ) -> list[dict]:
@@ -596,8 +599,8 @@ def runs_table(runs:list[RunRecord], # runs from `discover_runs` / `load_run`
                 ci = r.interval(task)
                 row.update({task: accs[task], f"{task}_ci_low": ci[0] if ci else None, f"{task}_ci_high": ci[1] if ci else None})
             else:
-                row.update({f"{task}.{k}": float(v) for k, v in metrics.items() if _is_number(v) and k not in _STATS_KEYS})
-        row.update({f"aggregate.{k}": float(v) for k, v in r.aggregate.items() if _is_number(v)})
+                row.update({f"{task}.{k}": float(v) for k, v in metrics.items() if is_number(v) and k not in STATS_KEYS})
+        row.update({f"aggregate.{k}": float(v) for k, v in r.aggregate.items() if is_number(v)})
         rows.append(row)
     return rows
 

@@ -68,7 +68,7 @@ class ItemLossTracker:
         self.loggers, self.save_every, self.gzip, self.k, self.histogram = _check_loggers(loggers), save_every, gzip, k, histogram
         self.saved: list[Path] = []  # snapshots written by this tracker, oldest first
         self.flush_every, self._pending = flush_every, []
-        if flush_every > 1: self.aggregator._read_hooks.append(self.flush)   # every read of the aggregator sees the buffered records
+        if flush_every > 1: self.aggregator.add_read_hook(self.flush)   # every read of the aggregator sees the buffered records
 
     def __repr__(self): return f"ItemLossTracker({self.job_name!r} -> {str(self.save_root)!r}, {self.aggregator!r})"
 

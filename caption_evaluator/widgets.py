@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from .core import csv_cell, is_temp_file
 from .snapshots import diff_item_stats, load_item_stats, score_path, snapshot_files
 from .plotting import ItemTable, figure_to_png, item_table, plot_comparison, plot_item_diff, plot_run
-from .results import (_STATS_KEYS, _is_number, RunLoadWarning, RunRecord, accuracy_interval, build_results_doc, detect_model_type, discover_runs,
+from .results import (STATS_KEYS, is_number, RunLoadWarning, RunRecord, accuracy_interval, build_results_doc, detect_model_type, discover_runs,
                                        runs_table, save_results, to_jsonable, write_json_atomic, write_text_atomic)
 from .router import run_eval
 from .tasks import build_eval_config, get_task, list_tasks
@@ -41,10 +41,10 @@ def metric_rows(
     "One row per scalar metric: `metric`, `value`, `ci_low`, `ci_high`, `samples`."
     rows = []
     for k, v in metrics.items():
-        if k.endswith("_stats") or (k in _STATS_KEYS and "accuracy" in metrics): continue
+        if k.endswith("_stats") or (k in STATS_KEYS and "accuracy" in metrics): continue
         stats = metrics.get(f"{k}_stats")
-        if isinstance(v, Mapping) and _is_number(v.get("accuracy")): stats, v = v, v["accuracy"]
-        if not _is_number(v): continue
+        if isinstance(v, Mapping) and is_number(v.get("accuracy")): stats, v = v, v["accuracy"]
+        if not is_number(v): continue
         if stats is None and k == "accuracy": stats = metrics
         stats = stats if isinstance(stats, Mapping) else {}
         ci = accuracy_interval(stats) if "accuracy" in stats else None
@@ -388,7 +388,7 @@ def _display_rows(rows: list[dict]) -> list[dict]:
         for k, v in r.items():
             if k.endswith(("_ci_low", "_ci_high")): continue
             lo, hi = r.get(f"{k}_ci_low"), r.get(f"{k}_ci_high")
-            d[k] = f"{v:.4g} [{lo:.3g}, {hi:.3g}]" if _is_number(v) and lo is not None and hi is not None else v
+            d[k] = f"{v:.4g} [{lo:.3g}, {hi:.3g}]" if is_number(v) and lo is not None and hi is not None else v
         out.append(d)
     return out
 
