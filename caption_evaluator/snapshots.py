@@ -156,7 +156,7 @@ def _read_json(p: Path, path) -> object:
     except OSError as e: raise ValueError(f"path {str(path)!r} cannot be read: {e}") from None
 
 def _migrate(doc: dict, path) -> dict:
-    "Bring a version-1 (or seed-format) document to version 2 in place."
+    "Bring a version-1 (or schema-less) document to version 2 in place."
     schema = doc.get("schema")
     if schema == ITEM_SCHEMA: return doc
     if schema not in (None, ITEM_SCHEMA_V1):
