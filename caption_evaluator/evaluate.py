@@ -11,7 +11,9 @@ import csv
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -23,7 +25,8 @@ from .core import csv_cell, write_atomic
 from .losses import compute_per_example_loss
 
 # %% auto #0
-__all__ = ['ITEM_KEY_FIELDS', 'batch_item_keys', 'classification_loss', 'write_item_stats_csv', 'evaluate_dataset']
+__all__ = ['ITEM_KEY_FIELDS', 'batch_item_keys', 'classification_loss', 'write_item_stats_csv', 'to_device', 'model_device',
+           'eval_mode', 'evaluate_dataset']
 
 # %% ../nbs/02_evaluate.ipynb #adb8bb7d
 ITEM_KEY_FIELDS = ("paths", "path", "keys", "key", "ids", "id", "index")
@@ -84,19 +87,32 @@ def write_item_stats_csv(
     return write_atomic(path, write, newline="")  # the csv module writes its own line endings
 
 # %% ../nbs/02_evaluate.ipynb #e2e68543
-def _to_device(batch, device: torch.device):
-    "`batch` with every tensor moved to `device` (dicts, lists and tuples are walked)."
+def to_device(batch: Any, # a tensor, or a dict / list / tuple / namedtuple of them (other values pass through)
+              device: torch.device|str, # where the tensors go
+             ) -> Any:
+    "`batch` with every tensor moved to `device`; dicts, lists, tuples and namedtuples keep their type."
     if isinstance(batch, Tensor): return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping): return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"): return type(batch)(*(_to_device(v, device) for v in batch))
-    if isinstance(batch, (list, tuple)): return type(batch)(_to_device(v, device) for v in batch)
+    if isinstance(batch, Mapping): return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"): return type(batch)(*(to_device(v, device) for v in batch))
+    if isinstance(batch, (list, tuple)): return type(batch)(to_device(v, device) for v in batch)
     return batch
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module, # any module
+                ) -> torch.device:
     "Device of the model's first parameter or buffer (CPU for a model without any)."
     t = next(model.parameters(), None)
     if t is None: t = next(model.buffers(), None)
     return t.device if t is not None else torch.device("cpu")
+
+@contextmanager
+def eval_mode(model: nn.Module, # the model to run in eval mode
+             ):
+    "Context: `model` in eval mode; every submodule's own `training` flag restored afterwards, even after an error."
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try: yield model
+    finally:
+        for m, mode in modes: m.training = mode
 
 # %% ../nbs/02_evaluate.ipynb #dc34eb18
 def _write_json(agg: StreamingAggregator, out_json: str | Path, job_name: str, step: int) -> Path:
@@ -130,19 +146,14 @@ def evaluate_dataset(
     "Per-item losses of `model` over `data`, deterministic, in eval mode without gradients."
     if not (isinstance(repeats, int) and repeats >= 1): raise ValueError(f"`repeats` must be an int >= 1, got {repeats!r}.")
     if not callable(loss_fn): raise TypeError(f"`loss_fn` must be callable as loss_fn(model, batch, generator), got {type(loss_fn).__name__}.")
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     agg = aggregator if aggregator is not None else StreamingAggregator(device=device)
-    modes = [(m, m.training) for m in model.modules()]
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     rng_devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    model.eval()
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=rng_devices):
-            torch.manual_seed(seed)
-            _run(model, data, loss_fn, agg, dataset, repeats, generator, device, progress, item_key, step)
-    finally:
-        for m, mode in modes: m.training = mode
+    with eval_mode(model), torch.no_grad(), torch.random.fork_rng(devices=rng_devices):
+        torch.manual_seed(seed)
+        _run(model, data, loss_fn, agg, dataset, repeats, generator, device, progress, item_key, step)
     if out_json is not None: _write_json(agg, out_json, job_name, step)
     if out_csv is not None: write_item_stats_csv(agg.item_stats(dataset), out_csv)
     return agg
@@ -153,7 +164,7 @@ def _run(model, data, loss_fn, agg, dataset, repeats, generator, device, progres
     total = len(data) if hasattr(data, "__len__") else None
     seen = 0
     for batch in tqdm(data, total=total, desc=f"evaluate {dataset}", disable=not progress, leave=False):
-        batch = _to_device(batch, device)
+        batch = to_device(batch, device)
         for _ in range(repeats):
             losses = loss_fn(model, batch, generator)
             if not isinstance(losses, Tensor) or losses.ndim != 1:

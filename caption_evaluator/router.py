@@ -18,13 +18,14 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 from tqdm.auto import tqdm
 
+from .evaluate import eval_mode, model_device, to_device
 from .metrics import ClassificationMetric, PairMetric, PositionLossMetric, TokenLMMetric
 from .tasks import IGNORE_INDEX, EvalConfig, TaskSpec, get_task, infer_modality
 
 # %% auto #0
 __all__ = ['METRIC_ROUTES', 'ModelAdapter', 'model_logits', 'VisionClassificationAdapter', 'token_losses', 'TextLMAdapter',
            'LongContextAdapter', 'sequence_log_likelihood', 'PairwiseLikelihoodAdapter', 'MetricRoute',
-           'register_metric_route', 'to_device', 'EvalResult', 'run_eval']
+           'register_metric_route', 'EvalResult', 'run_eval']
 
 # %% ../nbs/05_router.ipynb #b74e20cd
 @runtime_checkable
@@ -217,16 +218,6 @@ def register_metric_route(
     METRIC_ROUTES[modality] = route
 
 # %% ../nbs/05_router.ipynb #500f5917
-def to_device(
-    batch: Any,  # a dict (or list/tuple) of tensors and other values
-    device: torch.device | str,  # target device
-) -> Any:
-    "`batch` with every tensor moved to `device` (other values unchanged)."
-    if isinstance(batch, Tensor): return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping): return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)) and any(isinstance(v, Tensor) for v in batch): return type(batch)(to_device(v, device) for v in batch)
-    return batch
-
 _PLAIN = (int, float, str, bool, type(None))
 
 def _jsonable(x: Any) -> Any:
@@ -237,10 +228,6 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, Tensor): return _jsonable(x.tolist())
     if hasattr(x, "item") and not isinstance(x, (str, bytes)): return x.item()  # numpy scalars
     return x
-
-def _model_device(model: nn.Module) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
 
 def _distributed() -> bool: return dist.is_available() and dist.is_initialized()
 
@@ -271,9 +258,6 @@ def _check_not_empty(n_local: int, spec: TaskSpec, cfg: EvalConfig) -> None:
     if n == 0:
         raise ValueError(f"the eval set of task {spec.name!r} is empty (max_samples={cfg.max_samples}); "
                          "check the task's loader, or raise max_samples")
-
-def _restore_modes(modes: dict) -> None:
-    for m, training in modes.items(): m.training = training
 
 def _track_items(tracker, adapter, outputs: dict, batch: dict, spec: TaskSpec, step: int | None) -> None:
     if "index" not in batch:
@@ -315,21 +299,17 @@ def run_eval(
         raise TypeError(f"item_tracker must be an ItemLossTracker or a StreamingAggregator (a `record` or `update` method), got {type(item_tracker).__name__}")
     route = METRIC_ROUTES[modality]
     loader = eval_config.dataloader(spec)
-    device = torch.device(eval_config.device) if eval_config.device else _model_device(model)
+    device = torch.device(eval_config.device) if eval_config.device else model_device(model)
     metric, t0 = route.make(spec), time.perf_counter()
     show = progress and (not _distributed() or dist.get_rank() == 0)
-    modes, n_batches = {m: m.training for m in model.modules()}, 0
-    try:
-        model.eval()
-        with torch.no_grad():
-            for batch in tqdm(loader, desc=f"eval {spec.name}", disable=not show, leave=False):
-                batch = to_device(batch, device)
-                outputs = adapter.forward(model, batch, spec)
-                route.update(metric, outputs, batch)
-                if item_tracker is not None: _track_items(item_tracker, adapter, outputs, batch, spec, step)
-                n_batches += 1
-    finally:
-        _restore_modes(modes)
+    n_batches = 0
+    with eval_mode(model), torch.no_grad():
+        for batch in tqdm(loader, desc=f"eval {spec.name}", disable=not show, leave=False):
+            batch = to_device(batch, device)
+            outputs = adapter.forward(model, batch, spec)
+            route.update(metric, outputs, batch)
+            if item_tracker is not None: _track_items(item_tracker, adapter, outputs, batch, spec, step)
+            n_batches += 1
     _check_not_empty(n_batches, spec, eval_config)  # on every rank, before the sync
     metric.sync()  # no-op unless torch.distributed is initialised
     metrics, detailed = route.split(metric.compute())
