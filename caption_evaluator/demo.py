@@ -20,13 +20,11 @@ import numpy as np
 import torch
 
 from .core import shell_command
-from .aggregator import StreamingAggregator
-from .loggers import (ConsoleLogger, TensorBoardLogger, log_dataset_summary,
-                                       log_item_loss_histogram)
-from .losses import classification_record
+from .loggers import ConsoleLogger, TensorBoardLogger
 from .models import DigitsMLP
 from .results import to_jsonable, write_json_atomic
 from .snapshots import item_score, rank_items, score_path
+from .training import ItemLossTracker
 from .tasks import DIGITS_SPLIT_SEED, build_eval_config, digits_splits, get_task
 from fastcore.imports import in_ipython
 
@@ -210,19 +208,18 @@ def _corruption_record(data: DemoData, noise: float, seed: int, kind: str) -> di
             "rule": _RULES[kind], "items": items}
 
 # %% ../nbs/12_demo.ipynb #c1a32281
-def _train_epoch(model, opt, data: DemoData, slots: torch.Tensor, agg: StreamingAggregator,
+def _train_epoch(model, opt, data: DemoData, slots: torch.Tensor, tracker: ItemLossTracker,
                  gen: torch.Generator, batch_size: int, step: int) -> tuple[int, float]:
-    "One shuffled pass; per-item losses and training dynamics go to `agg`. Returns the new global step and the epoch's mean loss."
+    "One shuffled pass; per-item losses and training dynamics go to `tracker`. Returns the new global step and the epoch's mean loss."
     model.train()
     total = torch.zeros(())
     for batch in torch.randperm(len(data.keys), generator=gen).split(batch_size):
-        rec = classification_record(model(data.inputs[batch]), data.labels[batch])
+        per_item = tracker.record_classification("train", slots[batch], model(data.inputs[batch]), data.labels[batch], step=step + 1)
         opt.zero_grad()
-        rec.loss.mean().backward()
+        per_item.mean().backward()
         opt.step()
         step += 1
-        agg.update("train", slots[batch], rec.loss.detach(), step=step, values=rec.values)
-        total += rec.loss.detach().sum()
+        total += per_item.detach().sum()
     return step, float(total) / len(data.keys)
 
 # %% ../nbs/12_demo.ipynb #59d168f5
@@ -388,20 +385,18 @@ def run_demo(output_dir: str | os.PathLike = "demo_output", # parent folder; eac
     model = DigitsMLP(hidden=hidden)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
-    agg = StreamingAggregator()
-    slots = agg.register_items("train", data.keys)
     tb_dir = run_dir / "tensorboard"
     logger = _make_logger(tb_dir if tensorboard else None, run_dir, notes)
     if not isinstance(logger, TensorBoardLogger): tb_dir = None
+    tracker = ItemLossTracker(run_dir / "item_stats", "demo", loggers=[logger])   # snapshots and their summaries, as in any training loop
+    slots = tracker.register("train", data.keys)
 
     step, history, snapshots, val = 0, [], [], None
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        step, train_loss = _train_epoch(model, opt, data, slots, agg, gen, batch_size, step)
-        snapshots.append(agg.save_json(run_dir / "item_stats", "demo", step))
+        step, train_loss = _train_epoch(model, opt, data, slots, tracker, gen, batch_size, step)
+        snapshots.append(tracker.on_save(step))
         logger.log_metrics({"loss": train_loss}, step=step, prefix="train")
-        log_dataset_summary(logger, agg.dataset_summary("train"), step=step, dataset="train")
-        log_item_loss_histogram(logger, agg.item_stats("train"), step=step, dataset="train")
         val = _validate(router, model.eval(), logger, step) if router else None
         acc = val["metrics"].get("accuracy") if val else None
         history.append({"epoch": epoch, "step": step, "train_loss": train_loss, "val_accuracy": acc})
@@ -409,7 +404,7 @@ def run_demo(output_dir: str | os.PathLike = "demo_output", # parent folder; eac
             + (f"  val accuracy {acc:.4f}" if acc is not None else "") + f"  ({time.perf_counter() - t0:.1f} s)")
     logger.close()
 
-    stats = agg.item_stats("train")
+    stats = tracker.aggregator.item_stats("train")
     detection = detection_table(stats, data.corrupted_keys) if len(data.corrupted) else None
     if detection is None: notes.append("no labels were corrupted (noise rounds to 0 items): nothing to detect")
     worst = _worst_rows(stats, data, top, rank_by)
