@@ -57,27 +57,28 @@ def write_json_atomic(path:str|Path, # destination file; its folder must exist
 # %% ../nbs/06_results.ipynb #1e597f52
 def to_jsonable(obj:Any, # a metric value, dict, list, tensor, numpy value, dataclass, path...
                 where:str="value", # how to name `obj` in an error message
+                finite_only:bool=True, # NaN/inf become `None` (what a file can hold); False keeps them (an in-memory result)
                ) -> Any:
-    "Convert `obj` to plain JSON types: tensors/arrays to lists, non-finite floats to `None`, keys to `str`."
+    "Convert `obj` to plain JSON types: tensors/arrays to lists, non-finite floats to `None` (unless kept), keys to `str`."
     if obj is None or isinstance(obj, (bool, str)): return obj
     if isinstance(obj, int): return int(obj)
-    if isinstance(obj, float): return obj if math.isfinite(obj) else None
+    if isinstance(obj, float): return obj if not finite_only or math.isfinite(obj) else None
     if isinstance(obj, Mapping):
         out = {}
         for k, v in obj.items():
             if not isinstance(k, (str, int, float, bool)):
                 raise TypeError(f"{where}: key {k!r} has type {type(k).__name__}; use str keys")
-            out[str(k)] = to_jsonable(v, f"{where}[{k!r}]")
+            out[str(k)] = to_jsonable(v, f"{where}[{k!r}]", finite_only)
         return out
     if isinstance(obj, (list, tuple)):
-        if all(type(v) is float or type(v) is int for v in obj):  # fast path for long curves
-            return [v if type(v) is int or math.isfinite(v) else None for v in obj]
-        return [to_jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
-    if isinstance(obj, (set, frozenset)): return to_jsonable(sorted(obj, key=str), where)
+        if all(type(v) is float or type(v) is int for v in obj):  # fast path for long curves and matrix rows
+            return [v if not finite_only or type(v) is int or math.isfinite(v) else None for v in obj]
+        return [to_jsonable(v, f"{where}[{i}]", finite_only) for i, v in enumerate(obj)]
+    if isinstance(obj, (set, frozenset)): return to_jsonable(sorted(obj, key=str), where, finite_only)
     if isinstance(obj, Path): return obj.as_posix()
-    if is_dataclass(obj) and not isinstance(obj, type): return to_jsonable(asdict(obj), where)
-    if hasattr(obj, "tolist"): return to_jsonable(obj.tolist(), where)  # torch tensors, numpy arrays and scalars
-    if isinstance(obj, (argparse.Namespace, types.SimpleNamespace)): return to_jsonable(vars(obj), where)
+    if is_dataclass(obj) and not isinstance(obj, type): return to_jsonable(asdict(obj), where, finite_only)
+    if hasattr(obj, "tolist"): return to_jsonable(obj.tolist(), where, finite_only)  # torch tensors, numpy arrays and scalars
+    if isinstance(obj, (argparse.Namespace, types.SimpleNamespace)): return to_jsonable(vars(obj), where, finite_only)
     raise TypeError(f"{where} has type {type(obj).__name__}, which cannot be saved as JSON; "
                     "convert it to a number, string, list or dict first")
 

@@ -19,6 +19,7 @@ from torch import nn, Tensor
 from tqdm.auto import tqdm
 
 from .evaluate import eval_mode, model_device, to_device
+from .results import to_jsonable
 from .metrics import ClassificationMetric, PairMetric, PositionLossMetric, TokenLMMetric
 from .tasks import IGNORE_INDEX, EvalConfig, TaskSpec, get_task, infer_modality
 
@@ -218,17 +219,6 @@ def register_metric_route(
     METRIC_ROUTES[modality] = route
 
 # %% ../nbs/05_router.ipynb #500f5917
-_PLAIN = (int, float, str, bool, type(None))
-
-def _jsonable(x: Any) -> Any:
-    "JSON-ready copy: string keys, lists for tuples/tensors, Python scalars. Lists are taken as homogeneous."
-    if isinstance(x, Mapping): return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list) and (not x or type(x[0]) in _PLAIN): return x  # fast path: e.g. a 1000x1000 confusion matrix
-    if isinstance(x, (list, tuple)): return [_jsonable(v) for v in x]
-    if isinstance(x, Tensor): return _jsonable(x.tolist())
-    if hasattr(x, "item") and not isinstance(x, (str, bytes)): return x.item()  # numpy scalars
-    return x
-
 def _distributed() -> bool: return dist.is_available() and dist.is_initialized()
 
 # %% ../nbs/05_router.ipynb #5ff56931
@@ -314,9 +304,9 @@ def run_eval(
     metric.sync()  # no-op unless torch.distributed is initialised
     metrics, detailed = route.split(metric.compute())
     if hasattr(adapter, "scoring"): metrics["scoring"] = adapter.scoring
-    result = EvalResult(_jsonable({"task": spec.name, "modality": modality, "metrics": metrics, "detailed": detailed,
-                                   "eval_config": eval_config.to_dict(), "adapter": type(adapter).__name__,
-                                   "duration_s": time.perf_counter() - t0}))
+    result = EvalResult(to_jsonable({"task": spec.name, "modality": modality, "metrics": metrics, "detailed": detailed,
+                                     "eval_config": eval_config.to_dict(), "adapter": type(adapter).__name__,
+                                     "duration_s": time.perf_counter() - t0}, "run_eval's result", finite_only=False))   # NaN/inf kept: save_results writes them as null
     if not _distributed() or dist.get_rank() == 0:  # every rank holds the same numbers; log them once
         _log(loggers, result["metrics"], step, spec.name if prefix is None else prefix)
     return result
