@@ -8,9 +8,7 @@ Docs: https://caption-evaluator.github.io/caption_evaluator/results.html.md"""
 from __future__ import annotations
 
 import argparse
-import difflib
 import functools
-import inspect
 import json
 import math
 import numbers
@@ -18,10 +16,9 @@ import platform
 import re
 import unicodedata
 import subprocess
-import time
 import types
 import warnings
-from dataclasses import dataclass, field, fields, asdict, is_dataclass
+from dataclasses import dataclass, field, asdict, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -34,7 +31,7 @@ __all__ = ['SCHEMA', 'LEGACY_SCHEMA', 'STATS_KEYS', 'write_text_atomic', 'write_
            'normalize_results', 'metric_value', 'main_metrics', 'aggregate_metrics', 'accuracy_interval',
            'format_summary', 'build_results_doc', 'dumps_results_doc', 'save_results', 'RunRecord',
            'migrate_results_doc', 'load_run', 'RunLoadWarning', 'discover_runs', 'is_number', 'runs_table',
-           'PaperMetricsConfig', 'load_paper_metrics_config', 'PaperMetricsScheduler', 'write_atomic']
+           'write_atomic']
 
 # %% ../nbs/06_results.ipynb #142974bb
 _all_ = ["write_atomic"]
@@ -604,129 +601,3 @@ def runs_table(runs:list[RunRecord], # runs from `discover_runs` / `load_run`
         row.update({f"aggregate.{k}": float(v) for k, v in r.aggregate.items() if is_number(v)})
         rows.append(row)
     return rows
-
-# %% ../nbs/06_results.ipynb #026c656a
-@dataclass
-class PaperMetricsConfig:
-    "The `paper_metrics` block of a training config."
-    paper_metrics_eval: bool = False  # run the evaluations during training at all
-    paper_metrics_freq: int = 1000  # every this many training steps
-    save_results_json: bool = True  # write a run directory per evaluation
-    results_dir: str = "./evaluation_results"  # where the run directories go
-    sblimp_max_pairs: int|None = None  # cap on sBLIMP pairs (None: all)
-    swuggy_max_pairs: int|None = None  # cap on sWUGGY pairs (None: all)
-    tstory_max_pairs: int|None = None  # cap on tStory pairs (None: all)
-    sstory_max_pairs: int|None = None  # cap on sStory pairs (None: all)
-    librilight_max_files: int|None = None  # cap on long-context files (None: all)
-    max_samples: int|None = None  # cap on samples of other tasks (None: all)
-    tasks: list|None = None  # names of the evaluations to run (None: all given to the scheduler)
-    model_type: str|None = None  # explicit model type for the saved runs (None: detect)
-    seed: int|None = None  # seed recorded with each run (None: found in the run config)
-
-# %% ../nbs/06_results.ipynb #e9842070
-_PM_TYPES = {"paper_metrics_eval": (bool,), "paper_metrics_freq": (int,), "save_results_json": (bool,),
-             "results_dir": (str,), "tasks": (list,), "model_type": (str,), "seed": (int,)}
-
-# %% ../nbs/06_results.ipynb #d88a991a
-def _check_pm_value(key:str, value:Any, source:str) -> None:
-    "Raise naming `key` when `value` has the wrong type or range."
-    want = _PM_TYPES.get(key, (int,))  # every *_max_* cap is an int
-    optional = key.endswith(("_max_pairs", "_max_files")) or key in ("max_samples", "tasks", "model_type", "seed")
-    if value is None and optional: return
-    if not isinstance(value, want) or (want != (bool,) and isinstance(value, bool)):
-        raise TypeError(f"{source}: paper_metrics.{key} must be {' or '.join(t.__name__ for t in want)}"
-                        f"{' or null' if optional else ''}, got {value!r} ({type(value).__name__})")
-    if key == "paper_metrics_freq" and value <= 0:
-        raise ValueError(f"{source}: paper_metrics.paper_metrics_freq must be a positive number of steps, got {value}")
-    if (key.endswith(("_max_pairs", "_max_files")) or key == "max_samples") and value <= 0:
-        raise ValueError(f"{source}: paper_metrics.{key} must be positive (or null for no cap), got {value}")
-    if key == "tasks" and not all(isinstance(t, str) for t in value):
-        raise TypeError(f"{source}: paper_metrics.tasks must be a list of evaluation names (strings), got {value!r}")
-
-# %% ../nbs/06_results.ipynb #d15a38e0
-def load_paper_metrics_config(source:str|Path|Mapping|PaperMetricsConfig|None, # YAML file, training config, or the block
-                             ) -> PaperMetricsConfig:
-    "Read and validate the `paper_metrics` block from a YAML file or a mapping."
-    if isinstance(source, PaperMetricsConfig): return source
-    if source is None: return PaperMetricsConfig()
-    name = "config"
-    if isinstance(source, (str, Path)):
-        import yaml
-        name = str(source)
-        if not Path(source).is_file(): raise FileNotFoundError(f"config file {source} not found; pass a YAML path or a dict")
-        with open(source, encoding="utf-8") as f: data = yaml.safe_load(f) or {}
-    else: data = source
-    if not isinstance(data, Mapping): raise TypeError(f"{name}: expected a mapping with a paper_metrics block, got {type(data).__name__}")
-    known = [f.name for f in fields(PaperMetricsConfig)]
-    if "paper_metrics" in data: block = data["paper_metrics"] or {}
-    elif data and not any(k in known for k in data):
-        raise KeyError(f"{name}: no 'paper_metrics' block (top-level keys: {', '.join(map(str, data))})")
-    else: block = data
-    if not isinstance(block, Mapping): raise TypeError(f"{name}: paper_metrics must be a mapping, got {type(block).__name__}")
-    for key, value in block.items():
-        if key not in known:
-            hint = difflib.get_close_matches(str(key), known, n=1)
-            raise KeyError(f"{name}: unknown key paper_metrics.{key}" + (f"; did you mean {hint[0]!r}?" if hint else
-                           f"; known keys: {', '.join(known)}"))
-        _check_pm_value(key, value, name)
-    return PaperMetricsConfig(**block)
-
-# %% ../nbs/06_results.ipynb #65686e63
-class PaperMetricsScheduler:
-    "Run the configured evaluations every `paper_metrics_freq` steps and save each as a run."
-    def __init__(self,
-                 config:Any, # a PaperMetricsConfig, the block, a whole training config, or a YAML path
-                 evaluations:Mapping[str, Callable], # name -> fn(model) returning metrics (flat dict or run_eval output)
-                 run_config:Mapping|None=None, # the full training config stored in each run (default: the block)
-                 on_error:str="raise", # "raise", or "warn" to skip a failing evaluation and save the rest
-                ):
-        self.config = load_paper_metrics_config(config)
-        if not isinstance(evaluations, Mapping) or not all(callable(f) for f in evaluations.values()):
-            raise TypeError("evaluations must be a dict {name: fn(model) -> metrics}")
-        missing = [t for t in (self.config.tasks or []) if t not in evaluations]
-        if missing: raise KeyError(f"paper_metrics.tasks names {missing} but evaluations only has {list(evaluations)}")
-        if on_error not in ("raise", "warn"): raise ValueError(f"on_error must be 'raise' or 'warn', got {on_error!r}")
-        self.evaluations, self.run_config, self.on_error = dict(evaluations), run_config, on_error
-        self.history: list[Path] = []
-        self.last_results: dict|None = None
-
-    def due(self, step:int, # the training step just finished
-           ) -> bool:
-        "Whether `step` is an evaluation step."
-        return self.config.paper_metrics_eval and step > 0 and step % self.config.paper_metrics_freq == 0
-
-    def _call(self, fn:Callable, model:Any) -> Any:
-        try: takes_arg = bool(inspect.signature(fn).parameters)
-        except (TypeError, ValueError): takes_arg = True
-        return fn(model) if takes_arg else fn()
-
-    def evaluate(self, model:Any=None, # passed to every evaluation
-                ) -> dict:
-        "Run the selected evaluations now and return `{task: metrics}` plus curves as `<task>_detailed`."
-        merged = {}
-        for name in (self.config.tasks or list(self.evaluations)):
-            try: res, curves, _ = normalize_results(self._call(self.evaluations[name], model))
-            except Exception as e:
-                if self.on_error == "raise": raise
-                warnings.warn(f"paper_metrics evaluation {name!r} failed and was skipped: {e!r}", stacklevel=2)
-                continue
-            for task, metrics in res.items():
-                if task == "aggregate": continue  # recomputed over all evaluations when saved
-                if task in merged: raise ValueError(f"evaluation {name!r} returned task {task!r} a second time")
-                merged[task] = metrics
-            merged.update({f"{t}_detailed": c for t, c in curves.items()})
-        return merged
-
-    def step(self, step:int, # the training step just finished
-             model:Any=None, # the model, passed to every evaluation and to model-type detection
-            ) -> Path|None:
-        "Evaluate and save when `step` is due; the run directory, or `None`."
-        if not self.due(step): return None
-        t0 = time.perf_counter()
-        self.last_results = self.evaluate(model)
-        if not self.config.save_results_json or not self.last_results: return None
-        run_dir = save_results(self.last_results, self.run_config if self.run_config is not None else asdict(self.config),
-                               self.config.results_dir, model=model, model_type=self.config.model_type,
-                               duration_s=time.perf_counter() - t0, seed=self.config.seed, step=step)
-        self.history.append(run_dir)
-        return run_dir
