@@ -525,11 +525,12 @@ def _colours(runs: list[_Run], by_type: bool) -> tuple[np.ndarray, dict]:
 def _bench_grouped(ax, tasks, table, labels, cols) -> None:
     "Grouped bars: one group per task, one bar (with interval) per run."
     n = len(labels)
-    width = 0.8 / n
+    group = 0.8 if len(tasks) > 1 else min(0.6, 0.25 * n)   # one task: a group of bars, not a wall
+    width = group / n
     x = np.arange(len(tasks))
     for i in range(n):
         h, lo, hi = table[:, i, 0], table[:, i, 1], table[:, i, 2]
-        ax.bar(x - 0.4 + width * (i + 0.5), h, width, yerr=_yerr(h, lo, hi), capsize=2, color=tuple(cols[i]), label=labels[i])
+        ax.bar(x - group / 2 + width * (i + 0.5), h, width, yerr=_yerr(h, lo, hi), capsize=2, color=tuple(cols[i]), label=labels[i])
 
 def _bench_strip(ax, tasks, table, runs, cols) -> None:
     "Strip plot for many runs: a dot per run and task, its interval as a thin vertical line."

@@ -15,6 +15,7 @@ exclude_patterns = ["_build", "**.ipynb_checkpoints"]
 nb_execution_mode = "off"                 # never execute: the notebooks are committed with their outputs
 nb_render_markdown_format = "myst"        # Markdown outputs (tables, math) parsed like the prose
 nb_ipywidgets_js = {}                     # no CDN scripts: widget views show their text fallback
+nb_mime_priority_overrides = [("*", "application/vnd.jupyter.widget-view+json", None)]   # never a widget view: its JavaScript is not loaded offline, the HTML/text fallback shows
 nb_output_stderr = "show"
 myst_enable_extensions = ["colon_fence", "attrs_inline", "attrs_block", "deflist", "strikethrough",
                           "dollarmath", "amsmath"]
