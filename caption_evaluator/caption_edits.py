@@ -46,12 +46,23 @@ def other_captions(captions: Sequence[str], # every item's caption
                    tag: str = "other caption", # the tag they carry
                   ) -> list[list[tuple[str, str]]]:
     "Per item, `k` other items' (different) captions: an edit strategy for class-like captions, weak for compositional ones."
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i, own in enumerate(captions):
-        pick = [captions[j] for j in torch.randperm(len(captions), generator=g).tolist() if j != i and captions[j] != own]
-        out.append([(c, tag) for c in pick[:k]])
-    return out
+    g, n = torch.Generator().manual_seed(seed), len(captions)
+    return [[(c, tag) for c in _others_of(captions, i, k, g)] for i in range(n)]
+
+def _others_of(captions: Sequence[str], i: int, k: int, g: torch.Generator) -> list[str]:
+    "Up to `k` captions of distinct other items that differ from item `i`'s: random draws, a full scan only when draws run dry."
+    n, own, pick, seen = len(captions), captions[i], [], {i}
+    for _ in range(8):                                       # O(k) per item whenever other captions are common
+        for j in torch.randint(n, (2 * k,), generator=g).tolist():
+            if j in seen: continue
+            seen.add(j)
+            if captions[j] != own: pick.append(captions[j])
+            if len(pick) == k: return pick
+    for j in torch.randperm(n, generator=g).tolist():        # few differing captions: look at every item
+        if j not in seen and captions[j] != own:
+            seen.add(j); pick.append(captions[j])
+            if len(pick) == k: break
+    return pick
 
 # %% ../nbs/14a_caption_edits.ipynb #77fb6236
 def _slug(tag: str) -> str: return re.sub(r"\W+", "_", tag).strip("_") or "edit"
