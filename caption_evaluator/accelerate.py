@@ -36,7 +36,13 @@ def _padded_remainder(loader, state) -> int|None:
     sampler = _shard_sampler(loader)
     if sampler is None or not sampler.even_batches or sampler.drop_last or sampler.batch_size is None: return None
     total = sampler.batch_size if sampler.split_batches else sampler.batch_size * sampler.num_processes
-    return len(loader.dataset) % total
+    return _sampled_items(sampler, loader) % total
+
+def _sampled_items(sampler, loader) -> int:
+    "Items one epoch draws: the length of the sampler inside the batch sampler (a subset or weighted sampler), else the dataset's."
+    inner = getattr(getattr(sampler, "batch_sampler", None), "sampler", None)
+    try: return len(inner) if inner is not None else len(loader.dataset)
+    except TypeError: return len(loader.dataset)
 
 def real_items(accelerator, # the `accelerate.Accelerator` that prepared the DataLoader being iterated
                n: int, # items in the current batch

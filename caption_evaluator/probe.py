@@ -224,10 +224,11 @@ def probe_caption_batches(denoise: Callable, # `denoise(x_t, t, cond) -> predict
     opts.update(kwargs)
     _check_schedule(alphas_cumprod, opts["prediction_type"], opts["noise_draws"], opts["refine_draws"], opts["batch_size"])
     total = len(batches.dataset) if hasattr(batches, "dataset") and hasattr(batches.dataset, "__len__") else None
-    return _probe(denoise, lambda: _dict_batches(batches, empty_cond), empty_cond, alphas_cumprod, total=total, **opts)
+    ordered = not isinstance(batches, torch.utils.data.DataLoader) or isinstance(batches.sampler, torch.utils.data.SequentialSampler)
+    return _probe(denoise, lambda: _dict_batches(batches, empty_cond, ordered), empty_cond, alphas_cumprod, total=total, **opts)
 
-def _dict_batches(batches, empty_cond):
-    "(latents, conds, alternatives, ids) of each batch dict, checked; ids from 'index' or the running position."
+def _dict_batches(batches, empty_cond, ordered: bool = True):
+    "(latents, conds, alternatives, ids) of each batch dict, checked; ids from 'index' or, for batches in a fixed order, the running position."
     seen, start = set(), 0
     for i, b in enumerate(batches):
         if not isinstance(b, Mapping) or not {"latents", "conds", "alternatives"} <= set(b):
@@ -237,6 +238,9 @@ def _dict_batches(batches, empty_cond):
         try: _check_items(x, c, empty_cond, a)
         except ValueError as e: raise ValueError(f"batch {i}: {e}") from None
         n = x.shape[0]
+        if b.get("index") is None and not ordered:
+            raise ValueError("batches come from a shuffling DataLoader: give each item's id in an 'index' field (its dataset index), "
+                             "so both passes and the noise find the same item")
         ids = [int(v) for v in (b["index"].tolist() if isinstance(b.get("index"), Tensor) else b["index"])] if b.get("index") is not None else list(range(start, start + n))
         if len(ids) != n or len(set(ids)) != n or seen & set(ids) or any(v < 0 for v in ids):
             raise ValueError(f"batch {i}: 'index' must give {n} distinct non-negative item ids, none seen in an earlier batch")
@@ -245,20 +249,19 @@ def _dict_batches(batches, empty_cond):
 
 def _probe(denoise, batches: Callable, empty_cond, abar, *, timesteps, n_timesteps, noise_draws, refine_draws, prediction_type,
            batch_size, seed, posterior_scale, progress, total) -> ProbeResult:
-    "The two stages over `batches()` (called once per stage): screening every caption, global per-timestep scales, refining two."
+    "The two stages over `batches()`: screening every caption, global per-timestep scales, refining two (items matched by id)."
     from tqdm.auto import tqdm
-    ts, screened = None if isinstance(timesteps, str) else _pick_timesteps(timesteps, n_timesteps, abar, None), []
+    screened, order = [], []
     with _EvalMode(denoise), torch.no_grad(), tqdm(total=None if total is None else total * (1 + bool(refine_draws)), desc="probing captions",
                                                      unit="item", disable=not progress) as bar:
+        ts = _pick_timesteps(timesteps, n_timesteps, abar, lambda: _auto_on_first(denoise, batches, empty_cond, abar, prediction_type,
+                                                                                n_timesteps, seed, batch_size))
         for x, c, a, ids in batches():
             bank, item, slot, same = _batch_bank(x, c, empty_cond, a)
-            if ts is None:                                       # "auto": chosen on the first batch's items, before any scoring
-                is_own = (slot < c.shape[0]) & (slot == item)
-                ts = _pick_timesteps(timesteps, n_timesteps, abar, lambda: _auto_timesteps(
-                    denoise, x, bank, item, slot.to(x.device), is_own, abar.to(x.device, torch.float32), prediction_type, n_timesteps, seed, batch_size, ids))
             raw = _pair_losses(denoise, x, bank, item, slot.to(x.device), abar.to(x.device, torch.float32), ts, range(noise_draws),
                                prediction_type, batch_size, seed, None, ids)
             screened.append((raw, same, x.shape[0], a.shape[1])); bar.update(x.shape[0])
+            order += list(range(len(order), len(order) + x.shape[0])) if ids is None else list(ids)
         if not screened: raise ValueError("batches yielded no batch; pass at least one item to probe")
         ks = {k for *_, k in screened}
         if len(ks) != 1: raise ValueError(f"every batch must have the same number K of alternatives, got {sorted(ks)}")
@@ -272,7 +275,7 @@ def _probe(denoise, batches: Callable, empty_cond, abar, *, timesteps, n_timeste
         best = alt.argmin(1)
         own_all, best_all = L[:, 0], alt.gather(1, best[:, None])[:, 0]
         if refine_draws:
-            r2 = _refine(denoise, batches, empty_cond, abar, best, ts, noise_draws, refine_draws, prediction_type, batch_size, seed, bar, n)
+            r2 = _refine(denoise, batches, empty_cond, abar, best, ts, noise_draws, refine_draws, prediction_type, batch_size, seed, bar, order)
             r2 = (r2.to(dev) / scale_t).mean(2).reshape(n, 2, refine_draws)
             own_all = (own_all * noise_draws + r2[:, 0].sum(1)) / (noise_draws + refine_draws)
             best_all = (best_all * noise_draws + r2[:, 1].sum(1)) / (noise_draws + refine_draws)
@@ -280,6 +283,21 @@ def _probe(denoise, batches: Callable, empty_cond, abar, *, timesteps, n_timeste
     swap = torch.where(same.all(1), torch.nan, own_all - best_all)
     return ProbeResult(own_all, L[:, 0] - L[:, 1], swap, best, post, L, list(ts),
                        (2 + k) * len(ts) * noise_draws + 2 * len(ts) * refine_draws)
+
+def _auto_on_first(denoise, batches, empty_cond, abar, prediction_type, n_timesteps, seed, batch_size, sample: int = 64) -> list[int]:
+    "`_auto_timesteps` on the first `sample` items, gathered across batches: the choice does not depend on the batch size."
+    parts, got = [], 0
+    for x, c, a, ids in batches():
+        take = min(x.shape[0], sample - got)
+        parts.append((x[:take], c[:take], a[:take], list(range(got, got + take)) if ids is None else list(ids)[:take]))
+        got += take
+        if got >= sample: break
+    x, c, a = (torch.cat([p[i].to(parts[0][0].device) for p in parts]) for i in range(3))
+    ids = [i for p in parts for i in p[3]]
+    bank, item, slot, _ = _batch_bank(x, c, empty_cond, a)
+    is_own = (slot < x.shape[0]) & (slot == item)
+    return _auto_timesteps(denoise, x, bank, item, slot.to(x.device), is_own, abar.to(x.device, torch.float32), prediction_type,
+                           n_timesteps, seed, batch_size, ids, sample)
 
 def _batch_bank(x, c, empty_cond, a):
     "A batch's conditioning bank (own, empty, alternatives), the item and bank slot of each of its pairs, and its own-copy mask."
@@ -289,21 +307,29 @@ def _batch_bank(x, c, empty_cond, a):
     slot = torch.cat([torch.arange(n)[:, None], torch.full((n, 1), n), n + 1 + torch.arange(n * k).reshape(n, k)], 1).flatten()
     return bank, item, slot, _own_copies(c, a).to(dev)
 
-def _refine(denoise, batches, empty_cond, abar, best, ts, draws, refine, prediction_type, batch_size, seed, bar, n) -> Tensor:
-    "Raw losses [2N, refine, T] of each item's own caption and its best alternative at the refining draws, batch by batch."
-    out, start = [], 0
+def _refine(denoise, batches, empty_cond, abar, best, ts, draws, refine, prediction_type, batch_size, seed, bar, order: list) -> Tensor:
+    "Raw losses [2N, refine, T] of each item's own caption and its best alternative at the refining draws; items found by id, in any order."
+    row_of, n = {i: r for r, i in enumerate(order)}, len(order)
+    out, done = None, torch.zeros(n, dtype=torch.bool)
     for x, c, a, ids in batches():
         m, k = x.shape[0], a.shape[1]
-        if start + m > n: break
+        keys = list(range(int(done.sum()), int(done.sum()) + m)) if ids is None else list(ids)
+        rows = [row_of.get(i) for i in keys]
+        if None in rows or bool(done[[r for r in rows if r is not None]].any()):
+            raise ValueError("the second pass over batches gave items the first pass did not (or gave one twice): pass batches that "
+                             "can be iterated twice with the same items, with an 'index' per item if their order changes, or refine_draws=0")
         bank, *_ = _batch_bank(x, c, empty_cond, a)
-        b = best[start:start + m].to(x.device)
+        b = best[rows].to(x.device)
         pair = torch.stack([torch.arange(m, device=x.device), m + 1 + torch.arange(m, device=x.device) * k + b], 1).flatten()
-        out.append(_pair_losses(denoise, x, bank, torch.arange(m).repeat_interleave(2), pair, abar.to(x.device, torch.float32), ts,
-                                range(draws, draws + refine), prediction_type, batch_size, seed, None, ids))
-        start += m; bar.update(m)
-    if start != n: raise ValueError(f"batches gave {n} items to screen but {start} to refine: pass something that can be iterated "
-                                    "twice in the same order (a DataLoader without shuffling, a list), or refine_draws=0")
-    return torch.cat(out)
+        r = _pair_losses(denoise, x, bank, torch.arange(m).repeat_interleave(2), pair, abar.to(x.device, torch.float32), ts,
+                         range(draws, draws + refine), prediction_type, batch_size, seed, None, ids)
+        if out is None: out = torch.empty(n, 2, *r.shape[1:], device=r.device, dtype=r.dtype)
+        out[torch.tensor(rows, device=r.device)] = r.reshape(m, 2, *r.shape[1:])
+        done[rows] = True; bar.update(m)
+    if out is None or not bool(done.all()):
+        raise ValueError(f"batches gave {n} items to screen but {int(done.sum())} to refine: pass something that can be iterated twice "
+                         "(a DataLoader, a list), or refine_draws=0")
+    return out.reshape(2 * n, *out.shape[2:])
 
 def _own_copies(conds: Tensor, alternatives: Tensor) -> Tensor:
     "[N, K] True where an alternative is the item's own conditioning (e.g. every class word given, its own included)."
