@@ -243,7 +243,7 @@ def cmd_items(args:argparse.Namespace, # parsed arguments of `build_parser`
     from caption_evaluator.snapshots import latest_snapshot, load_item_stats
     if Path(args.snapshot).is_dir():
         args.snapshot = str(latest_snapshot(args.snapshot))
-        print(f"{args.snapshot} (the latest snapshot of the folder)")
+        print(f"caption-eval: reading {args.snapshot} (the latest snapshot of the folder)", file=sys.stderr)
     elif not Path(args.snapshot).is_file(): raise CLIError(f"snapshot {args.snapshot} not found; pass a snapshot file or a folder of snapshots")
     doc = load_item_stats(args.snapshot)
     datasets = [args.dataset] if args.dataset else list(doc.get("datasets") or {})

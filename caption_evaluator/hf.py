@@ -63,6 +63,13 @@ class ItemLossTrainerMixin:
         self.item_eval_results = []   # every `run_eval` result of this trainer, in order
         super().__init__(*args, **kwargs)
 
+    def train(self, *args, # the Trainer's positional arguments (`resume_from_checkpoint`, ...)
+              **kwargs, # the Trainer's keyword arguments
+             ):
+        "The Trainer's `train`, with the per-epoch batch count (for `even_batches` repeats) started afresh."
+        self._item_epoch = None
+        return super().train(*args, **kwargs)
+
     def evaluate(self, eval_dataset=None, # a dataset: the Trainer's own evaluation on it (as without `item_eval`)
                  ignore_keys=None, # passed on to the Trainer's own evaluation
                  metric_key_prefix: str = "eval", # prefix of the logged metric names
@@ -124,7 +131,7 @@ class ItemLossTrainerMixin:
         if epoch != getattr(self, "_item_epoch", None): self._item_epoch, self._item_batches = epoch, 0
         self._item_batches += 1
         try: last = self._item_batches == len(loader)
-        except TypeError: return n                           # no length (a stream): accelerate cannot pad it either
+        except TypeError: return n                           # no length (a stream): its last batch cannot be told apart, nothing is left out
         return real_items(self.accelerator, n, last=last)
 
     def _save_checkpoint(self, model, trial):

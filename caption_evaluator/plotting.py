@@ -605,8 +605,9 @@ def _panel_compare_lc(ax, runs, labels, cols, type_col, many: bool) -> None:
         few_points = all(len(x) < 8 for s in series for _, x, _ in s)
         for r, s, lab, col in zip(runs, series, labels, map(tuple, cols)):
             for t, x, y in s:                              # a few named lengths: points, no line to read a trend into
-                ax.plot(x, y, "" if few_points else styles[lc_tasks.index(t) % 4], color=col, marker="o" if few_points else None,
-                        ls="none" if few_points else None, label=lab if len(lc_tasks) == 1 else f"{lab} · {t}")
+                label = lab if len(lc_tasks) == 1 else f"{lab} · {t}"
+                if few_points: ax.plot(x, y, ls="none", marker="o", color=col, label=label)
+                else: ax.plot(x, y, styles[lc_tasks.index(t) % 4], color=col, label=label)
         if few_points: ax.set_ylim(0, 1.08 * ax.get_ylim()[1])
     if len(lc_tasks) > 1:                                  # which line style is which task (colours: the figure legend)
         from matplotlib.lines import Line2D

@@ -88,7 +88,9 @@ def token_losses(
     return nll.view(labels.shape), mask
 
 def _takes_attention_mask(model: nn.Module) -> bool:
-    "Whether `model`'s forward accepts `attention_mask=` (named, or through `**kwargs`)."
+    "Whether `model`'s forward accepts `attention_mask=` (named, or through `**kwargs`), looking through DDP/DataParallel/compile wrappers."
+    while isinstance(getattr(model, "module", None), nn.Module) or isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        model = getattr(model, "_orig_mod", None) or model.module
     try: params = inspect.signature(model.forward).parameters.values()
     except (TypeError, ValueError): return False
     return any(p.name == "attention_mask" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)

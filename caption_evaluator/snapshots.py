@@ -193,7 +193,7 @@ SNAPSHOT_SUBFOLDERS = ("item_stats", ".item_stats")   # where run folders keep t
 
 def _step_of(p: Path) -> int:
     "The step in `{job}_{step:09d}.json[.gz]`, -1 for another name."
-    m = re.search(r"_(\d+)\.json(?:\.gz)?$", p.name)
+    m = re.search(r"_(\d{9,})\.json(?:\.gz)?$", p.name)
     return int(m.group(1)) if m else -1
 
 def snapshot_files(folder: str|os.PathLike, # a folder of snapshots, or a run folder with an `item_stats/` subfolder
@@ -207,13 +207,23 @@ def snapshot_files(folder: str|os.PathLike, # a folder of snapshots, or a run fo
     return []
 
 def latest_snapshot(folder: str|os.PathLike, # as for `snapshot_files`
+                    job: str|None = None, # the job whose snapshot to take; `None`: the folder's only job
                    ) -> Path:
-    "The snapshot of `folder` with the highest step; `FileNotFoundError` naming the folder when there is none."
+    "The snapshot of `folder` (of `job`) with the highest step; `FileNotFoundError` / `ValueError` naming the folder otherwise."
     files = snapshot_files(folder)
     if not files:
         raise FileNotFoundError(f"folder {str(folder)!r} holds no snapshot (*.json or *.json.gz, also looked in "
                                 f"{', '.join(s + '/' for s in SNAPSHOT_SUBFOLDERS)}); pass a snapshot file or the folder a tracker saved to")
+    latest = {}
+    for f in files: latest[re.sub(r"_\d{9,}\.json(?:\.gz)?$", "", f.name)] = f     # oldest first: the last one per job wins
+    if job is not None:
+        if job not in latest: raise ValueError(f"folder {str(folder)!r} has no snapshot of job {job!r}; its jobs: {', '.join(sorted(latest))}")
+        return latest[job]
+    if len(latest) > 1:
+        raise ValueError(f"folder {str(folder)!r} holds snapshots of {len(latest)} jobs ({', '.join(sorted(latest))}); pass one file, "
+                         f"e.g. {latest[sorted(latest)[0]]}")
     return files[-1]
+
 
 # %% ../nbs/01a_snapshots.ipynb #e042362f
 def _as_doc(x, name: str) -> dict:

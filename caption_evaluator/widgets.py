@@ -24,11 +24,11 @@ from fastcore.basics import patch
 from matplotlib.figure import Figure
 
 from .core import csv_cell, is_temp_file
-from .snapshots import diff_item_stats, load_item_stats, score_path, snapshot_files
+from .snapshots import diff_item_stats, load_item_stats, score_path
 from .plotting import ItemTable, figure_to_png, item_table, plot_comparison, plot_item_diff, plot_run
 from .results import (STATS_KEYS, is_number, RunLoadWarning, RunRecord, accuracy_interval, build_results_doc, detect_model_type, discover_runs,
                                        runs_table, save_results, to_jsonable, write_json_atomic, write_text_atomic)
-from .router import run_eval
+from .router import LongContextAdapter, PairwiseLikelihoodAdapter, TextLMAdapter, VisionClassificationAdapter, run_eval
 from .tasks import build_eval_config, get_task, list_tasks
 
 # %% auto #0
@@ -242,9 +242,10 @@ def run(self: EvalView) -> dict:
 def _check_adapter(spec, name: str, adapter) -> None:
     "Refuse an adapter made for another modality, naming the one the task needs."
     made_for = getattr(adapter, "modality", None)
-    if made_for is None or made_for == spec.modality: return
-    needs = {"vision": "VisionClassificationAdapter", "text": "TextLMAdapter", "long_context": "LongContextAdapter",
-             "pairs": "PairwiseLikelihoodAdapter"}.get(spec.modality, f"an adapter for {spec.modality!r}")
+    needed = {"vision": VisionClassificationAdapter, "text": TextLMAdapter, "long_context": LongContextAdapter,
+              "pairs": PairwiseLikelihoodAdapter}.get(spec.modality)
+    if made_for is None or made_for == spec.modality or (needed is not None and isinstance(adapter, needed)): return   # e.g. a LongContextAdapter is a TextLMAdapter
+    needs = needed.__name__ if needed is not None else f"an adapter for {spec.modality!r}"
     raise ValueError(f"task {spec.name!r} is a {spec.modality} task and needs {needs}; adapter {name!r} "
                      f"({type(adapter).__name__}) runs {made_for} tasks; pick another task or pass that adapter")
 
@@ -447,7 +448,7 @@ def _snapshot_choices(source: Any, snapshots: Any) -> dict[str, Any]:
         p = Path(source)
         job = re.sub(r"_\d{9}\.json(\.gz)?$", "", p.name)
         snapshots = sorted(p.parent.glob(f"{job}_" + "[0-9]" * 9 + ".json*"))
-    if isinstance(snapshots, (str, Path)): snapshots = snapshot_files(snapshots)   # named as trackers name them, oldest step first
+    if isinstance(snapshots, (str, Path)): snapshots = sorted(Path(snapshots).glob("*.json*"))
     if isinstance(snapshots, list): snapshots = [s for s in snapshots if not (isinstance(s, (str, Path)) and is_temp_file(Path(s).name))]
     if isinstance(snapshots, Mapping): return dict(snapshots)
     return {Path(s).name if isinstance(s, (str, Path)) else f"snapshot {i}": s for i, s in enumerate(snapshots or [])}
