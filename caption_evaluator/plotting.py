@@ -22,32 +22,13 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
 from .core import wilson_interval, write_atomic
-from .results import discover_runs, load_run
+from .results import RunRecord, discover_runs, load_run
 from .snapshots import (available_scores, diff_item_stats, item_score, load_item_stats, score_column,
                                          score_path, top_indices)
 
 # %% auto #0
 __all__ = ['figure_to_png', 'plot_run', 'clipped_text', 'plot_confusion_matrix', 'plot_comparison', 'ItemTable', 'item_table',
            'plot_item_loss_histogram', 'plot_worst_items', 'plot_item_diff']
-
-# %% ../nbs/07_plotting.ipynb #ff446326
-@dataclass
-class _Run:
-    "A run as the plots need it: metadata, per-task results and detailed curves keyed by task."
-    metadata: dict
-    results: dict
-    detailed: dict = field(default_factory=dict)
-    path: Path | None = None
-
-    @property
-    def model_type(self) -> str: return str(self.metadata.get("model_type") or "unknown")
-
-    @property
-    def timestamp(self) -> str:
-        return str(self.metadata.get("timestamp") or self.metadata.get("datetime") or "")
-
-    @property
-    def label(self) -> str: return f"{self.model_type} · {self.timestamp}" if self.timestamp else self.model_type
 
 # %% ../nbs/07_plotting.ipynb #104c8f27
 def _strip_detailed(detailed: Mapping | None) -> dict:
@@ -57,18 +38,17 @@ def _strip_detailed(detailed: Mapping | None) -> dict:
         if isinstance(v, Mapping): out[k[:-len("_detailed")] if k.endswith("_detailed") else k] = dict(v)
     return out
 
-def _run_from_doc(doc: Mapping, path: Path | None = None) -> _Run:
-    "Build a `_Run` from a results.json document."
+def _run_from_doc(doc: Mapping, path: Path | None = None) -> RunRecord:
+    "A `RunRecord` of a results.json document (read from `path`, or built in memory)."
     if not isinstance(doc.get("results"), Mapping):
         raise ValueError(f"run: {path or 'the document'} has no 'results' mapping; pass a results.json "
                          "written by `save_results` (schema caption_evaluator/results@1)")
     detailed = _strip_detailed(doc.get("detailed"))
     detailed.update(_strip_detailed({k: v for k, v in doc.items() if k.endswith("_detailed")}))
-    return _Run(dict(doc.get("metadata") or {}), dict(doc["results"]), detailed, path)
+    return RunRecord(path, dict(doc.get("metadata") or {}), dict(doc["results"]), detailed)
 
-def _as_run(run: Any) -> _Run:
+def _as_run(run: Any) -> RunRecord:
     "Accept a `RunRecord`, a path to a run (dir or results.json, read by `load_run`), or a results.json dict."
-    if isinstance(run, _Run): return run
     if isinstance(run, (str, os.PathLike)): run = load_run(run)
     if hasattr(run, "results") and hasattr(run, "metadata"):
         doc = {"metadata": run.metadata, "results": run.results}
@@ -115,7 +95,7 @@ def _context_losses(entry: Any) -> list[tuple[float, str, float]]:
         if m and _is_num(v): out.append((float(m[1]) * (1000 if m[2] else 1), k, float(v)))
     return sorted(out)
 
-def _curve(run: _Run, task: str) -> tuple[np.ndarray, np.ndarray] | None:
+def _curve(run: RunRecord, task: str) -> tuple[np.ndarray, np.ndarray] | None:
     "(positions, losses) of a task's detailed loss-by-position curve, if saved."
     entry = run.results.get(task)
     for src in (run.detailed.get(task), entry if isinstance(entry, Mapping) else None,
@@ -125,7 +105,7 @@ def _curve(run: _Run, task: str) -> tuple[np.ndarray, np.ndarray] | None:
             if len(x) and len(x) == len(y): return x, y
     return None
 
-def _slopes(run: _Run, task: str) -> dict[str, float]:
+def _slopes(run: RunRecord, task: str) -> dict[str, float]:
     "Named slopes of a long-context task: `overall`, `early`, ... from the result and its detailed curve."
     out, entry = {}, run.results.get(task)
     if isinstance(entry, Mapping):
@@ -136,14 +116,14 @@ def _slopes(run: _Run, task: str) -> dict[str, float]:
     if isinstance(sl, Mapping): out.update({k: float(v) for k, v in sl.items() if _is_num(v)})
     return out
 
-def _tasks(run: _Run) -> list[str]:
+def _tasks(run: RunRecord) -> list[str]:
     return [t for t, v in run.results.items() if t != "aggregate" and not t.endswith("_detailed")
             and isinstance(v, Mapping)]
 
-def _accuracy_tasks(run: _Run) -> dict[str, tuple]:
+def _accuracy_tasks(run: RunRecord) -> dict[str, tuple]:
     return {t: a for t in _tasks(run) if (a := _accuracy(run.results[t])) is not None}
 
-def _long_context_tasks(run: _Run) -> list[str]:
+def _long_context_tasks(run: RunRecord) -> list[str]:
     tasks = [t for t in _tasks(run) if _context_losses(run.results[t]) or _slopes(run, t) or _curve(run, t)]
     return tasks + [t for t in run.detailed if t not in tasks and _curve(run, t)]
 
@@ -164,7 +144,7 @@ def _text_lm(entry: Any) -> _TextLM | None:
     tokens = entry.get("tokens")
     return _TextLM(nta, ppl, loss, int(tokens) if _is_num(tokens) else None)
 
-def _text_tasks(run: _Run) -> dict[str, _TextLM]:
+def _text_tasks(run: RunRecord) -> dict[str, _TextLM]:
     "{task: _TextLM} for the run's text language-model tasks (those without a plain `accuracy`)."
     accs = _accuracy_tasks(run)
     return {t: x for t in _tasks(run) if t not in accs and (x := _text_lm(run.results[t])) is not None}
@@ -173,7 +153,7 @@ def _bench_value(entry: Any) -> tuple | None:
     "The benchmark number of a task for comparisons: its accuracy, else its next-token accuracy."
     return _accuracy(entry) or _accuracy(entry, "next_token_accuracy")
 
-def _aggregate(run: _Run) -> dict[str, float]:
+def _aggregate(run: RunRecord) -> dict[str, float]:
     "Saved aggregate metrics; without any, the mean benchmark accuracy."
     agg = {k: float(v) for k, v in (run.results.get("aggregate") or {}).items() if _is_num(v)}
     if not agg and (accs := _accuracy_tasks(run)): agg = {"mean_accuracy": float(np.mean([a[0] for a in accs.values()]))}
@@ -227,7 +207,7 @@ def _yerr(h, lo, hi) -> np.ndarray:
     h, lo, hi = (np.asarray(a, float) for a in (h, lo, hi))
     return np.clip(np.nan_to_num(np.vstack([h - lo, hi - h])), 0.0, None)
 
-def _panel_benchmarks(ax, run: _Run, accs: dict) -> None:
+def _panel_benchmarks(ax, run: RunRecord, accs: dict) -> None:
     "Accuracy bars with Wilson 95 % intervals as error bars."
     names = list(accs)
     h = np.array([accs[t][0] for t in names])
@@ -246,7 +226,7 @@ def _panel_benchmarks(ax, run: _Run, accs: dict) -> None:
     ax.set_xlabel("Task")
     ax.set_ylabel("Accuracy (fraction correct)")
 
-def _per_class(run: _Run) -> dict[str, dict]:
+def _per_class(run: RunRecord) -> dict[str, dict]:
     "{task: per_class block} for tasks that saved per-class accuracies."
     return {t: pc for t in _tasks(run) if isinstance(pc := run.results[t].get("per_class"), Mapping) and pc}
 
@@ -268,7 +248,7 @@ def _panel_per_class(ax, task: str, per_class: Mapping) -> None:
     ax.set_xlabel("Class")
     ax.set_ylabel("Accuracy (Wilson 95% interval)")
 
-def _panel_long_context(ax, run: _Run, tasks: list[str]) -> None:
+def _panel_long_context(ax, run: RunRecord, tasks: list[str]) -> None:
     "Loss at named context lengths (`loss_8k`, `loss_16k`, ...) per long-context task."
     for t in tasks:
         pts = _context_losses(run.results.get(t))
@@ -280,7 +260,7 @@ def _panel_long_context(ax, run: _Run, tasks: list[str]) -> None:
     ax.set_ylabel("Mean loss per token")
     if len(tasks) > 1: ax.legend(fontsize=8)
 
-def _panel_position(ax, run: _Run, tasks: list[str]) -> None:
+def _panel_position(ax, run: RunRecord, tasks: list[str]) -> None:
     "Detailed loss-by-position curves, with the saved overall slope as a dashed fit line."
     for t in tasks:
         x, y = _curve(run, t)
@@ -294,7 +274,7 @@ def _panel_position(ax, run: _Run, tasks: list[str]) -> None:
     ax.set_ylabel("Mean loss per token")
     ax.legend(fontsize=8)
 
-def _panel_slopes(ax, run: _Run, slopes: dict[str, dict[str, float]]) -> None:
+def _panel_slopes(ax, run: RunRecord, slopes: dict[str, dict[str, float]]) -> None:
     "Bars of every saved slope (overall, early, ...) per long-context task."
     names = [f"{t}\n{k}" if len(slopes) > 1 else k for t, s in slopes.items() for k in s]
     vals = [v for s in slopes.values() for v in s.values()]
@@ -336,7 +316,7 @@ def _panel_perplexity(ax, ppl: dict[str, float]) -> None:
     ax.set_ylabel("Perplexity (exp of mean NLL per token)")
 
 # %% ../nbs/07_plotting.ipynb #c0f5a002
-def _confusions(run: _Run) -> dict[str, np.ndarray]:
+def _confusions(run: RunRecord) -> dict[str, np.ndarray]:
     "{task: [C, C] counts} for tasks whose detailed results hold a square `confusion_matrix`."
     out = {}
     for task, d in run.detailed.items():
@@ -344,7 +324,7 @@ def _confusions(run: _Run) -> dict[str, np.ndarray]:
         if cm.ndim == 2 and cm.shape[0] == cm.shape[1] > 0 and np.isfinite(cm).all() and (cm >= 0).all(): out[task] = cm
     return out
 
-def _class_names(run: _Run, task: str, n: int) -> list[str]:
+def _class_names(run: RunRecord, task: str, n: int) -> list[str]:
     "The task's class names from its saved per-class block when it names every class, else the class indices."
     pc = run.results.get(task, {}).get("per_class") if isinstance(run.results.get(task), Mapping) else None
     return [str(k) for k in pc] if isinstance(pc, Mapping) and len(pc) == n else [str(i) for i in range(n)]
@@ -404,7 +384,7 @@ def _with_heading(heading: str, lines: list[str]) -> list[str]:
     "`lines` under a blank line and `heading:` (nothing when there are no lines)."
     return ["", f"{heading}:", *[f"  {l}" for l in lines]] if lines else []
 
-def _config_lines(run: _Run) -> list[str]:
+def _config_lines(run: RunRecord) -> list[str]:
     meta = {k: v for k, v in run.metadata.items() if k in ("model_type", "datetime", "timestamp")}
     cfg = _flatten(run.metadata.get("config") or {})
     return [f"{k}: {_fmt(v)}" for k, v in meta.items()] + [f"{k}: {_fmt(v)}" for k, v in cfg.items()]
@@ -420,7 +400,7 @@ def _text_lines(t: str, x: _TextLM) -> list[str]:
         lines.append(f"{t}.next_token_accuracy: {a:.4f}{ci}" + (f" tokens={x.tokens}" if x.tokens is not None else ""))
     return lines
 
-def _summary_lines(run: _Run, accs: dict, lc: list[str], text: dict[str, _TextLM] | None = None) -> list[str]:
+def _summary_lines(run: RunRecord, accs: dict, lc: list[str], text: dict[str, _TextLM] | None = None) -> list[str]:
     lines = []
     for t, (a, lo, hi) in accs.items():
         n = (run.results[t] or {}).get("samples")
@@ -500,7 +480,7 @@ def plot_confusion_matrix(
     return _finish(fig, output)
 
 # %% ../nbs/07_plotting.ipynb #1680752d
-def _as_runs(runs: Any) -> tuple[list[_Run], list[str]]:
+def _as_runs(runs: Any) -> tuple[list[RunRecord], list[str]]:
     "Normalise the `runs` argument to (runs, labels)."
     if isinstance(runs, (str, os.PathLike)):
         p = Path(runs)
@@ -515,7 +495,7 @@ def _as_runs(runs: Any) -> tuple[list[_Run], list[str]]:
     return rs, [r.label for r in rs]
 
 # %% ../nbs/07_plotting.ipynb #afeff0d6
-def _colours(runs: list[_Run], by_type: bool) -> tuple[np.ndarray, dict]:
+def _colours(runs: list[RunRecord], by_type: bool) -> tuple[np.ndarray, dict]:
     "RGBA colour per run (per run when few, per model type when many) and per model type."
     types = list(dict.fromkeys(r.model_type for r in runs))
     type_col = {t: to_rgba(f"C{i % 10}") for i, t in enumerate(types)}
@@ -557,7 +537,7 @@ def _run_legend(fig, runs, labels, cols, type_col, many: bool, title: str) -> No
     fig.legend(handles=handles, loc="outside lower center", ncols=min(3, len(handles)), fontsize=8, title=title, title_fontsize=8)
 
 # %% ../nbs/07_plotting.ipynb #3220a2b3
-def _bench_tasks(r: _Run) -> list[str]:
+def _bench_tasks(r: RunRecord) -> list[str]:
     "Tasks with a benchmark number: accuracy tasks, then text tasks with a next-token accuracy."
     return [*_accuracy_tasks(r), *[t for t, x in _text_tasks(r).items() if x.next_token is not None]]
 
@@ -579,7 +559,7 @@ def _panel_compare_bench(ax, runs, labels, cols, type_col, many: bool) -> None:
     ax.set_xlabel("Task")
     ax.set_ylabel("Accuracy (fraction correct)")
 
-def _lc_series(r: _Run) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def _lc_series(r: RunRecord) -> list[tuple[str, np.ndarray, np.ndarray]]:
     "Each long-context task's curve: the detailed one, else the named context-length losses."
     out = []
     for t in _long_context_tasks(r):
@@ -616,7 +596,7 @@ def _panel_compare_lc(ax, runs, labels, cols, type_col, many: bool) -> None:
     ax.set_xlabel("Position (tokens)")
     ax.set_ylabel("Mean loss per token")
 
-def _aggregate_repeats_one_task(runs: list[_Run]) -> bool:
+def _aggregate_repeats_one_task(runs: list[RunRecord]) -> bool:
     "Whether the only aggregate is the mean over a single benchmark task (the same number as the task's bar)."
     names = {k for r in runs for k in _aggregate(r)}
     return names <= {"paper_metrics_avg"} and all(len(_accuracy_tasks(r)) <= 1 for r in runs)

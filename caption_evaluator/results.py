@@ -451,10 +451,10 @@ def save_results(results:Mapping|list, # flat `{task: {metric: value}}`, a run_e
     return run_dir
 
 # %% ../nbs/06_results.ipynb #a29e215d
-def _parse_time(metadata:Mapping, path:Path) -> datetime:
-    "The run's time: ISO `datetime`, else `timestamp`, else the directory name, else the file's mtime (UTC if naive)."
+def _parse_time(metadata:Mapping, path:Path|None) -> datetime:
+    "The run's time: ISO `datetime`, else `timestamp`, else the directory name, else the file's mtime (UTC if naive; the epoch without a file)."
     candidates = [metadata.get("datetime"), metadata.get("timestamp")]
-    m = re.search(r"(\d{8}_\d{6})", path.parent.name)
+    m = re.search(r"(\d{8}_\d{6})", path.parent.name) if path is not None else None
     if m: candidates.append(m.group(1))
     for c in candidates:
         if not isinstance(c, str): continue
@@ -462,26 +462,26 @@ def _parse_time(metadata:Mapping, path:Path) -> datetime:
             try: t = parse(c)
             except ValueError: continue
             return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
-    return datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
+    return datetime.fromtimestamp(path.stat().st_mtime if path is not None else 0, tz=timezone.utc)
 
 # %% ../nbs/06_results.ipynb #0539ed57
 @dataclass
 class RunRecord:
     "One saved evaluation run, in the current schema's shape."
-    path: Path  # the results.json file
+    path: Path|None  # the results.json file; None for a document that was not read from a file (e.g. `build_results_doc`'s)
     metadata: dict  # timestamp, datetime, model_type, config, versions, git, duration_s, seed, step
     results: dict  # {task: {metric: value}} plus "aggregate"
     detailed: dict = field(default_factory=dict)  # {task: curve}, from the "<task>_detailed" entries
     schema: str = SCHEMA  # the schema the file was written in
 
     @property
-    def run_dir(self) -> Path:
-        "The run directory (the folder holding results.json)."
-        return self.path.parent
+    def run_dir(self) -> Path|None:
+        "The run directory (the folder holding results.json); None without a file."
+        return self.path.parent if self.path is not None else None
     @property
     def name(self) -> str:
-        "The run directory's name, e.g. `run_20251003_143022_ttt`."
-        return self.path.parent.name
+        "The run directory's name, e.g. `run_20251003_143022_ttt` (empty without a file)."
+        return self.path.parent.name if self.path is not None else ""
     @property
     def model_type(self) -> str:
         "The model type recorded in the metadata, `unknown` when none was."
@@ -490,6 +490,11 @@ class RunRecord:
     def timestamp(self) -> str:
         "The run's `YYYYmmdd_HHMMSS` stamp (from the metadata, else from `time`)."
         return str(self.metadata.get("timestamp") or self.time.strftime("%Y%m%d_%H%M%S"))
+    @property
+    def label(self) -> str:
+        "How figures and legends name the run: `model type · timestamp` as recorded (the model type alone without one)."
+        stamp = self.metadata.get("timestamp") or self.metadata.get("datetime")
+        return f"{self.model_type} · {stamp}" if stamp else self.model_type
     @property
     def time(self) -> datetime:
         "When the run was saved, timezone-aware (see `_parse_time` for the fallbacks)."
