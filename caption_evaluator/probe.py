@@ -241,9 +241,10 @@ def _dict_batches(batches, empty_cond, ordered: bool = True):
         if b.get("index") is None and not ordered:
             raise ValueError("batches come from a shuffling DataLoader: give each item's id in an 'index' field (its dataset index), "
                              "so both passes and the noise find the same item")
-        ids = [int(v) for v in (b["index"].tolist() if isinstance(b.get("index"), Tensor) else b["index"])] if b.get("index") is not None else list(range(start, start + n))
-        if len(ids) != n or len(set(ids)) != n or seen & set(ids) or any(v < 0 for v in ids):
-            raise ValueError(f"batch {i}: 'index' must give {n} distinct non-negative item ids, none seen in an earlier batch")
+        index = b.get("index")
+        try: ids = list(range(start, start + n)) if index is None else _item_ids(index.tolist() if isinstance(index, Tensor) else index, n)
+        except ValueError as e: raise ValueError(f"batch {i}, 'index': {e}") from None
+        if seen & set(ids): raise ValueError(f"batch {i}, 'index': ids {sorted(seen & set(ids))[:5]} were in an earlier batch; give every item its own id")
         seen |= set(ids); start += n
         yield x, c, a, ids
 
