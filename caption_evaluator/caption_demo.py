@@ -151,7 +151,7 @@ def _report(r: CaptionDemoResult, noise: float, kind: str, say):
     say(f"\n{int(r.data.corrupted.sum())} of {len(r.data)} captions are wrong ({noise:.0%} per class, {kind}); "
         f"trained {r.seconds['train']:.0f} s, probed {r.seconds['probe']:.0f} s ({r.probe.forward_passes:.0f} forward passes per item)")
     say("\nWhich score finds the wrong captions:\n" + format_detection_table(r.detection))
-    say("\nWhat the probe can verify (beat rate: share of items where an edit beats the caption):\n" + r.probe.format_calibration())
+    say("\nWhat the probe can verify (beat rate: share of items where an edit beats the caption; expected AUROC: estimated without labels from simulated wrong words):\n" + r.probe.format_calibration())
     say("\nMost suspect captions (swap margin, key, caption -> the caption the model prefers):\n" + r.probe.format_worst(8, keys=r.data.keys))
     say(f"\nRun folder: {r.run_dir}")
     for name, p in r.figures.items(): say(f"  figure: {p}")

@@ -17,7 +17,7 @@ from torch import Tensor
 from .probe import _EvalMode, _auto_timesteps, _check_schedule, _finite_mean, _item_ids, _pair_losses, _pick_timesteps
 
 # %% auto #0
-__all__ = ['word_swaps', 'other_captions', 'CaptionProbe', 'probe_caption_edits']
+__all__ = ['word_swaps', 'other_captions', 'plant_wrong_words', 'CaptionProbe', 'probe_caption_edits']
 
 # %% ../nbs/14a_caption_edits.ipynb #ce94c7a2
 def _cased(new: str, old: str) -> str: return new[:1].upper() + new[1:] if old[:1].isupper() else new
@@ -64,6 +64,27 @@ def _others_of(captions: Sequence[str], i: int, k: int, g: torch.Generator) -> l
             if len(pick) == k: break
     return pick
 
+# %% ../nbs/14a_caption_edits.ipynb #96b9191d
+def plant_wrong_words(captions: Sequence[str], # the training captions
+                      vocabulary: Mapping[str, Sequence[str]], # attribute -> its interchangeable words, as for `word_swaps`
+                      share: float = 0.02, # share of captions to make wrong, in [0, 1]
+                      seed: int = 0, # seed of the items, attributes and words chosen
+                     ) -> tuple[list[str], list]:
+    "Before training: make a seeded share of captions wrong on purpose, one attribute word each; the captions to train on, and per item the tag made wrong or None."
+    if isinstance(captions, str) or not all(isinstance(c, str) for c in captions): raise ValueError("captions must be a list of caption strings")
+    share, swap = _check_share("share", share), word_swaps(vocabulary)
+    out, planted = list(captions), [None] * len(captions)
+    editable = [i for i, c in enumerate(out) if swap(c)]
+    k = int(round(share * len(out)))
+    if k > len(editable): raise ValueError(f"share: {k} captions to plant but only {len(editable)} contain a vocabulary word; lower share or widen the vocabulary")
+    g = torch.Generator().manual_seed(seed)
+    pick = lambda options: options[int(torch.randint(len(options), (1,), generator=g))]
+    for j in torch.randperm(len(editable), generator=g)[:k].tolist():
+        i, edits = editable[j], swap(out[editable[j]])
+        tag = pick(list(dict.fromkeys(t for _, t in edits)))              # an attribute, then one of its other words
+        out[i], planted[i] = pick([c for c, t in edits if t == tag]), tag
+    return out, planted
+
 # %% ../nbs/14a_caption_edits.ipynb #77fb6236
 def _slug(tag: str) -> str: return re.sub(r"\W+", "_", tag).strip("_") or "edit"
 
@@ -78,7 +99,7 @@ class CaptionProbe:
     best_alternative: list # per item: the trusted alternative the model prefers (a suggested fix), or None
     best_tag: list # per item: the tag of `best_alternative`, or None
     tag_margins: dict # tag -> [N] own − best alternative of that tag (every draw for trusted tags, screening draws for the others); NaN where the item has none
-    calibration: dict # tag -> {"beat_rate", "items", "median_margin", "verifiable"} on the reference items
+    calibration: dict # tag -> {"beat_rate", "items", "median_margin", "expected_auroc", "planted", "planted_auroc", "trusted", "verifiable"} on the reference items
     alternatives: list # (item, caption, tag) of every alternative
     alternative_losses: Tensor # [A] normalised screening loss of each alternative
     timesteps: list # the probed timesteps
@@ -91,9 +112,13 @@ class CaptionProbe:
 
     def format_calibration(self) -> str:
         "The calibration as a text table, one row per tag."
-        rows = [f"{'tag':<16} {'items':>6} {'beat rate':>9} {'median margin':>13}  verifiable"]
+        yes = lambda flag: "yes" if flag else "no"
+        planted = any(c["planted"] for c in self.calibration.values())
+        rows = [f"{'tag':<16} {'items':>6} {'beat rate':>9} {'median margin':>13} {'expected AUROC':>14}"
+                + (f" {'planted':>7} {'planted AUROC':>13}" if planted else "") + "  trusted  verifiable"]
         for t, c in self.calibration.items():
-            rows.append(f"{t:<16} {c['items']:>6} {c['beat_rate']:>9.3f} {c['median_margin']:>13.3f}  {'yes' if c['verifiable'] else 'no'}")
+            rows.append(f"{t:<16} {c['items']:>6} {c['beat_rate']:>9.3f} {c['median_margin']:>13.3f} {c['expected_auroc']:>14.3f}"
+                        + (f" {c['planted']:>7} {c['planted_auroc']:>13.3f}" if planted else "") + f"  {yes(c['trusted']):<7}  {yes(c['verifiable'])}")
         return "\n".join(rows)
 
     def format_worst(self, k: int = 10, # rows
@@ -105,13 +130,66 @@ class CaptionProbe:
         return "\n".join(f"{self.swap_margin[i].item():+.3f}  {name(i)}  {self.captions[i]!r} -> {self.best_alternative[i]!r} ({self.best_tag[i]})" for i in order)
 
 # %% ../nbs/14a_caption_edits.ipynb #e74ffb80
-def _calibrate(tag_margins: Mapping[str, Tensor], reference: Tensor, max_beat_rate: float) -> dict:
+def _check_share(name: str, v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+        raise ValueError(f"{name} must be a share between 0 and 1, got {v!r}")
+    return float(v)
+
+def _weighted_auroc(negatives: Tensor, positives: Tensor, weights: Tensor) -> float:
+    "P(positive > negative) + ½·P(tie), each positive weighted; NaN when either side is empty."
+    if not len(negatives) or not len(positives): return float("nan")
+    neg = negatives.sort().values
+    below = (torch.searchsorted(neg, positives, right=False) + torch.searchsorted(neg, positives, right=True)).to(weights.dtype)
+    return float((below / (2 * len(neg)) * weights).sum() / weights.sum())
+
+def _expected_auroc(own: Tensor, alt_loss: Tensor, owner: Tensor, sel: Tensor, reference: Tensor, n: int) -> float:
+    "Label-free AUROC of one tag's margin: each reference item's edits of the tag as stand-in wrong captions against the items' own margins."
+    o, l, dev = owner[sel], alt_loss[sel], own.device
+    idx, inf = torch.arange(len(l), device=dev), float("inf")
+    best = torch.full((n,), inf, device=dev).scatter_reduce(0, o, l, "amin")
+    first = torch.full((n,), len(l), device=dev).scatter_reduce(0, o, torch.where(l == best[o], idx, len(l)), "amin")
+    is_best = idx == first[o]
+    second = torch.full((n,), inf, device=dev).scatter_reduce(0, o, torch.where(is_best, inf, l), "amin")
+    simulated = l - torch.minimum(own[o], torch.where(is_best, second[o], best[o]))   # the edit as the caption, the own caption among its rivals
+    count = torch.zeros(n, device=dev).scatter_add(0, o, torch.ones_like(l))
+    clean = own - best
+    clean = clean[reference & (count > 0) & clean.isfinite()].double()
+    keep = reference[o] & simulated.isfinite()
+    return _corrected_auroc(clean, simulated[keep].double(), 1 / count[o][keep].double())
+
+def _corrected_auroc(reference: Tensor, wrong: Tensor, weights: Tensor) -> float:
+    "AUROC of wrong-caption margins against the reference margins, corrected for the reference's own wrong captions (which pull it towards ½)."
+    observed = _weighted_auroc(reference, wrong, weights)
+    if observed != observed: return observed
+    share = _wrong_share(reference, wrong, weights)
+    return min(max((observed - share / 2) / (1 - share), 0.0), 1.0)
+
+def _wrong_share(clean: Tensor, simulated: Tensor, weights: Tensor, quantiles=(0.5, 0.75, 0.9), most: float = 0.5) -> float:
+    "Share of reference margins that look like wrong captions: the least over q of P(margin > τ_q) / P(simulated > τ_q), τ_q the q-quantile of the simulated margins."
+    if not len(clean) or not len(simulated): return 0.0
+    order = simulated.argsort()
+    s, w = simulated[order], weights[order]
+    cum = w.cumsum(0) / w.sum()
+    shares = []
+    for q in quantiles:
+        tau = s[int(torch.searchsorted(cum, torch.tensor(q, dtype=cum.dtype, device=cum.device)).clamp(max=len(s) - 1))]
+        above = float(w[s > tau].sum() / w.sum())
+        if above > 0: shares.append(float((clean > tau).double().mean()) / above)
+    return min(min(shares, default=0.0), most)
+
+def _calibrate(tag_margins: Mapping[str, Tensor], own: Tensor, alt_loss: Tensor, owner: Tensor, tags: list[str], reference: Tensor,
+               planted: list, max_beat_rate: float, min_auroc: float) -> dict:
     out = {}
     for t, m in tag_margins.items():
         v = m[reference & ~m.isnan()]
         rate = int((v > 0).sum()) / len(v) if len(v) else float("nan")
+        sel = torch.tensor([g == t for g in tags], device=own.device)
+        est = _expected_auroc(own, alt_loss, owner, sel, reference, len(own))
+        hit = torch.tensor([p == t for p in planted], dtype=torch.bool, device=own.device) & ~m.isnan()
+        measured = _corrected_auroc(v.double(), m[hit].double(), torch.ones(int(hit.sum()), dtype=torch.float64, device=own.device))
         out[t] = {"beat_rate": rate, "items": int(len(v)), "median_margin": float(v.quantile(0.5)) if len(v) else float("nan"),
-                  "verifiable": bool(len(v)) and rate <= max_beat_rate}
+                  "expected_auroc": est, "planted": int(hit.sum()), "planted_auroc": measured, "trusted": bool(len(v)) and rate <= max_beat_rate,
+                  "verifiable": (measured if hit.any() else est) >= min_auroc}
     return out
 
 # %% ../nbs/14a_caption_edits.ipynb #b1375b74
@@ -141,12 +219,14 @@ def _encode_bank(encode, strings: list[str], batch: int, device) -> Tensor:
         parts.append(z.to(device))
     return torch.cat(parts)
 
-def _check_edit_args(latents, captions, clean):
+def _check_edit_args(latents, captions, clean, planted):
     if not isinstance(latents, Tensor) or latents.ndim < 2: raise ValueError(f"latents must be a tensor [N, ...], got {getattr(latents, 'shape', type(latents).__name__)}")
     if latents.shape[0] == 0: raise ValueError("latents holds no items (shape [0, ...]); pass at least one latent to probe")
     if isinstance(captions, str) or len(captions) != latents.shape[0] or not all(isinstance(c, str) for c in captions):
         raise ValueError(f"captions must be a list of {latents.shape[0]} strings, one per latent")
     if clean is not None and len(clean) != latents.shape[0]: raise ValueError(f"clean must mark each of the {latents.shape[0]} items (True = known clean), got {len(clean)} marks")
+    if planted is not None and (isinstance(planted, str) or len(planted) != latents.shape[0] or not all(p is None or isinstance(p, str) for p in planted)):
+        raise ValueError(f"planted must give each of the {latents.shape[0]} items its planted tag or None, as plant_wrong_words returns it")
 
 # %% ../nbs/14a_caption_edits.ipynb #36b56dd4
 def _layout(captions, alts, empty_caption):
@@ -194,7 +274,9 @@ def probe_caption_edits(denoise: Callable, # `denoise(x_t, t, cond) -> predictio
                         *,
                         empty_caption: str = "", # the caption whose conditioning means "no caption"
                         clean: Sequence[bool]|None = None, # items known to be clean, the calibration's reference (default: all items)
-                        max_beat_rate: float = 0.5, # a tag is verifiable when its edits beat the own caption on at most this share of reference items
+                        planted: Sequence[str|None]|None = None, # per item, the tag made wrong on purpose before training (`plant_wrong_words`), or None
+                        max_beat_rate: float = 0.5, # a tag is trusted (used in `swap_margin`) when its edits beat the own caption on at most this share of reference items
+                        min_auroc: float = 0.95, # a tag is verifiable when its label-free expected AUROC reaches this
                         timesteps: str|Sequence[int] = "auto", # "auto" or explicit timesteps
                         n_timesteps: int = 2, # how many timesteps "auto" picks
                         noise_draws: int = 1, # screening draws (every caption)
@@ -207,8 +289,9 @@ def probe_caption_edits(denoise: Callable, # `denoise(x_t, t, cond) -> predictio
                         progress: bool = True, # show a progress bar
                        ) -> CaptionProbe:
     "Probe each item's caption against edited alternatives at the same noisy input, with per-tag margins, calibration and a suggested fix."
-    _check_edit_args(latents, captions, clean)
+    _check_edit_args(latents, captions, clean, planted)
     _check_schedule(alphas_cumprod, prediction_type, noise_draws, refine_draws, batch_size)
+    limits = _check_share("max_beat_rate", max_beat_rate), _check_share("min_auroc", min_auroc)
     captions = list(captions)
     alts = _alternative_lists(captions, alternatives)
     strings, item, cond, alt_of, flat = _layout(captions, alts, empty_caption)
@@ -220,10 +303,10 @@ def probe_caption_edits(denoise: Callable, # `denoise(x_t, t, cond) -> predictio
         ts = _pick_timesteps(timesteps, n_timesteps, abar, lambda: _auto_timesteps(
             denoise, latents, bank, item, cond.to(dev), _own_pairs(alt_of), abar, prediction_type, n_timesteps, seed, batch_size, ids))
         return _edit_stages(denoise, latents, bank, captions, item, cond, alt_of, flat, abar, ts, noise_draws,
-                            refine_draws, prediction_type, batch_size, seed, progress, clean, max_beat_rate, ids)
+                            refine_draws, prediction_type, batch_size, seed, progress, (clean, planted), limits, ids)
 
 def _edit_stages(denoise, latents, bank, captions, item, cond, alt_of, flat, abar, ts, draws, refine, prediction_type,
-                 batch_size, seed, progress, clean, max_beat_rate, ids) -> CaptionProbe:
+                 batch_size, seed, progress, marks, limits, ids) -> CaptionProbe:
     from tqdm.auto import tqdm
     dev, n = latents.device, len(captions)
     fixed = torch.nonzero(alt_of == -1).flatten()                          # each item's own and empty pairs, in that order
@@ -236,9 +319,9 @@ def _edit_stages(denoise, latents, bank, captions, item, cond, alt_of, flat, aba
         Lp = (raw / scale_t).mean((1, 2))
         own, empty, alt_loss = Lp[own_rows], Lp[empty_rows], Lp[alt_rows]
         margins = _tag_margins(own, alt_loss, owner, tags, n)
-        reference = torch.ones(n, dtype=torch.bool, device=dev) if clean is None else torch.as_tensor(clean).to(dev, torch.bool)
-        calibration = _calibrate(margins, reference, max_beat_rate)
-        trusted = [t for t, c in calibration.items() if c["verifiable"]] or list(calibration)
+        reference, planted = _reference(*marks, n, dev)
+        calibration = _calibrate(margins, own, alt_loss, owner, tags, reference, planted, *limits)
+        trusted = [t for t, c in calibration.items() if c["trusted"]] or list(calibration)
         best = torch.stack([_best_trusted(alt_loss, owner, torch.tensor([g == t for g in tags], device=dev), n) for t in trusted], 1)
         has = best >= 0                                                     # [N, trusted tags]
         own_all, best_all = own, torch.where(has, alt_loss[best.clamp(min=0)], torch.nan)
@@ -254,6 +337,12 @@ def _edit_stages(denoise, latents, bank, captions, item, cond, alt_of, flat, aba
     passes = (len(item) * draws + (1 + len(trusted)) * n * refine) * len(ts) / n
     return CaptionProbe(captions, own_all, own - empty, swap, suspicion, [flat[a][1] if a >= 0 else None for a in picks],
                         [flat[a][2] if a >= 0 else None for a in picks], margins, calibration, flat, alt_loss, list(ts), passes)
+
+def _reference(clean, planted, n: int, dev) -> tuple[Tensor, list]:
+    "The calibration's reference items (marked clean, else all; never a planted one) and the planted tag per item."
+    planted = [None] * n if planted is None else list(planted)
+    reference = torch.ones(n, dtype=torch.bool) if clean is None else torch.as_tensor(clean).to(torch.bool)
+    return (reference & torch.tensor([p is None for p in planted])).to(dev), planted
 
 def _suspicion(margins: list[Tensor], reference: Tensor) -> Tensor:
     "Per item, the largest of the tags' robust z-scores: (margin − median) / (1.4826 · MAD), both over the reference items."
