@@ -13,7 +13,7 @@ shape, colour, background, position and size, one attribute wrong in 10 % / 30 %
 denoiser trained 3,000 steps with 512 hidden units:
 `probe_caption_edits` with single-word edits (`word_swaps`, 4 label-free timesteps) against K = 8 other
 items' captions and mean loss; per-attribute AUROC (corrupted in that attribute vs clean) and the probe's
-calibration.
+calibration: label-free, and with a third of the wrong captions disclosed as planted.
 
 AUROC and precision@k (k = number of wrong captions). Run: python bench/bench_caption_quality.py
 [--seeds 3] [--shape-seeds 2]. Writes bench/results/caption_quality.md and caption_quality.png.
@@ -95,7 +95,22 @@ def shapes_run(noise, seed):
         sel = (attr == "") | (attr == a)
         own_tag[a] = report(edits.tag_margins[a].numpy()[sel], data.corrupted[sel])["auroc"]
     table["tag margin of the attribute, word edits"] = own_tag
-    return table, edits.calibration, edits.forward_passes, probe_s
+    return table, edits.calibration, edits.forward_passes, probe_s, planted_calibration(model, data, seed)
+
+
+def planted_calibration(model, data, seed):
+    "The calibration with a third of the wrong captions disclosed as planted (what `plant_wrong_words` gives a user), and each tag's AUROC on the other wrong captions."
+    bad = np.flatnonzero(data.corrupted.numpy())
+    shown = set(np.random.default_rng(seed + 101).choice(bad, len(bad) // 3, replace=False).tolist())
+    planted = [data.corrupted_attribute[i] if i in shown else None for i in range(len(data))]
+    probe = probe_caption_edits(model, model.encode_captions, data.images, data.captions, word_swaps(data.vocabulary), ddpm_alphas_cumprod(),
+                                n_timesteps=4, planted=planted, progress=False)
+    attr, rest = np.array([a or "" for a in data.corrupted_attribute]), np.array([p is None for p in planted])
+    measured = {}
+    for a in data.vocabulary:
+        sel = ((attr == "") | (attr == a)) & rest
+        measured[a] = report(probe.tag_margins[a].numpy()[sel], data.corrupted[sel])["auroc"]
+    return probe.calibration, measured
 
 
 def fmt_range(v, digits=4):
@@ -137,7 +152,7 @@ def main():
             rows.append(f"| {kind} {noise:.0%} | {bold}{name}{bold} | {fmt_range(au)} | {fmt_range(pk, 3)} |")
             print(rows[-1], flush=True)
     train_s, probe_s, passes = (np.mean([c[i] for c in cost]) for i in range(3))
-    shape_rows, cal_rows, shape_cost = [], [], []
+    shape_rows, cal_rows, planted_rows, shape_cost = [], [], [], []
     for noise in (0.1, 0.3):
         runs = [shapes_run(noise, s) for s in range(a.shape_seeds)]
         shape_cost += [(r[2], r[3]) for r in runs]
@@ -149,7 +164,13 @@ def main():
             cal = lambda key: [r[1][tag][key] for r in runs]
             measured = [r[0]["tag margin of the attribute, word edits"][tag] for r in runs]
             cal_rows.append(f"| {noise:.0%} | {tag} | {fmt_range(cal('beat_rate'), 3)} | {fmt_range(cal('expected_auroc'), 3)} | "
-                            f"{fmt_range(measured, 3)} | {sum(cal('trusted'))}/{len(runs)} | {sum(cal('verifiable'))}/{len(runs)} |")
+                            f"{fmt_range(measured, 3)} | {sum(cal('trusted'))}/{len(runs)} | {sum(cal('verifiable'))}/{len(runs)} | "
+                            f"{sum(v and m < 0.95 for v, m in zip(cal('verifiable'), measured))}/{len(runs)} |")
+            pcal = lambda key: [r[4][0][tag][key] for r in runs]
+            pmeasured = [r[4][1][tag] for r in runs]
+            planted_rows.append(f"| {noise:.0%} | {tag} | {np.mean(pcal('planted')):.0f} | {fmt_range(pcal('planted_auroc'), 3)} | "
+                                f"{fmt_range(pmeasured, 3)} | {sum(pcal('verifiable'))}/{len(runs)} | "
+                                f"{sum(v and m < 0.95 for v, m in zip(pcal('verifiable'), pmeasured))}/{len(runs)} |")
     attrs = list(captioned_shapes(1).vocabulary)
     plot(curves, out / "caption_quality.png")
     lines = ["# Caption-quality benchmark", "",
@@ -170,8 +191,13 @@ def main():
              "Calibration of the word-edit probe, the reference being every item (no labels): beat rate, the share of items where "
              "an edit of the tag beats the own caption (trusted when <= 0.5); expected AUROC, estimated from simulated wrong words "
              "(verifiable when >= 0.95); against the tag-margin AUROC measured with the labels:", "",
-             "| noise | tag | beat rate | expected AUROC (no labels) | measured AUROC | trusted (seeds) | verifiable (seeds) |",
-             "|---|---|---:|---:|---:|---:|---:|", *cal_rows, "",
+             "| noise | tag | beat rate | expected AUROC (no labels) | measured AUROC | trusted (seeds) | verifiable (seeds) | verifiable, measured < 0.95 (seeds) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|", *cal_rows, "",
+             "The same probe told a third of the wrong captions as planted (`planted=`: what `plant_wrong_words` gives a user who "
+             "plants wrong words before training); verifiable reads the planted AUROC, and the measured AUROC is on the other "
+             "wrong captions:", "",
+             "| noise | tag | planted items (mean) | planted AUROC | measured AUROC | verifiable (seeds) | verifiable, measured < 0.95 (seeds) |",
+             "|---|---|---:|---:|---:|---:|---:|", *planted_rows, "",
              f"- Word-edit probe: {np.mean([c[0] for c in shape_cost]):.0f} forward passes per item, {np.mean([c[1] for c in shape_cost]):.1f} s for 2,000 items.",
              "- Denoiser: `train_caption_denoiser(steps=3000, hidden=512)` (the skip path is on for 768-value pictures).",
              "- Targets: overall AUROC >= 0.90, and >= 0.95 on every attribute the calibration says the model can verify.", ""]

@@ -7,6 +7,7 @@ Docs: https://caption-evaluator.github.io/caption_evaluator/caption_demo.html.md
 # %% ../nbs/12a_caption_demo.ipynb #bfb142ae
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from matplotlib.figure import Figure
 from .core import shell_command
 from .aggregator import StreamingAggregator
 from .caption_data import CaptionedDataset, captioned_digits
-from .caption_edits import CaptionProbe, probe_caption_edits, word_swaps
+from .caption_edits import CaptionProbe, plant_wrong_words, probe_caption_edits, word_swaps
 from .demo import detection_table, format_detection_table, new_run_dir
 from .denoiser import ddpm_alphas_cumprod, train_caption_denoiser
 from .plotting import _finish
@@ -107,9 +108,23 @@ def plot_caption_scores(data: CaptionedDataset, # the items
     return Path(path)
 
 # %% ../nbs/12a_caption_demo.ipynb #37236532
-def _save_truth(run_dir: Path, data: CaptionedDataset, noise: float, kind: str, seed: int) -> Path:
+def _plant(data: CaptionedDataset, share: float, seed: int) -> tuple[CaptionedDataset, list]:
+    "`data` with `share` of all captions (right ones only) given a wrong class word on purpose, marked wrong like the others; and the planted tag per item."
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1: raise ValueError(f"plant must be a share in [0, 1), got {share!r}")
+    right = [i for i, b in enumerate(data.corrupted.tolist()) if not b]
+    k = int(round(share * len(data)))
+    if k > len(right): raise ValueError(f"plant: {k} captions to plant but only {len(right)} right captions; lower plant or noise")
+    new, tags = plant_wrong_words([data.captions[i] for i in right], {"class": data.vocabulary["class"]}, k / max(len(right), 1), seed)
+    captions, planted, said, bad, which = list(data.captions), [None] * len(data), list(data.attributes["class"]), data.corrupted.clone(), list(data.corrupted_attribute)
+    for i, caption, tag in zip(right, new, tags):
+        if tag is None: continue
+        captions[i], planted[i], said[i], bad[i], which[i] = caption, tag, caption.split()[-1], True, tag
+    return dataclasses.replace(data, captions=captions, corrupted=bad, attributes={**data.attributes, "class": said}, corrupted_attribute=which), planted
+
+def _save_truth(run_dir: Path, data: CaptionedDataset, noise: float, kind: str, seed: int, planted: list) -> Path:
     bad = [k for k, b in zip(data.keys, data.corrupted.tolist()) if b]
     return write_json_atomic(run_dir / "corruption.json", {"noise": noise, "kind": kind, "seed": seed, "corrupted": bad,
+                             "planted": [k for k, p in zip(data.keys, planted) if p],
                              "true_captions": dict(zip(data.keys, data.true_captions)), "captions": dict(zip(data.keys, data.captions))})
 
 def _figures(run_dir: Path, data, probe, timesteps_table, stats) -> dict:
@@ -123,35 +138,37 @@ def run_caption_demo(output_dir: str|Path = "demo_output", # parent folder; each
                      noise: float = 0.3, # share of captions (per class) with a wrong class word
                      kind: str = "classcond", # "classcond" (each digit as its look-alike) or "uniform" (any other digit)
                      steps: int = 1500, # training steps of the denoiser
+                     plant: float = 0.02, # share of captions given a wrong class word on purpose before training (`plant_wrong_words`), which measures the calibration; 0: none
                      seed: int = 0, # seed of data, training and probe
                      verbose: bool = True, # print the report
                      progress: bool = True, # progress bars while training and probing
                     ) -> CaptionDemoResult:
     "Train a caption denoiser on captioned digits with wrong captions, probe every caption, and report which score finds them."
     say = print if verbose else (lambda *a, **k: None)
-    data = captioned_digits(noise, kind, seed)
+    data, planted = _plant(captioned_digits(noise, kind, seed), plant, seed + 1)
     run_dir = new_run_dir(output_dir)
     agg = StreamingAggregator(timestep_range=(0, 1000))
     t0 = time.perf_counter()
     model = train_caption_denoiser(data, steps=steps, seed=seed, aggregator=agg, monitor_every=1, progress=progress and verbose)
     t1 = time.perf_counter()
     probe = probe_caption_edits(model, model.encode_captions, data.images, data.captions, word_swaps(data.vocabulary),
-                                ddpm_alphas_cumprod(), seed=seed, progress=progress and verbose)
+                                ddpm_alphas_cumprod(), seed=seed, planted=planted, progress=progress and verbose)
     t2 = time.perf_counter()
     agg.update("probe", agg.register_items("probe", data.keys), probe.own_loss, values=probe.values())
     snapshot = agg.save_json(run_dir, "captions", steps)
     datasets = load_item_stats(snapshot)["datasets"]           # everything below reads the saved snapshot
     figures = _figures(run_dir, data, probe, datasets["train"]["timesteps"], datasets["train"]["item_stats"])
-    _save_truth(run_dir, data, noise, kind, seed)
+    _save_truth(run_dir, data, noise, kind, seed, planted)
     result = CaptionDemoResult(run_dir, data, probe, _detection(data, datasets), snapshot, figures, {"train": t1 - t0, "probe": t2 - t1})
-    _report(result, noise, kind, say)
+    _report(result, noise, kind, sum(p is not None for p in planted), say)
     return result
 
-def _report(r: CaptionDemoResult, noise: float, kind: str, say):
-    say(f"\n{int(r.data.corrupted.sum())} of {len(r.data)} captions are wrong ({noise:.0%} per class, {kind}); "
+def _report(r: CaptionDemoResult, noise: float, kind: str, planted: int, say):
+    say(f"\n{int(r.data.corrupted.sum())} of {len(r.data)} captions are wrong ({noise:.0%} per class, {kind}, and {planted} planted on purpose); "
         f"trained {r.seconds['train']:.0f} s, probed {r.seconds['probe']:.0f} s ({r.probe.forward_passes:.0f} forward passes per item)")
     say("\nWhich score finds the wrong captions:\n" + format_detection_table(r.detection))
-    say("\nWhat the probe can verify (beat rate: share of items where an edit beats the caption; expected AUROC: estimated without labels from simulated wrong words):\n" + r.probe.format_calibration())
+    say("\nWhat the probe can verify (beat rate: share of items where an edit beats the caption; expected AUROC: estimated without labels "
+        "from simulated wrong words; planted AUROC: measured on the planted ones, which decides 'verifiable'):\n" + r.probe.format_calibration())
     say("\nMost suspect captions (swap margin, key, caption -> the caption the model prefers):\n" + r.probe.format_worst(8, keys=r.data.keys))
     say(f"\nRun folder: {r.run_dir}")
     for name, p in r.figures.items(): say(f"  figure: {p}")

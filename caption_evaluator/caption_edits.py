@@ -160,7 +160,7 @@ def _expected_auroc(own: Tensor, alt_loss: Tensor, owner: Tensor, sel: Tensor, r
 def _corrected_auroc(reference: Tensor, wrong: Tensor, weights: Tensor) -> float:
     "AUROC of wrong-caption margins against the reference margins, corrected for the reference's own wrong captions (which pull it towards ½)."
     observed = _weighted_auroc(reference, wrong, weights)
-    if observed != observed: return observed
+    if not observed > 0.5: return observed                      # NaN, or a tag whose edits win: nothing pulls it towards ½ from above
     share = _wrong_share(reference, wrong, weights)
     return min(max((observed - share / 2) / (1 - share), 0.0), 1.0)
 

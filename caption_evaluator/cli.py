@@ -109,6 +109,8 @@ def _add_caption_demo_arguments(p:argparse.ArgumentParser) -> argparse.ArgumentP
                    help="captions: find wrong captions of a text-to-image denoiser (default); labels: find wrong labels of a digits classifier")
     add_demo_arguments(p)
     p.add_argument("--steps", type=_positive_int, default=1500, help="captions demo: denoiser training steps (default 1500)")
+    p.add_argument("--plant", type=float, default=0.02,
+                   help="captions demo: share of captions given a wrong class word on purpose before training, which measures what the probe can verify (default 0.02; 0: none)")
     p.set_defaults(noise=None, noise_kind=None)
     for a in p._actions:
         if a.dest == "noise": a.help = "share of corrupted captions / labels, in [0, 1) (default 0.3 for captions, 0.1 for labels)"
@@ -271,7 +273,9 @@ def cmd_demo(args:argparse.Namespace, # parsed arguments of `build_parser`
     if not 0 <= noise < 1: raise UsageError(f"--noise must be a share in [0, 1), got {noise}")
     if captions:
         from caption_evaluator.caption_demo import run_caption_demo
-        result = run_caption_demo(output_dir=args.output_dir, noise=noise, kind=kind, steps=args.steps, seed=args.seed, verbose=not args.quiet)
+        if not 0 <= args.plant < 1: raise UsageError(f"--plant must be a share in [0, 1), got {args.plant}")
+        result = run_caption_demo(output_dir=args.output_dir, noise=noise, kind=kind, steps=args.steps, plant=args.plant, seed=args.seed,
+                                  verbose=not args.quiet)
     else:
         from caption_evaluator.demo import run_demo
         result = run_demo(output_dir=args.output_dir, seed=args.seed, noise=noise, epochs=args.epochs, noise_kind=kind,

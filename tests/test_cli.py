@@ -285,9 +285,11 @@ def test_output_cut_short_by_the_reader_is_not_an_error(snapshot, tmp_path):
 
 # --- demo --------------------------------------------------------------------------------------------------
 
-def test_demo_bad_noise_exit_2(tmp_path):
-    code, _, err = cli("demo", "--noise", "1.5", "--output-dir", tmp_path)
-    assert code == 2 and "--noise" in err and len(err.strip().splitlines()) == 1
+@pytest.mark.parametrize("flag", ["--noise", "--plant"])
+def test_demo_bad_share_exit_2(tmp_path, flag):
+    code, _, err = cli("demo", flag, "1.5", "--output-dir", tmp_path)
+    assert code == 2 and flag in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())                      # refused before any run folder is made
 
 
 def test_list_runs_with_single_run_exit_2(run_dirs):
