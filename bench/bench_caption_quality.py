@@ -164,13 +164,13 @@ def main():
             cal = lambda key: [r[1][tag][key] for r in runs]
             measured = [r[0]["tag margin of the attribute, word edits"][tag] for r in runs]
             cal_rows.append(f"| {noise:.0%} | {tag} | {fmt_range(cal('beat_rate'), 3)} | {fmt_range(cal('expected_auroc'), 3)} | "
-                            f"{fmt_range(measured, 3)} | {sum(cal('trusted'))}/{len(runs)} | {sum(cal('verifiable'))}/{len(runs)} | "
-                            f"{sum(v and m < 0.95 for v, m in zip(cal('verifiable'), measured))}/{len(runs)} |")
+                            f"{fmt_range(measured, 3)} | {sum(cal('trusted'))}/{len(runs)} | {sum(v is None for v in cal('verifiable'))}/{len(runs)} | "
+                            f"{sum(v is None and m < 0.95 for v, m in zip(cal('verifiable'), measured))}/{len(runs)} |")
             pcal = lambda key: [r[4][0][tag][key] for r in runs]
             pmeasured = [r[4][1][tag] for r in runs]
             planted_rows.append(f"| {noise:.0%} | {tag} | {np.mean(pcal('planted')):.0f} | {fmt_range(pcal('planted_auroc'), 3)} | "
-                                f"{fmt_range(pmeasured, 3)} | {sum(pcal('verifiable'))}/{len(runs)} | "
-                                f"{sum(v and m < 0.95 for v, m in zip(pcal('verifiable'), pmeasured))}/{len(runs)} |")
+                                f"{fmt_range(pmeasured, 3)} | {sum(v is True for v in pcal('verifiable'))}/{len(runs)} | "
+                                f"{sum(v is True and m < 0.95 for v, m in zip(pcal('verifiable'), pmeasured))}/{len(runs)} |")
     attrs = list(captioned_shapes(1).vocabulary)
     plot(curves, out / "caption_quality.png")
     lines = ["# Caption-quality benchmark", "",
@@ -190,11 +190,11 @@ def main():
              "| noise | score | overall | " + " | ".join(attrs) + " |", "|---|---|" + "---:|" * (1 + len(attrs)), *shape_rows, "",
              "Calibration of the word-edit probe, the reference being every item (no labels): beat rate, the share of items where "
              "an edit of the tag beats the own caption (trusted when <= 0.5); expected AUROC, estimated from simulated wrong words "
-             "(verifiable when >= 0.95); against the tag-margin AUROC measured with the labels:", "",
-             "| noise | tag | beat rate | expected AUROC (no labels) | measured AUROC | trusted (seeds) | verifiable (seeds) | verifiable, measured < 0.95 (seeds) |",
+             "(likely verifiable when >= 0.95: the estimate alone never confirms); against the tag-margin AUROC measured with the labels:", "",
+             "| noise | tag | beat rate | expected AUROC (no labels) | measured AUROC | trusted (seeds) | likely verifiable (seeds) | likely, measured < 0.95 (seeds) |",
              "|---|---|---:|---:|---:|---:|---:|---:|", *cal_rows, "",
              "The same probe told a third of the wrong captions as planted (`planted=`: what `plant_wrong_words` gives a user who "
-             "plants wrong words before training); verifiable reads the planted AUROC, and the measured AUROC is on the other "
+             "plants wrong words before training); verifiable when the planted AUROC is >= 0.95, and the measured AUROC is on the other "
              "wrong captions:", "",
              "| noise | tag | planted items (mean) | planted AUROC | measured AUROC | verifiable (seeds) | verifiable, measured < 0.95 (seeds) |",
              "|---|---|---:|---:|---:|---:|---:|", *planted_rows, "",

@@ -99,7 +99,7 @@ class CaptionProbe:
     best_alternative: list # per item: the trusted alternative the model prefers (a suggested fix), or None
     best_tag: list # per item: the tag of `best_alternative`, or None
     tag_margins: dict # tag -> [N] own − best alternative of that tag (every draw for trusted tags, screening draws for the others); NaN where the item has none
-    calibration: dict # tag -> {"beat_rate", "items", "median_margin", "expected_auroc", "planted", "planted_auroc", "trusted", "verifiable"} on the reference items
+    calibration: dict # tag -> {"beat_rate", "items", "median_margin", "expected_auroc", "planted", "planted_auroc", "trusted", "verifiable" (True, False, or None: likely, unconfirmed)} on the reference items
     alternatives: list # (item, caption, tag) of every alternative
     alternative_losses: Tensor # [A] normalised screening loss of each alternative
     timesteps: list # the probed timesteps
@@ -112,13 +112,15 @@ class CaptionProbe:
 
     def format_calibration(self) -> str:
         "The calibration as a text table, one row per tag."
-        yes = lambda flag: "yes" if flag else "no"
+        yes = lambda flag: "likely" if flag is None else "yes" if flag else "no"
         planted = any(c["planted"] for c in self.calibration.values())
         rows = [f"{'tag':<16} {'items':>6} {'beat rate':>9} {'median margin':>13} {'expected AUROC':>14}"
                 + (f" {'planted':>7} {'planted AUROC':>13}" if planted else "") + "  trusted  verifiable"]
         for t, c in self.calibration.items():
             rows.append(f"{t:<16} {c['items']:>6} {c['beat_rate']:>9.3f} {c['median_margin']:>13.3f} {c['expected_auroc']:>14.3f}"
                         + (f" {c['planted']:>7} {c['planted_auroc']:>13.3f}" if planted else "") + f"  {yes(c['trusted']):<7}  {yes(c['verifiable'])}")
+        if any(c["verifiable"] is None for c in self.calibration.values()):
+            rows.append("likely: the label-free estimate passes min_auroc; plant wrong words before training (plant_wrong_words) to confirm")
         return "\n".join(rows)
 
     def format_worst(self, k: int = 10, # rows
@@ -189,8 +191,13 @@ def _calibrate(tag_margins: Mapping[str, Tensor], own: Tensor, alt_loss: Tensor,
         measured = _corrected_auroc(v.double(), m[hit].double(), torch.ones(int(hit.sum()), dtype=torch.float64, device=own.device))
         out[t] = {"beat_rate": rate, "items": int(len(v)), "median_margin": float(v.quantile(0.5)) if len(v) else float("nan"),
                   "expected_auroc": est, "planted": int(hit.sum()), "planted_auroc": measured, "trusted": bool(len(v)) and rate <= max_beat_rate,
-                  "verifiable": (measured if hit.any() else est) >= min_auroc}
+                  "verifiable": _verdict(measured if hit.any() else est, bool(hit.any()), min_auroc)}
     return out
+
+def _verdict(auroc: float, planted: bool, min_auroc: float) -> bool|None:
+    "True/False from planted words; from the label-free estimate only False, or None when it passes (memorization can hide wrong words from it)."
+    if not auroc >= min_auroc: return False
+    return True if planted else None
 
 # %% ../nbs/14a_caption_edits.ipynb #b1375b74
 def _alternative_lists(captions, alternatives) -> list[list[tuple[str, str]]]:
