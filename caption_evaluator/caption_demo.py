@@ -8,6 +8,7 @@ Docs: https://caption-evaluator.github.io/caption_evaluator/caption_demo.html.md
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +110,7 @@ def plot_caption_scores(data: CaptionedDataset, # the items
 
 # %% ../nbs/12a_caption_demo.ipynb #37236532
 def _plant(data: CaptionedDataset, share: float, seed: int) -> tuple[CaptionedDataset, list]:
-    "`data` with `share` of all captions (right ones only) given a wrong class word on purpose, marked wrong like the others; and the planted tag per item."
+    "`data` with `share` of all captions (right ones only) given a uniformly drawn wrong class word on purpose, marked wrong like the others; and the planted tag per item."
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1: raise ValueError(f"plant must be a share in [0, 1), got {share!r}")
     right = [i for i, b in enumerate(data.corrupted.tolist()) if not b]
     k = int(round(share * len(data)))
@@ -118,7 +119,8 @@ def _plant(data: CaptionedDataset, share: float, seed: int) -> tuple[CaptionedDa
     captions, planted, said, bad, which = list(data.captions), [None] * len(data), list(data.attributes["class"]), data.corrupted.clone(), list(data.corrupted_attribute)
     for i, caption, tag in zip(right, new, tags):
         if tag is None: continue
-        captions[i], planted[i], said[i], bad[i], which[i] = caption, tag, caption.split()[-1], True, tag
+        word = next(w for w in data.vocabulary["class"] if w != said[i] and re.search(rf"(?<!\w){re.escape(w)}(?!\w)", caption))
+        captions[i], planted[i], said[i], bad[i], which[i] = caption, tag, word, True, tag
     return dataclasses.replace(data, captions=captions, corrupted=bad, attributes={**data.attributes, "class": said}, corrupted_attribute=which), planted
 
 def _save_truth(run_dir: Path, data: CaptionedDataset, noise: float, kind: str, seed: int, planted: list) -> Path:

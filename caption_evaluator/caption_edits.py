@@ -14,7 +14,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .probe import _EvalMode, _auto_timesteps, _check_schedule, _finite_mean, _item_ids, _pair_losses, _pick_timesteps
+from .probe import _EvalMode, _auto_timesteps, _check_int, _check_schedule, _finite_mean, _item_ids, _pair_losses, _pick_timesteps
 
 # %% auto #0
 __all__ = ['word_swaps', 'other_captions', 'plant_wrong_words', 'CaptionProbe', 'probe_caption_edits']
@@ -153,7 +153,7 @@ def _expected_auroc(own: Tensor, alt_loss: Tensor, owner: Tensor, sel: Tensor, r
     is_best = idx == first[o]
     second = torch.full((n,), inf, device=dev).scatter_reduce(0, o, torch.where(is_best, inf, l), "amin")
     simulated = l - torch.minimum(own[o], torch.where(is_best, second[o], best[o]))   # the edit as the caption, the own caption among its rivals
-    count = torch.zeros(n, device=dev).scatter_add(0, o, torch.ones_like(l))
+    count = torch.zeros(n, device=dev).scatter_add(0, o, simulated.isfinite().to(l.dtype))   # the edits that take part
     clean = own - best
     clean = clean[reference & (count > 0) & clean.isfinite()].double()
     keep = reference[o] & simulated.isfinite()
@@ -180,7 +180,7 @@ def _wrong_share(clean: Tensor, simulated: Tensor, weights: Tensor, quantiles=(0
     return min(min(shares, default=0.0), most)
 
 def _calibrate(tag_margins: Mapping[str, Tensor], own: Tensor, alt_loss: Tensor, owner: Tensor, tags: list[str], reference: Tensor,
-               planted: list, max_beat_rate: float, min_auroc: float) -> dict:
+               planted: list, max_beat_rate: float, min_auroc: float, min_planted: int) -> dict:
     out = {}
     for t, m in tag_margins.items():
         v = m[reference & ~m.isnan()]
@@ -189,15 +189,16 @@ def _calibrate(tag_margins: Mapping[str, Tensor], own: Tensor, alt_loss: Tensor,
         est = _expected_auroc(own, alt_loss, owner, sel, reference, len(own))
         hit = torch.tensor([p == t for p in planted], dtype=torch.bool, device=own.device) & ~m.isnan()
         measured = _corrected_auroc(v.double(), m[hit].double(), torch.ones(int(hit.sum()), dtype=torch.float64, device=own.device))
+        trusted = bool(len(v)) and rate <= max_beat_rate
         out[t] = {"beat_rate": rate, "items": int(len(v)), "median_margin": float(v.quantile(0.5)) if len(v) else float("nan"),
-                  "expected_auroc": est, "planted": int(hit.sum()), "planted_auroc": measured, "trusted": bool(len(v)) and rate <= max_beat_rate,
-                  "verifiable": _verdict(measured if hit.any() else est, bool(hit.any()), min_auroc)}
+                  "expected_auroc": est, "planted": int(hit.sum()), "planted_auroc": measured, "trusted": trusted,
+                  "verifiable": _verdict(est, measured if int(hit.sum()) >= min_planted else None, trusted, min_auroc)}
     return out
 
-def _verdict(auroc: float, planted: bool, min_auroc: float) -> bool|None:
-    "True/False from planted words; from the label-free estimate only False, or None when it passes (memorization can hide wrong words from it)."
-    if not auroc >= min_auroc: return False
-    return True if planted else None
+def _verdict(expected: float, planted: float|None, trusted: bool, min_auroc: float) -> bool|None:
+    "From enough planted words True or False; from the label-free estimate only False, or None when it passes (memorization can hide wrong words from it)."
+    if planted is not None: return trusted and planted >= min_auroc
+    return None if expected >= min_auroc else False
 
 # %% ../nbs/14a_caption_edits.ipynb #b1375b74
 def _alternative_lists(captions, alternatives) -> list[list[tuple[str, str]]]:
@@ -216,6 +217,13 @@ def _alternative_lists(captions, alternatives) -> list[list[tuple[str, str]]]:
         out.append(row)
     if not any(out): raise ValueError("alternatives produced no alternative caption for any item; check the edit strategy against the captions")
     return out
+
+def _check_planted_tags(planted, alts):
+    "Every planted tag must be the tag of some alternative, or its items would leave the reference without being measured."
+    if planted is None: return
+    known = {t for row in alts for _, t in row}
+    unknown = sorted({p for p in planted if p is not None} - known)
+    if unknown: raise ValueError(f"planted: tag(s) {unknown} are not tags of any alternative (tags: {sorted(known)}); plant with the vocabulary the edits use")
 
 def _encode_bank(encode, strings: list[str], batch: int, device) -> Tensor:
     parts = []
@@ -283,7 +291,8 @@ def probe_caption_edits(denoise: Callable, # `denoise(x_t, t, cond) -> predictio
                         clean: Sequence[bool]|None = None, # items known to be clean, the calibration's reference (default: all items)
                         planted: Sequence[str|None]|None = None, # per item, the tag made wrong on purpose before training (`plant_wrong_words`), or None
                         max_beat_rate: float = 0.5, # a tag is trusted (used in `swap_margin`) when its edits beat the own caption on at most this share of reference items
-                        min_auroc: float = 0.95, # a tag is verifiable when its label-free expected AUROC reaches this
+                        min_auroc: float = 0.95, # the AUROC a tag's wrong words must be found with to be verifiable (planted AUROC; the label-free estimate only says "likely")
+                        min_planted: int = 20, # planted items a tag needs before its planted AUROC decides `verifiable`
                         timesteps: str|Sequence[int] = "auto", # "auto" or explicit timesteps
                         n_timesteps: int = 2, # how many timesteps "auto" picks
                         noise_draws: int = 1, # screening draws (every caption)
@@ -298,9 +307,11 @@ def probe_caption_edits(denoise: Callable, # `denoise(x_t, t, cond) -> predictio
     "Probe each item's caption against edited alternatives at the same noisy input, with per-tag margins, calibration and a suggested fix."
     _check_edit_args(latents, captions, clean, planted)
     _check_schedule(alphas_cumprod, prediction_type, noise_draws, refine_draws, batch_size)
-    limits = _check_share("max_beat_rate", max_beat_rate), _check_share("min_auroc", min_auroc)
+    _check_int("min_planted", min_planted, 1)
+    limits = _check_share("max_beat_rate", max_beat_rate), _check_share("min_auroc", min_auroc), min_planted
     captions = list(captions)
     alts = _alternative_lists(captions, alternatives)
+    _check_planted_tags(planted, alts)
     strings, item, cond, alt_of, flat = _layout(captions, alts, empty_caption)
     dev, n = latents.device, len(captions)
     ids = _item_ids(items, n)
@@ -348,8 +359,8 @@ def _edit_stages(denoise, latents, bank, captions, item, cond, alt_of, flat, aba
 def _reference(clean, planted, n: int, dev) -> tuple[Tensor, list]:
     "The calibration's reference items (marked clean, else all; never a planted one) and the planted tag per item."
     planted = [None] * n if planted is None else list(planted)
-    reference = torch.ones(n, dtype=torch.bool) if clean is None else torch.as_tensor(clean).to(torch.bool)
-    return (reference & torch.tensor([p is None for p in planted])).to(dev), planted
+    reference = torch.ones(n, dtype=torch.bool, device=dev) if clean is None else torch.as_tensor(clean).to(dev, torch.bool)
+    return reference & torch.tensor([p is None for p in planted], device=dev), planted
 
 def _suspicion(margins: list[Tensor], reference: Tensor) -> Tensor:
     "Per item, the largest of the tags' robust z-scores: (margin − median) / (1.4826 · MAD), both over the reference items."
