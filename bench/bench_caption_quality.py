@@ -194,7 +194,7 @@ def main():
              "| noise | tag | beat rate | expected AUROC (no labels) | measured AUROC | trusted (seeds) | likely verifiable (seeds) | likely, measured < 0.95 (seeds) |",
              "|---|---|---:|---:|---:|---:|---:|---:|", *cal_rows, "",
              "The same probe told a third of the wrong captions as planted (`planted=`: what `plant_wrong_words` gives a user who "
-             "plants wrong words before training); verifiable when the planted AUROC is >= 0.95, and the measured AUROC is on the other "
+             "plants wrong words before training); verifiable when a trusted tag has at least 20 planted items and a planted AUROC >= 0.95 (with fewer, the label-free verdict stands), and the measured AUROC is on the other "
              "wrong captions:", "",
              "| noise | tag | planted items (mean) | planted AUROC | measured AUROC | verifiable (seeds) | verifiable, measured < 0.95 (seeds) |",
              "|---|---|---:|---:|---:|---:|---:|", *planted_rows, "",
