@@ -8,7 +8,6 @@ Docs: https://caption-evaluator.github.io/caption_evaluator/caption_demo.html.md
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from matplotlib.figure import Figure
 from .core import shell_command
 from .aggregator import StreamingAggregator
 from .caption_data import CaptionedDataset, captioned_digits
-from .caption_edits import CaptionProbe, plant_wrong_words, probe_caption_edits, word_swaps
+from .caption_edits import CaptionProbe, _check_share, _word_pattern, plant_wrong_words, probe_caption_edits, word_swaps
 from .demo import detection_table, format_detection_table, new_run_dir
 from .denoiser import ddpm_alphas_cumprod, train_caption_denoiser
 from .plotting import _finish
@@ -111,7 +110,7 @@ def plot_caption_scores(data: CaptionedDataset, # the items
 # %% ../nbs/12a_caption_demo.ipynb #37236532
 def _plant(data: CaptionedDataset, share: float, seed: int) -> tuple[CaptionedDataset, list]:
     "`data` with `share` of all captions (right ones only) given a uniformly drawn wrong class word on purpose, marked wrong like the others; and the planted tag per item."
-    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1: raise ValueError(f"plant must be a share in [0, 1), got {share!r}")
+    share = _check_share("plant", share)
     right = [i for i, b in enumerate(data.corrupted.tolist()) if not b]
     k = int(round(share * len(data)))
     if k > len(right): raise ValueError(f"plant: {k} captions to plant but only {len(right)} right captions; lower plant or noise")
@@ -119,7 +118,7 @@ def _plant(data: CaptionedDataset, share: float, seed: int) -> tuple[CaptionedDa
     captions, planted, said, bad, which = list(data.captions), [None] * len(data), list(data.attributes["class"]), data.corrupted.clone(), list(data.corrupted_attribute)
     for i, caption, tag in zip(right, new, tags):
         if tag is None: continue
-        word = next(w for w in data.vocabulary["class"] if w != said[i] and re.search(rf"(?<!\w){re.escape(w)}(?!\w)", caption))
+        word = next(w for w in data.vocabulary["class"] if w != said[i] and _word_pattern(w).search(caption))
         captions[i], planted[i], said[i], bad[i], which[i] = caption, tag, word, True, tag
     return dataclasses.replace(data, captions=captions, corrupted=bad, attributes={**data.attributes, "class": said}, corrupted_attribute=which), planted
 

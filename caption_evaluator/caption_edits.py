@@ -74,13 +74,13 @@ def plant_wrong_words(captions: Sequence[str], # the training captions
     if isinstance(captions, str) or not all(isinstance(c, str) for c in captions): raise ValueError("captions must be a list of caption strings")
     share, swap = _check_share("share", share), word_swaps(vocabulary)
     out, planted = list(captions), [None] * len(captions)
-    editable = [i for i, c in enumerate(out) if swap(c)]
+    editable = [(i, e) for i, e in enumerate(map(swap, out)) if e]
     k = int(round(share * len(out)))
     if k > len(editable): raise ValueError(f"share: {k} captions to plant but only {len(editable)} contain a vocabulary word; lower share or widen the vocabulary")
     g = torch.Generator().manual_seed(seed)
     pick = lambda options: options[int(torch.randint(len(options), (1,), generator=g))]
     for j in torch.randperm(len(editable), generator=g)[:k].tolist():
-        i, edits = editable[j], swap(out[editable[j]])
+        i, edits = editable[j]
         tag = pick(list(dict.fromkeys(t for _, t in edits)))              # an attribute, then one of its other words
         out[i], planted[i] = pick([c for c, t in edits if t == tag]), tag
     return out, planted
@@ -144,18 +144,16 @@ def _weighted_auroc(negatives: Tensor, positives: Tensor, weights: Tensor) -> fl
     below = (torch.searchsorted(neg, positives, right=False) + torch.searchsorted(neg, positives, right=True)).to(weights.dtype)
     return float((below / (2 * len(neg)) * weights).sum() / weights.sum())
 
-def _expected_auroc(own: Tensor, alt_loss: Tensor, owner: Tensor, sel: Tensor, reference: Tensor, n: int) -> float:
-    "Label-free AUROC of one tag's margin: each reference item's edits of the tag as stand-in wrong captions against the items' own margins."
-    o, l, dev = owner[sel], alt_loss[sel], own.device
-    idx, inf = torch.arange(len(l), device=dev), float("inf")
-    best = torch.full((n,), inf, device=dev).scatter_reduce(0, o, l, "amin")
-    first = torch.full((n,), len(l), device=dev).scatter_reduce(0, o, torch.where(l == best[o], idx, len(l)), "amin")
-    is_best = idx == first[o]
-    second = torch.full((n,), inf, device=dev).scatter_reduce(0, o, torch.where(is_best, inf, l), "amin")
+def _expected_auroc(margin: Tensor, own: Tensor, alt_loss: Tensor, owner: Tensor, sel: Tensor, reference: Tensor) -> float:
+    "Label-free AUROC of one tag's `margin` (own − its best edit): each reference item's edits of the tag as stand-in wrong captions against the items' own margins."
+    n, o, l = len(own), owner[sel], alt_loss[sel]
+    best_at = _best_trusted(alt_loss, owner, sel, n)                         # each item's best edit of the tag, −1 if none
+    is_best = torch.nonzero(sel).flatten() == best_at[o]
+    second = torch.full((n,), float("inf"), device=own.device).scatter_reduce(0, o, torch.where(is_best, float("inf"), l), "amin")
+    best = torch.where(best_at >= 0, alt_loss[best_at.clamp(min=0)], float("inf"))
     simulated = l - torch.minimum(own[o], torch.where(is_best, second[o], best[o]))   # the edit as the caption, the own caption among its rivals
-    count = torch.zeros(n, device=dev).scatter_add(0, o, simulated.isfinite().to(l.dtype))   # the edits that take part
-    clean = own - best
-    clean = clean[reference & (count > 0) & clean.isfinite()].double()
+    count = torch.zeros(n, device=own.device).scatter_add(0, o, simulated.isfinite().to(l.dtype))   # the edits that take part
+    clean = margin[reference & (count > 0) & margin.isfinite()].double()
     keep = reference[o] & simulated.isfinite()
     return _corrected_auroc(clean, simulated[keep].double(), 1 / count[o][keep].double())
 
@@ -179,14 +177,13 @@ def _wrong_share(clean: Tensor, simulated: Tensor, weights: Tensor, quantiles=(0
         if above > 0: shares.append(float((clean > tau).double().mean()) / above)
     return min(min(shares, default=0.0), most)
 
-def _calibrate(tag_margins: Mapping[str, Tensor], own: Tensor, alt_loss: Tensor, owner: Tensor, tags: list[str], reference: Tensor,
+def _calibrate(tag_margins: Mapping[str, Tensor], own: Tensor, alt_loss: Tensor, owner: Tensor, masks: Mapping[str, Tensor], reference: Tensor,
                planted: list, max_beat_rate: float, min_auroc: float, min_planted: int) -> dict:
     out = {}
     for t, m in tag_margins.items():
         v = m[reference & ~m.isnan()]
         rate = int((v > 0).sum()) / len(v) if len(v) else float("nan")
-        sel = torch.tensor([g == t for g in tags], device=own.device)
-        est = _expected_auroc(own, alt_loss, owner, sel, reference, len(own))
+        est = _expected_auroc(m, own, alt_loss, owner, masks[t], reference)
         hit = torch.tensor([p == t for p in planted], dtype=torch.bool, device=own.device) & ~m.isnan()
         measured = _corrected_auroc(v.double(), m[hit].double(), torch.ones(int(hit.sum()), dtype=torch.float64, device=own.device))
         trusted = bool(len(v)) and rate <= max_beat_rate
@@ -263,10 +260,13 @@ def _own_pairs(alt_of: Tensor) -> Tensor:
     mask[fixed[0::2]] = True
     return mask
 
-def _tag_margins(own: Tensor, alt_loss: Tensor, owner: Tensor, tags: list[str], n: int) -> dict[str, Tensor]:
+def _tag_masks(tags: list[str], dev) -> dict[str, Tensor]:
+    "Per tag (in order of first use), the mask of its alternatives."
+    return {t: torch.tensor([g == t for g in tags], device=dev) for t in dict.fromkeys(tags)}
+
+def _tag_margins(own: Tensor, alt_loss: Tensor, owner: Tensor, masks: Mapping[str, Tensor], n: int) -> dict[str, Tensor]:
     out = {}
-    for t in dict.fromkeys(tags):
-        sel = torch.tensor([g == t for g in tags], device=own.device)
+    for t, sel in masks.items():
         best = torch.full((n,), float("inf"), device=own.device).scatter_reduce(0, owner[sel], alt_loss[sel], "amin")
         out[t] = torch.where(best.isinf(), torch.nan, own - best)
     return out
@@ -330,17 +330,17 @@ def _edit_stages(denoise, latents, bank, captions, item, cond, alt_of, flat, aba
     fixed = torch.nonzero(alt_of == -1).flatten()                          # each item's own and empty pairs, in that order
     own_rows, empty_rows, alt_rows = (r.to(dev) for r in (fixed[0::2], fixed[1::2], torch.nonzero(alt_of >= 0).flatten()))
     owner = torch.tensor([o for o, _, _ in flat], device=dev)
-    tags = [t for _, _, t in flat]
+    masks = _tag_masks([t for _, _, t in flat], dev)
     with tqdm(total=len(item), desc="probing captions", unit="pair", disable=not progress) as bar:
         raw = _pair_losses(denoise, latents, bank, item, cond.to(dev), abar, ts, range(draws), prediction_type, batch_size, seed, bar, ids)
         scale_t = _finite_mean(raw[own_rows], (0, 1)).clamp(min=1e-12)      # a NaN/inf loss poisons only its own item
         Lp = (raw / scale_t).mean((1, 2))
         own, empty, alt_loss = Lp[own_rows], Lp[empty_rows], Lp[alt_rows]
-        margins = _tag_margins(own, alt_loss, owner, tags, n)
+        margins = _tag_margins(own, alt_loss, owner, masks, n)
         reference, planted = _reference(*marks, n, dev)
-        calibration = _calibrate(margins, own, alt_loss, owner, tags, reference, planted, *limits)
+        calibration = _calibrate(margins, own, alt_loss, owner, masks, reference, planted, *limits)
         trusted = [t for t, c in calibration.items() if c["trusted"]] or list(calibration)
-        best = torch.stack([_best_trusted(alt_loss, owner, torch.tensor([g == t for g in tags], device=dev), n) for t in trusted], 1)
+        best = torch.stack([_best_trusted(alt_loss, owner, masks[t], n) for t in trusted], 1)
         has = best >= 0                                                     # [N, trusted tags]
         own_all, best_all = own, torch.where(has, alt_loss[best.clamp(min=0)], torch.nan)
         if refine:
