@@ -452,8 +452,10 @@ class EvalConfig:
         return DataLoader(Subset(ds, self.indices(len(ds))), shuffle=False, **kw)
 
     def to_dict(self) -> dict:
-        "The config as a JSON-serialisable dict."
-        return dataclasses.asdict(self)
+        "The config as a JSON-serialisable dict (a `torch.device` is written as its name)."
+        d = dataclasses.asdict(self)
+        if d["device"] is not None: d["device"] = str(d["device"])
+        return d
 
 # %% ../nbs/03_tasks.ipynb #a34e4812
 def build_eval_config(

@@ -93,3 +93,14 @@ def test_bad_model_type_and_empty_results_are_refused(tmp_path):
     with pytest.raises(ValueError, match="results is empty"):
         save_results({}, results_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_run_eval_takes_a_torch_device():
+    "A `torch.device` in the config is run on and recorded by name."
+    import json
+    from caption_evaluator.models import DigitsMLP
+    from caption_evaluator.router import VisionClassificationAdapter, run_eval
+    from caption_evaluator.tasks import build_eval_config
+    res = run_eval(DigitsMLP(), VisionClassificationAdapter(), build_eval_config("vision_tiny", device=torch.device("cpu")), progress=False)
+    assert res["eval_config"]["device"] == "cpu"
+    json.dumps(res)                                           # the full record is plain JSON
