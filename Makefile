@@ -18,8 +18,8 @@ $(VENV)/.runtime-$(SUM): | $(BIN)/python
 	test -e $(VENV)/.dev-$(SUM) || $(PIP) -e ".[tensorboard]"
 	rm -f $(VENV)/.runtime-* && touch $@
 
-$(VENV)/.lab-$(SUM): $(VENV)/.runtime-$(SUM)
-	test -e $(VENV)/.dev-$(SUM) || $(PIP) -e ".[tensorboard,lab]"
+$(VENV)/.lab-$(SUM): | $(BIN)/python
+	$(PIP) -e ".[tensorboard,lab]"
 	rm -f $(VENV)/.lab-* && touch $@
 
 $(VENV)/.dev-$(SUM): | $(BIN)/python
