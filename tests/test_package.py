@@ -5,6 +5,7 @@ import ast, importlib, json, os, re, shutil, subprocess, sys, sysconfig, tomllib
 from pathlib import Path
 
 import pytest
+from helpers import fenced_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'tools'))
@@ -117,10 +118,6 @@ def test_console_script_from_wheel(venv, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ README and index
-def _sh_blocks(md: str) -> list[str]:
-    return [b.strip() for b in re.findall(r'^```sh\n(.*?)^```', md, re.M | re.S)]
-
-
 def _index_markdown() -> str:
     nb = json.loads((ROOT / 'nbs' / 'index.ipynb').read_text())
     return '\n\n'.join(''.join(c['source']) for c in nb['cells'] if c['cell_type'] == 'markdown')
@@ -135,7 +132,7 @@ def test_readme_is_generated_from_index():
 
 def test_readme_commands_match_index():
     "The shell blocks are the same in README.md and nbs/index.ipynb; its make commands are the Makefile's demo, lab and test."
-    readme, index = _sh_blocks((ROOT / 'README.md').read_text()), _sh_blocks(_index_markdown())
+    readme, index = fenced_blocks((ROOT / 'README.md').read_text(), 'sh'), fenced_blocks(_index_markdown(), 'sh')
     assert readme == index
     make = [c for c in readme if c.startswith('make')]
     assert make == ['make demo', 'make lab', 'make test'], f"the README's make commands: {make}"
@@ -149,7 +146,7 @@ def test_ci_runs_readme_test_command():
     commands = [l.split('#')[0].strip() for l in ci.splitlines() if l.strip() and not l.lstrip().startswith('#')]
     assert 'make test' in commands, f".ci/run does not run `make test`: {commands}"
     readme = (ROOT / 'README.md').read_text()
-    assert 'make test' in _sh_blocks(readme)
+    assert 'make test' in fenced_blocks(readme, 'sh')
     assert re.search(r'^test:', (ROOT / 'Makefile').read_text(), re.M), "Makefile has no `test` target"
 
 

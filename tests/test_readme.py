@@ -2,16 +2,17 @@
 every shell block that runs the `caption-eval` CLI on what they wrote (with this environment's programs
 on `PATH`, as after `source .venv/bin/activate`)."""
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
+
+from helpers import fenced_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _blocks(lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    return fenced_blocks((ROOT / "README.md").read_text(), lang)
 
 
 def test_readme_python_blocks_run(tmp_path):
