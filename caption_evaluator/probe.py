@@ -7,6 +7,7 @@ Docs: https://caption-evaluator.github.io/caption_evaluator/probe.html.md"""
 # %% ../nbs/14_probe.ipynb #76210f99
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -204,7 +205,7 @@ def probe_captions(denoise: Callable, # `denoise(x_t, t, cond) -> prediction`: t
         if items is not None: raise ValueError("items: a DataLoader's batches carry their ids in 'index'; pass items only with tensors")
         return probe_caption_batches(denoise, latents, empty_cond, alphas_cumprod, **kw)
     _check_probe_args(latents, conds, empty_cond, alternatives, alphas_cumprod, prediction_type, noise_draws, refine_draws, batch_size)
-    ids = _item_ids(items, latents.shape[0])
+    ids = list(range(latents.shape[0])) if items is None else _item_ids(items, latents.shape[0])
     one = [(latents, conds, alternatives, ids)]
     return _probe(denoise, lambda: iter(one), empty_cond, alphas_cumprod, total=latents.shape[0], **kw)
 
@@ -217,8 +218,7 @@ def probe_caption_batches(denoise: Callable, # `denoise(x_t, t, cond) -> predict
     "`probe_captions` over batches of dicts: only one batch of latents and conditionings is held at a time; same scores as one call on everything."
     if isinstance(batches, Tensor) or not hasattr(batches, "__iter__"):
         raise TypeError(f"batches must be a DataLoader (or list) of dicts with 'latents', 'conds' and 'alternatives', got {type(batches).__name__}")
-    opts = {"timesteps": "auto", "n_timesteps": 2, "noise_draws": 1, "refine_draws": 2, "prediction_type": "epsilon", "batch_size": 256,
-            "seed": 0, "posterior_scale": 10.0, "progress": True}
+    opts = {k: p.default for k, p in inspect.signature(probe_captions).parameters.items() if p.kind is p.KEYWORD_ONLY and k != "items"}
     unknown = sorted(set(kwargs) - set(opts))
     if unknown: raise TypeError(f"probe_caption_batches got unknown arguments {unknown}; it takes {sorted(opts)}")
     opts.update(kwargs)
@@ -262,7 +262,7 @@ def _probe(denoise, batches: Callable, empty_cond, abar, *, timesteps, n_timeste
             raw = _pair_losses(denoise, x, bank, item, slot.to(x.device), abar.to(x.device, torch.float32), ts, range(noise_draws),
                                prediction_type, batch_size, seed, None, ids)
             screened.append((raw, same, x.shape[0], a.shape[1])); bar.update(x.shape[0])
-            order += list(range(len(order), len(order) + x.shape[0])) if ids is None else list(ids)
+            order += list(ids)
         if not screened: raise ValueError("batches yielded no batch; pass at least one item to probe")
         ks = {k for *_, k in screened}
         if len(ks) != 1: raise ValueError(f"every batch must have the same number K of alternatives, got {sorted(ks)}")
@@ -290,7 +290,7 @@ def _auto_on_first(denoise, batches, empty_cond, abar, prediction_type, n_timest
     parts, got = [], 0
     for x, c, a, ids in batches():
         take = min(x.shape[0], sample - got)
-        parts.append((x[:take], c[:take], a[:take], list(range(got, got + take)) if ids is None else list(ids)[:take]))
+        parts.append((x[:take], c[:take], a[:take], list(ids)[:take]))
         got += take
         if got >= sample: break
     x, c, a = (torch.cat([p[i].to(parts[0][0].device) for p in parts]) for i in range(3))
@@ -314,7 +314,7 @@ def _refine(denoise, batches, empty_cond, abar, best, ts, draws, refine, predict
     out, done = None, torch.zeros(n, dtype=torch.bool)
     for x, c, a, ids in batches():
         m, k = x.shape[0], a.shape[1]
-        keys = list(range(int(done.sum()), int(done.sum()) + m)) if ids is None else list(ids)
+        keys = list(ids)
         rows = [row_of.get(i) for i in keys]
         if None in rows or bool(done[[r for r in rows if r is not None]].any()):
             raise ValueError("the second pass over batches gave items the first pass did not (or gave one twice): pass batches that "
