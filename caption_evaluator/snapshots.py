@@ -15,7 +15,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .core import is_temp_file, read_json
+from .core import read_json
 
 # %% auto #0
 __all__ = ['ITEM_SCHEMA', 'ITEM_SCHEMA_V1', 'ITEM_FIELDS', 'VALUE_FIELDS', 'SCORES', 'SNAPSHOT_SUBFOLDERS', 'score_path',
@@ -191,10 +191,16 @@ def load_item_stats(path: str|os.PathLike, # a snapshot (`.json` or `.json.gz`),
 # %% ../nbs/01a_snapshots.ipynb #23f9eacc
 SNAPSHOT_SUBFOLDERS = ("item_stats", ".item_stats")   # where run folders keep their snapshots
 
+_STEP_SUFFIX = re.compile(r"_(\d{9,})\.json(?:\.gz)?$")   # `{job}_{step:09d}.json[.gz]`
+
 def _step_of(p: Path) -> int:
     "The step in `{job}_{step:09d}.json[.gz]`, -1 for another name."
-    m = re.search(r"_(\d{9,})\.json(?:\.gz)?$", p.name)
+    m = _STEP_SUFFIX.search(p.name)
     return int(m.group(1)) if m else -1
+
+def _job_of(p: Path) -> str:
+    "The job in `{job}_{step:09d}.json[.gz]` (the whole name for another name)."
+    return _STEP_SUFFIX.sub("", p.name)
 
 def snapshot_files(folder: str|os.PathLike, # a folder of snapshots, or a run folder with an `item_stats/` subfolder
                   ) -> list[Path]:
@@ -202,7 +208,7 @@ def snapshot_files(folder: str|os.PathLike, # a folder of snapshots, or a run fo
     root = Path(folder)
     if not root.is_dir(): raise FileNotFoundError(f"folder {str(folder)!r} does not exist or is not a folder")
     for where in (root, *(root / s for s in SNAPSHOT_SUBFOLDERS)):
-        found = [p for p in where.glob("*_*.json*") if _step_of(p) >= 0 and p.is_file() and not is_temp_file(p.name)]
+        found = [p for p in where.glob("*_*.json*") if _step_of(p) >= 0 and p.is_file()]   # a temporary file ends in .tmp
         if found: return sorted(found, key=lambda p: (_step_of(p), p.name))
     return []
 
@@ -215,7 +221,7 @@ def latest_snapshot(folder: str|os.PathLike, # as for `snapshot_files`
         raise FileNotFoundError(f"folder {str(folder)!r} holds no snapshot (*.json or *.json.gz, also looked in "
                                 f"{', '.join(s + '/' for s in SNAPSHOT_SUBFOLDERS)}); pass a snapshot file or the folder a tracker saved to")
     latest = {}
-    for f in files: latest[re.sub(r"_\d{9,}\.json(?:\.gz)?$", "", f.name)] = f     # oldest first: the last one per job wins
+    for f in files: latest[_job_of(f)] = f     # oldest first: the last one per job wins
     if job is not None:
         if job not in latest: raise ValueError(f"folder {str(folder)!r} has no snapshot of job {job!r}; its jobs: {', '.join(sorted(latest))}")
         return latest[job]

@@ -11,7 +11,6 @@ import base64
 import csv
 import io
 import math
-import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from html import escape
@@ -24,7 +23,7 @@ from fastcore.basics import patch
 from matplotlib.figure import Figure
 
 from .core import csv_cell, is_temp_file
-from .snapshots import diff_item_stats, load_item_stats, score_path
+from .snapshots import _job_of, diff_item_stats, load_item_stats, score_path, snapshot_files
 from .plotting import ItemTable, figure_to_png, item_table, plot_comparison, plot_item_diff, plot_run
 from .results import (STATS_KEYS, is_number, RunLoadWarning, RunRecord, accuracy_interval, build_results_doc, detect_model_type, discover_runs,
                                        runs_table, save_results, to_jsonable, write_json_atomic, write_text_atomic)
@@ -446,8 +445,7 @@ def _snapshot_choices(source: Any, snapshots: Any) -> dict[str, Any]:
     "{label: snapshot} offered for comparison."
     if snapshots is None and isinstance(source, (str, Path)):
         p = Path(source)
-        job = re.sub(r"_\d{9}\.json(\.gz)?$", "", p.name)
-        snapshots = sorted(p.parent.glob(f"{job}_" + "[0-9]" * 9 + ".json*"))
+        snapshots = [f for f in snapshot_files(p.parent) if _job_of(f) == _job_of(p)]   # the same job's snapshots, oldest step first
     if isinstance(snapshots, (str, Path)): snapshots = sorted(Path(snapshots).glob("*.json*"))
     if isinstance(snapshots, list): snapshots = [s for s in snapshots if not (isinstance(s, (str, Path)) and is_temp_file(Path(s).name))]
     if isinstance(snapshots, Mapping): return dict(snapshots)
