@@ -223,6 +223,17 @@ def register_metric_route(
 # %% ../nbs/05_router.ipynb #500f5917
 def _distributed() -> bool: return dist.is_available() and dist.is_initialized()
 
+_BUILTIN_ADAPTERS = (VisionClassificationAdapter, TextLMAdapter, LongContextAdapter, PairwiseLikelihoodAdapter)
+
+def _check_adapter_modality(adapter, modality: str, task: str, label: str|None = None) -> None:
+    "Refuse an adapter made for another modality (a subclass also runs its parents' modalities), naming the adapter the task needs."
+    if getattr(adapter, "modality", None) is None: return                 # a custom adapter that does not say
+    if modality in {getattr(c, "modality", None) for c in type(adapter).__mro__}: return   # e.g. a LongContextAdapter is a TextLMAdapter
+    needs = next((c.__name__ for c in _BUILTIN_ADAPTERS if c.modality == modality), f"an adapter for {modality!r}")
+    name = f"adapter {label!r} ({type(adapter).__name__})" if label else f"adapter {type(adapter).__name__}"
+    raise ValueError(f"task {task!r} is a {modality} task and needs {needs}; {name} runs {adapter.modality} tasks; "
+                     "pick another task or pass that adapter")
+
 # %% ../nbs/05_router.ipynb #5ff56931
 class EvalResult(dict):
     "`run_eval`'s record (`task`, `modality`, `metrics`, `detailed`, ...) in which every metric also reads by name: `res['accuracy']`."
@@ -285,6 +296,7 @@ def run_eval(
     if not isinstance(adapter, ModelAdapter):
         raise TypeError(f"adapter must have forward(model, batch, task_spec) and compute_loss(outputs, batch, task_spec), "
                         f"got {type(adapter).__name__}")
+    _check_adapter_modality(adapter, modality, spec.name)
     if item_tracker is not None and not hasattr(adapter, "per_example_loss"):
         raise TypeError(f"item_tracker needs per-example losses, but {type(adapter).__name__} has no per_example_loss")
     if item_tracker is not None and not (hasattr(item_tracker, "record") or hasattr(item_tracker, "update")):

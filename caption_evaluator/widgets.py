@@ -27,7 +27,7 @@ from .snapshots import _job_of, diff_item_stats, load_item_stats, score_path, sn
 from .plotting import ItemTable, figure_to_png, item_table, plot_comparison, plot_item_diff, plot_run
 from .results import (STATS_KEYS, is_number, RunLoadWarning, RunRecord, accuracy_interval, build_results_doc, detect_model_type, discover_runs,
                                        runs_table, save_results, to_jsonable, write_json_atomic, write_text_atomic)
-from .router import LongContextAdapter, PairwiseLikelihoodAdapter, TextLMAdapter, VisionClassificationAdapter, run_eval
+from .router import run_eval
 from .tasks import build_eval_config, get_task, list_tasks
 
 # %% auto #0
@@ -226,7 +226,6 @@ def run(self: EvalView) -> dict:
     cfg = build_eval_config(self.task.value, **({"max_samples": n} if n else {}), **self.eval_overrides)
     self._say(f"evaluating {self.model.value} on {self.task.value}…")
     model, adapter = self.models[self.model.value], self.adapters[self.adapter.value]
-    _check_adapter(get_task(self.task.value), self.adapter.value, adapter)
     self.result = run_eval(model, adapter, _counting_config(cfg, self.progress), progress=False)
     self.eval_config = cfg
     self.rows = metric_rows(self.result["metrics"])
@@ -237,16 +236,6 @@ def run(self: EvalView) -> dict:
     for b in (self.save_button, self.export_csv_button, self.export_json_button): b.disabled = False
     self._say(f"{self.task.value}: {len(self.rows)} metrics in {self.result.get('duration_s', 0):.1f} s")
     return self.result
-
-def _check_adapter(spec, name: str, adapter) -> None:
-    "Refuse an adapter made for another modality, naming the one the task needs."
-    made_for = getattr(adapter, "modality", None)
-    needed = {"vision": VisionClassificationAdapter, "text": TextLMAdapter, "long_context": LongContextAdapter,
-              "pairs": PairwiseLikelihoodAdapter}.get(spec.modality)
-    if made_for is None or made_for == spec.modality or (needed is not None and isinstance(adapter, needed)): return   # e.g. a LongContextAdapter is a TextLMAdapter
-    needs = needed.__name__ if needed is not None else f"an adapter for {spec.modality!r}"
-    raise ValueError(f"task {spec.name!r} is a {spec.modality} task and needs {needs}; adapter {name!r} "
-                     f"({type(adapter).__name__}) runs {made_for} tasks; pick another task or pass that adapter")
 
 @patch
 def _model_type(self: EvalView) -> str:
