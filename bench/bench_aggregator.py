@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from caption_evaluator.aggregator import StreamingAggregator
-from caption_evaluator.snapshots import load_item_stats
+from caption_evaluator.tracking.aggregator import StreamingAggregator
+from caption_evaluator.tracking.snapshots import load_item_stats
 
 RESULTS = Path(__file__).parent / "results" / "aggregator.md"
 

@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from caption_evaluator.aggregator import StreamingAggregator
-from caption_evaluator.caption_data import DIGIT_WORDS, captioned_digits, captioned_shapes
-from caption_evaluator.caption_edits import other_captions, probe_caption_edits, word_swaps
-from caption_evaluator.demo import label_noise_report
-from caption_evaluator.denoiser import ddpm_alphas_cumprod, train_caption_denoiser
-from caption_evaluator.probe import probe_captions
+from caption_evaluator.tracking.aggregator import StreamingAggregator
+from caption_evaluator.captions.data import DIGIT_WORDS, captioned_digits, captioned_shapes
+from caption_evaluator.captions.edits import other_captions, probe_caption_edits, word_swaps
+from caption_evaluator.noise import label_noise_report
+from caption_evaluator.captions.denoiser import ddpm_alphas_cumprod, train_caption_denoiser
+from caption_evaluator.captions.probe import probe_captions
 
 RESULTS = Path(__file__).parent / "results"
 SETTINGS = (("uniform", 0.1), ("uniform", 0.3), ("classcond", 0.1), ("classcond", 0.3))

@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from caption_evaluator.aggregator import StreamingAggregator
-from caption_evaluator.demo import demo_data, detection_table, label_noise_report
-from caption_evaluator.losses import classification_record
-from caption_evaluator.models import DigitsMLP
+from caption_evaluator.tracking.aggregator import StreamingAggregator
+from caption_evaluator.demos.label_noise import demo_data
+from caption_evaluator.noise import detection_table, label_noise_report
+from caption_evaluator.tracking.losses import classification_record
+from caption_evaluator.evaluation.models import DigitsMLP
 
 RESULTS = Path(__file__).parent / "results"
 SCORES = ("average_loss", "aum", "confidence", "variability", "correctness", "forgetting")

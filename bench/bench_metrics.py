@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from caption_evaluator.metrics import ClassificationMetric
+from caption_evaluator.evaluation.metrics import ClassificationMetric
 
 N, C, B = 20_480, 1_000, 512
 RESULTS = Path(__file__).parent / "results" / "metrics.md"
@@ -90,7 +90,7 @@ def hwm_kib():
 def reset_hwm():
     "Reset the peak RSS mark to the current RSS (Linux: write 5 to /proc/self/clear_refs)."
     with open("/proc/self/clear_refs", "w") as f: f.write("5")
-from caption_evaluator.metrics import ClassificationMetric
+from caption_evaluator.evaluation.metrics import ClassificationMetric
 torch.set_num_threads(int(sys.argv[2]))
 n, C, B = int(sys.argv[1]), 1000, 512
 g = torch.Generator().manual_seed(0)

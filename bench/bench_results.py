@@ -26,7 +26,7 @@ from pathlib import Path
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-from caption_evaluator.results import build_results_doc, discover_runs, git_info, save_results  # noqa: E402
+from caption_evaluator.evaluation.results import build_results_doc, discover_runs, git_info, save_results  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "results.md"
 T0 = datetime(2025, 10, 3, 9, 0, tzinfo=timezone.utc)
@@ -95,7 +95,7 @@ def make_runs(root, n, rng, points):
 def time_plot(runs_dir, png, repeats):
     "Median (total, discover, plot) seconds of discover_runs + plot_comparison to a PNG."
     import matplotlib.pyplot as plt
-    from caption_evaluator.plotting import plot_comparison
+    from caption_evaluator.views.run_plots import plot_comparison
     total, t_disc, t_plot, cpu = [], [], [], []
     for _ in range(repeats):
         t, c = time.perf_counter(), time.process_time()
@@ -110,7 +110,7 @@ def time_plot(runs_dir, png, repeats):
 
 
 def bench_compare_all(tmp, n_max, sizes, repeats, points):
-    from caption_evaluator.plotting import plot_comparison
+    from caption_evaluator.views.run_plots import plot_comparison
     rng = random.Random(1)
     roots = {}
     t = time.perf_counter()
@@ -137,7 +137,7 @@ def bench_compare_all(tmp, n_max, sizes, repeats, points):
     t_cli = time.perf_counter() - t
     assert p.returncode == 0, p.stderr
     t = time.perf_counter()
-    probe = subprocess.run([sys.executable, "-c", "import sys, caption_evaluator.plotting; print('torch' in sys.modules)"],
+    probe = subprocess.run([sys.executable, "-c", "import sys, caption_evaluator.views.run_plots; print('torch' in sys.modules)"],
                            check=True, capture_output=True, text=True)
     t_import = time.perf_counter() - t
     torch_loaded = probe.stdout.strip() == "True"
@@ -213,7 +213,7 @@ def main():
               f"CPU time of the process {c['cpu']:.2f} s (wall time above CPU time is other jobs sharing the 2 cores).",
               f"- The CLI end to end (`python -m caption_evaluator.cli plot --compare-all DIR --output F`, interpreter "
               f"start and imports included): {c['cli']:.2f} s, of which {c['import']:.2f} s is a fresh interpreter "
-              f"importing `caption_evaluator.plotting` (torch {'is' if c['torch_loaded'] else 'is not'} imported on this path).",
+              f"importing `caption_evaluator.views.run_plots` (torch {'is' if c['torch_loaded'] else 'is not'} imported on this path).",
               f"- Loading is linear: the per-run cost at {args.runs} runs is {per[args.runs]/per[sizes[0]]:.2f}x the "
               f"per-run cost at {sizes[0]} runs.",
               *([f"- Stress: {args.runs} runs with {args.stress_points}-point curves (1M points overlaid): "

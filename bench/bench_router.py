@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from caption_evaluator.metrics import ClassificationMetric
-from caption_evaluator.router import VisionClassificationAdapter, run_eval
-from caption_evaluator.tasks import DictDataset, TaskSpec, build_eval_config, register_task
+from caption_evaluator.evaluation.metrics import ClassificationMetric
+from caption_evaluator.evaluation.router import VisionClassificationAdapter, run_eval
+from caption_evaluator.evaluation.tasks import DictDataset, TaskSpec, build_eval_config, register_task
 
 N, C, B = 20_480, 1_000, 512
 RESULTS = Path(__file__).parent / "results" / "router.md"
@@ -81,7 +81,7 @@ class Lazy(torch.utils.data.IterableDataset):
         g = torch.Generator().manual_seed(0)
         for _ in range(n // b.B):
             yield {"inputs": torch.randn(b.B, b.C, generator=g), "labels": torch.randint(0, b.C, (b.B,), generator=g)}
-from caption_evaluator.tasks import TaskSpec, register_task, EvalConfig
+from caption_evaluator.evaluation.tasks import TaskSpec, register_task, EvalConfig
 register_task(TaskSpec("lazy", modality="vision", output_schema={"num_classes": b.C}, loader=Lazy, batch_size=None), overwrite=True)
 cfg = EvalConfig("lazy")
 cfg.dataloader = lambda spec=None: torch.utils.data.DataLoader(Lazy(), batch_size=None)

@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
-from caption_evaluator.losses import compute_per_example_loss, loss_and_per_example
-from caption_evaluator.training import ItemLossTracker
+from caption_evaluator.tracking.losses import compute_per_example_loss, loss_and_per_example
+from caption_evaluator.tracking.tracker import ItemLossTracker
 
 BATCH = 256
 

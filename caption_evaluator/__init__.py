@@ -8,49 +8,50 @@ __version__ = "0.1.0"
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 if _TYPE_CHECKING:
-    from .losses import compute_per_example_loss, loss_and_per_example
-    from .aggregator import StreamingAggregator
-    from .snapshots import load_item_stats, diff_item_stats, rank_items
-    from .evaluate import evaluate_dataset
-    from .training import ItemLossTracker
-    from .tasks import TaskSpec, EvalConfig, build_eval_config, register_task, get_task, list_tasks
+    from .tracking.losses import compute_per_example_loss, loss_and_per_example
+    from .tracking.aggregator import StreamingAggregator
+    from .tracking.snapshots import load_item_stats, diff_item_stats, rank_items
+    from .tracking.evaluate import evaluate_dataset
+    from .tracking.tracker import ItemLossTracker
+    from .evaluation.tasks import TaskSpec, EvalConfig, build_eval_config, register_task, get_task, list_tasks
     from .core import wilson_interval
-    from .metrics import compute_topk_accuracy, accuracy_stats, ClassificationMetric, TokenLMMetric, PairMetric, PositionLossMetric
-    from .router import ModelAdapter, TextLMAdapter, VisionClassificationAdapter, PairwiseLikelihoodAdapter, LongContextAdapter, run_eval
-    from .results import save_results, load_run, discover_runs, RunRecord
+    from .evaluation.metrics import compute_topk_accuracy, accuracy_stats, ClassificationMetric, TokenLMMetric, PairMetric, PositionLossMetric
+    from .evaluation.router import ModelAdapter, TextLMAdapter, VisionClassificationAdapter, PairwiseLikelihoodAdapter, LongContextAdapter, run_eval
+    from .evaluation.results import save_results, load_run, discover_runs, RunRecord
     from .loggers import ConsoleLogger, TensorBoardLogger, WandbLogger
-    from .plotting import plot_run, plot_comparison, plot_confusion_matrix, plot_item_loss_histogram, plot_worst_items, plot_item_diff
-    from .widgets import EvalView, CompareView, ItemLossExplorer
-    from .demo import run_demo
-    from .probe import probe_captions
-    from .caption_edits import probe_caption_edits, word_swaps
-    from .caption_data import captioned_digits, captioned_shapes
-    from .denoiser import train_caption_denoiser
+    from .views.run_plots import plot_run, plot_comparison, plot_confusion_matrix
+    from .views.item_plots import plot_item_loss_histogram, plot_worst_items, plot_item_diff
+    from .views.widgets import EvalView, CompareView, ItemLossExplorer
+    from .demos.label_noise import run_demo
+    from .captions.probe import probe_captions
+    from .captions.edits import probe_caption_edits, word_swaps
+    from .captions.data import captioned_digits, captioned_shapes
+    from .captions.denoiser import train_caption_denoiser
 
 from importlib import import_module as _import_module
 
 _ROOT_NAMES = {
-    "losses": ["compute_per_example_loss", "loss_and_per_example"],
-    "aggregator": ["StreamingAggregator"],
-    "snapshots": ["load_item_stats", "diff_item_stats", "rank_items"],
-    "evaluate": ["evaluate_dataset"],
-    "training": ["ItemLossTracker"],
-    "tasks": ["TaskSpec", "EvalConfig", "build_eval_config", "register_task", "get_task", "list_tasks"],
+    "tracking.losses": ["compute_per_example_loss", "loss_and_per_example"],
+    "tracking.aggregator": ["StreamingAggregator"],
+    "tracking.snapshots": ["load_item_stats", "diff_item_stats", "rank_items"],
+    "tracking.evaluate": ["evaluate_dataset"],
+    "tracking.tracker": ["ItemLossTracker"],
+    "evaluation.tasks": ["TaskSpec", "EvalConfig", "build_eval_config", "register_task", "get_task", "list_tasks"],
     "core": ["wilson_interval"],
-    "metrics": ["compute_topk_accuracy", "accuracy_stats", "ClassificationMetric",
+    "evaluation.metrics": ["compute_topk_accuracy", "accuracy_stats", "ClassificationMetric",
                 "TokenLMMetric", "PairMetric", "PositionLossMetric"],
-    "router": ["ModelAdapter", "TextLMAdapter", "VisionClassificationAdapter", "PairwiseLikelihoodAdapter",
+    "evaluation.router": ["ModelAdapter", "TextLMAdapter", "VisionClassificationAdapter", "PairwiseLikelihoodAdapter",
                "LongContextAdapter", "run_eval"],
-    "results": ["save_results", "load_run", "discover_runs", "RunRecord"],
+    "evaluation.results": ["save_results", "load_run", "discover_runs", "RunRecord"],
     "loggers": ["ConsoleLogger", "TensorBoardLogger", "WandbLogger"],
-    "plotting": ["plot_run", "plot_comparison", "plot_confusion_matrix", "plot_item_loss_histogram", "plot_worst_items",
-                 "plot_item_diff"],
-    "widgets": ["EvalView", "CompareView", "ItemLossExplorer"],
-    "demo": ["run_demo"],
-    "probe": ["probe_captions"],
-    "caption_edits": ["probe_caption_edits", "word_swaps"],
-    "caption_data": ["captioned_digits", "captioned_shapes"],
-    "denoiser": ["train_caption_denoiser"],
+    "views.run_plots": ["plot_run", "plot_comparison", "plot_confusion_matrix"],
+    "views.item_plots": ["plot_item_loss_histogram", "plot_worst_items", "plot_item_diff"],
+    "views.widgets": ["EvalView", "CompareView", "ItemLossExplorer"],
+    "demos.label_noise": ["run_demo"],
+    "captions.probe": ["probe_captions"],
+    "captions.edits": ["probe_caption_edits", "word_swaps"],
+    "captions.data": ["captioned_digits", "captioned_shapes"],
+    "captions.denoiser": ["train_caption_denoiser"],
 }
 _MODULE_OF = {name: module for module, names in _ROOT_NAMES.items() for name in names}
 __all__ = list(_MODULE_OF)

@@ -7,7 +7,11 @@ Docs: https://caption-evaluator.github.io/caption_evaluator/core.html.md"""
 # %% ../nbs/00_core.ipynb #f7c554c9
 from __future__ import annotations
 
+import argparse
 import errno
+import json
+import types
+from contextlib import contextmanager
 import glob
 import math
 import numbers
@@ -17,12 +21,16 @@ import secrets
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, is_dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 # %% auto #0
 __all__ = ['MAX_JSON_DEPTH', 'MAX_INT_DIGITS', 'STALE_TEMP_SECONDS', 'wilson_interval', 'read_json', 'csv_cell', 'shell_command',
-           'is_temp_file', 'write_atomic']
+           'is_temp_file', 'write_atomic', 'format_table', 'positive_int', 'new_run_dir', 'write_text_atomic',
+           'write_json_atomic', 'to_jsonable', 'eval_mode']
 
 # %% ../nbs/00_core.ipynb #5aa87421
 def wilson_interval(
@@ -176,3 +184,96 @@ def write_atomic(
         raise
     _remove_stale_temps(path)
     return path
+
+# %% ../nbs/00_core.ipynb #196e9dfa
+def format_table(rows:list[list], # the cells, row by row (converted with `str`)
+                 headers:list[str], # one header per column
+                 right:set[int]=frozenset(), # indices of right-aligned (numeric) columns
+                ) -> str:
+    "Rows as an aligned plain-text table with a header rule."
+    cells = [list(map(str, headers))] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    def _line(r): return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+    return "\n".join([_line(cells[0]), "  ".join("-" * w for w in widths)] + [_line(r) for r in cells[1:]])
+
+# %% ../nbs/00_core.ipynb #7d4dfec1
+def positive_int(text:str, # a command-line value
+                ) -> int:
+    "An `argparse` type: `text` as an integer > 0, else a usage error that says so."
+    v = int(text)
+    if v <= 0: raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return v
+
+# %% ../nbs/00_core.ipynb #6d9e4044
+def new_run_dir(output_dir: str | os.PathLike, # parent folder, created if missing
+                prefix: str = "demo", # folder name prefix
+                now: datetime | None = None, # timestamp to use (default: the current local time)
+               ) -> Path:
+    "Create and return a new, empty `<output_dir>/<prefix>_<YYYYmmdd_HHMMSS>[_<n>]` folder."
+    root = Path(output_dir)
+    try: root.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise OSError(f"output_dir {str(root)!r} cannot be created ({e}); pass a writable folder") from e
+    base = f"{prefix}_{(now or datetime.now()).strftime('%Y%m%d_%H%M%S')}"
+    for i in range(1, 10_000):
+        run_dir = root / (base if i == 1 else f"{base}_{i}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError: continue
+    raise OSError(f"output_dir {str(root)!r} already holds 9,999 runs named {base}*; pass another output_dir")
+
+# %% ../nbs/00_core.ipynb #142974bb
+def write_text_atomic(path:str|Path, # destination file; its folder must exist
+                      text:str, # the whole content
+                      fsync:bool=True, # flush to disk before the rename (survives a power cut, costs a few ms)
+                     ) -> Path:
+    "Write `text` to `path` through a temporary file and `os.replace`, so `path` is never half written."
+    return write_atomic(path, lambda f: f.write(text), fsync=fsync)
+
+# %% ../nbs/00_core.ipynb #eee8b5b1
+def write_json_atomic(path:str|Path, # destination file; its folder must exist
+                      obj:Any, # a JSON-serialisable object (see `to_jsonable`)
+                     ) -> Path:
+    "Serialise `obj` first, then write it atomically: a failure at any point leaves an earlier `path` intact."
+    text = json.dumps(obj, indent=2, allow_nan=False)
+    return write_text_atomic(path, text + "\n")
+
+# %% ../nbs/00_core.ipynb #1e597f52
+def to_jsonable(obj:Any, # a metric value, dict, list, tensor, numpy value, dataclass, path...
+                where:str="value", # how to name `obj` in an error message
+                finite_only:bool=True, # NaN/inf become `None` (what a file can hold); False keeps them (an in-memory result)
+               ) -> Any:
+    "Convert `obj` to plain JSON types: tensors/arrays to lists, non-finite floats to `None` (unless kept), keys to `str`."
+    if obj is None or isinstance(obj, (bool, str)): return obj
+    if isinstance(obj, int): return int(obj)
+    if isinstance(obj, float): return obj if not finite_only or math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, (str, int, float, bool)):
+                raise TypeError(f"{where}: key {k!r} has type {type(k).__name__}; use str keys")
+            out[str(k)] = to_jsonable(v, f"{where}[{k!r}]", finite_only)
+        return out
+    if isinstance(obj, (list, tuple)):
+        if all(type(v) is float or type(v) is int for v in obj):  # fast path for long curves and matrix rows
+            return [v if not finite_only or type(v) is int or math.isfinite(v) else None for v in obj]
+        return [to_jsonable(v, f"{where}[{i}]", finite_only) for i, v in enumerate(obj)]
+    if isinstance(obj, (set, frozenset)): return to_jsonable(sorted(obj, key=str), where, finite_only)
+    if isinstance(obj, Path): return obj.as_posix()
+    if is_dataclass(obj) and not isinstance(obj, type): return to_jsonable(asdict(obj), where, finite_only)
+    if hasattr(obj, "tolist"): return to_jsonable(obj.tolist(), where, finite_only)  # torch tensors, numpy arrays and scalars
+    if isinstance(obj, (argparse.Namespace, types.SimpleNamespace)): return to_jsonable(vars(obj), where, finite_only)
+    raise TypeError(f"{where} has type {type(obj).__name__}, which cannot be saved as JSON; "
+                    "convert it to a number, string, list or dict first")
+
+# %% ../nbs/00_core.ipynb #870c4801
+@contextmanager
+def eval_mode(*models, # the modules to run in eval mode (a model, or a denoiser and its text encoder...)
+             ):
+    "Context: every module of `models` in eval mode; every submodule's own `training` flag restored afterwards, even after an error."
+    modes = [(m, m.training) for model in models for m in model.modules()]
+    for model in models: model.eval()
+    try: yield models[0] if len(models) == 1 else models
+    finally:
+        for m, mode in modes: m.training = mode
+

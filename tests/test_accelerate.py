@@ -11,8 +11,8 @@ import torch.multiprocessing as mp
 
 accelerate = pytest.importorskip("accelerate")
 
-from caption_evaluator.aggregator import StreamingAggregator
-from caption_evaluator.training import ItemLossTracker
+from caption_evaluator.tracking.aggregator import StreamingAggregator
+from caption_evaluator.tracking.tracker import ItemLossTracker
 from helpers import free_port as _free_port
 
 
@@ -66,7 +66,7 @@ def _even_worker(rank, port, root):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
                       LOCAL_WORLD_SIZE="2")
     from accelerate import Accelerator, DataLoaderConfiguration
-    from caption_evaluator.accelerate import record_accelerate_batch
+    from caption_evaluator.integrations.accelerate import record_accelerate_batch
     out = {}
     for name, kw in CONFIGS.items():
         acc = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(even_batches=True, **kw))

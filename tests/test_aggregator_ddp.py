@@ -14,8 +14,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from caption_evaluator.aggregator import StreamingAggregator
-from caption_evaluator.snapshots import load_item_stats
+from caption_evaluator.tracking.aggregator import StreamingAggregator
+from caption_evaluator.tracking.snapshots import load_item_stats
 from helpers import free_port as _free_port
 
 WORLD, STEPS, BATCH = 2, 12, 48

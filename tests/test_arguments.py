@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from caption_evaluator.core import wilson_interval
-from caption_evaluator.metrics import ClassificationMetric, PairMetric, PositionLossMetric, TokenLMMetric, compute_topk_accuracy
-from caption_evaluator.results import model_type_slug, save_results
+from caption_evaluator.evaluation.metrics import ClassificationMetric, PairMetric, PositionLossMetric, TokenLMMetric, compute_topk_accuracy
+from caption_evaluator.evaluation.results import model_type_slug, save_results
 
 not_ints = st.one_of(st.floats(allow_nan=True).filter(lambda v: not float(v).is_integer() if math.isfinite(v) else True),
                      st.booleans(), st.text(max_size=3), st.none())
@@ -98,9 +98,9 @@ def test_bad_model_type_and_empty_results_are_refused(tmp_path):
 def test_run_eval_takes_a_torch_device():
     "A `torch.device` in the config is run on and recorded by name."
     import json
-    from caption_evaluator.models import DigitsMLP
-    from caption_evaluator.router import VisionClassificationAdapter, run_eval
-    from caption_evaluator.tasks import build_eval_config
+    from caption_evaluator.evaluation.models import DigitsMLP
+    from caption_evaluator.evaluation.router import VisionClassificationAdapter, run_eval
+    from caption_evaluator.evaluation.tasks import build_eval_config
     res = run_eval(DigitsMLP(), VisionClassificationAdapter(), build_eval_config("vision_tiny", device=torch.device("cpu")), progress=False)
     assert res["eval_config"]["device"] == "cpu"
     json.dumps(res)                                           # the full record is plain JSON

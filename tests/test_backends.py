@@ -9,8 +9,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from caption_evaluator.aggregator import StreamingAggregator
-from caption_evaluator.metrics import ClassificationMetric
+from caption_evaluator.tracking.aggregator import StreamingAggregator
+from caption_evaluator.evaluation.metrics import ClassificationMetric
 from helpers import free_port as _free_port
 
 
@@ -52,11 +52,11 @@ def test_sync_on_any_cpu_backend(tmp_path, backend):
 
 def _one_rank_worker(rank, port, out_dir, which):
     import time
-    import caption_evaluator.metrics as metrics
-    from caption_evaluator.training import ItemLossTracker
+    import caption_evaluator._dist as dist_plumbing
+    from caption_evaluator.tracking.tracker import ItemLossTracker
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
-    metrics.SYNC_TIMEOUT_S = 2.0
+    dist_plumbing.SYNC_TIMEOUT_S = 2.0
     try:
         if rank == 1: time.sleep(6); return                     # only rank 0 calls: the mistake of `if is_main_process: tracker.on_save()`
         t0, msg = time.monotonic(), ""

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, strategies as st
 from sklearn.metrics import roc_auc_score
 
-from caption_evaluator.caption_edits import _corrected_auroc, _weighted_auroc
+from caption_evaluator.captions.edits import _corrected_auroc, _weighted_auroc
 
 scores = st.lists(st.integers(-3, 3), min_size=1, max_size=30)          # few distinct values: many ties
 

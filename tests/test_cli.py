@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from caption_evaluator.results import save_results
+from caption_evaluator.evaluation.results import save_results
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SCRIPT = shutil.which("caption-eval") or str(Path(sys.executable).parent / "caption-eval")
@@ -184,7 +184,7 @@ def test_plot_unreadable_inputs_exit_1(results_dir, tmp_path):
 # --- items -------------------------------------------------------------------------------------------------
 
 def test_items_worst_first(snapshot):
-    pytest.importorskip("caption_evaluator.aggregator")
+    pytest.importorskip("caption_evaluator.tracking.aggregator")
     code, out, err = cli("items", snapshot, "--top", "3", "--dataset", "train")
     assert code == 0, err
     lines = out.strip().splitlines()
@@ -196,7 +196,7 @@ def test_items_worst_first(snapshot):
 
 
 def test_items_every_dataset_and_gzip(snapshot, tmp_path):
-    pytest.importorskip("caption_evaluator.aggregator")
+    pytest.importorskip("caption_evaluator.tracking.aggregator")
     gz = tmp_path / "snap.json.gz"
     gz.write_bytes(gzip.compress(snapshot.read_bytes()))
     code, out, err = cli("items", gz, script=True)
@@ -209,7 +209,7 @@ def test_items_every_dataset_and_gzip(snapshot, tmp_path):
 def test_items_by_any_score_from_a_real_snapshot(tmp_path):
     "A snapshot written by the aggregator with named values, ranked by `--by` in a real subprocess."
     torch = pytest.importorskip("torch")
-    from caption_evaluator.aggregator import StreamingAggregator
+    from caption_evaluator.tracking.aggregator import StreamingAggregator
     agg = StreamingAggregator()
     margins = {"a": [2.0, 1.0], "b": [-3.0, -1.0], "c": [0.5, 0.7]}
     for step in range(2):
@@ -229,7 +229,7 @@ def test_items_by_any_score_from_a_real_snapshot(tmp_path):
 
 
 def test_items_errors_exit_1(snapshot, tmp_path):
-    pytest.importorskip("caption_evaluator.aggregator")
+    pytest.importorskip("caption_evaluator.tracking.aggregator")
     code, out, err = cli("items", snapshot, "--dataset", "test")
     assert code == 1 and "train" in err and len(err.strip().splitlines()) == 1
     assert out == "", "nothing is printed before the error"
@@ -310,7 +310,7 @@ def test_caption_demo_runs(tmp_path):
 
 
 def test_demo_runs(tmp_path):
-    pytest.importorskip("caption_evaluator.demo")
+    pytest.importorskip("caption_evaluator.demos.label_noise")
     out_dir = tmp_path / "demo_output"
     code, out, err = cli("demo", "labels", "--output-dir", out_dir, "--epochs", "1", "--seed", "1", timeout=300)
     assert code == 0, err

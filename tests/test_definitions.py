@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from caption_evaluator.metrics import PositionLossMetric, TokenLMMetric
+from caption_evaluator.evaluation.metrics import PositionLossMetric, TokenLMMetric
 
 
 def nll_numpy(logits, labels):

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from caption_evaluator.diffusion_loss import (ai_toolkit_snapshot_dir, diffusion_per_sample_loss, min_snr_weights,
+from caption_evaluator.integrations.diffusion_loss import (ai_toolkit_snapshot_dir, diffusion_per_sample_loss, min_snr_weights,
                                               record_ai_toolkit_batch)
-from caption_evaluator.training import ItemLossTracker
+from caption_evaluator.tracking.tracker import ItemLossTracker
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers.training_utils import compute_snr

@@ -34,7 +34,7 @@ def _notebooks() -> list[Path]:
 
 
 def _page(nb: Path) -> str:
-    "The site path of notebook `nb`, the same as on nbdev's Quarto site (`01_aggregator.ipynb` -> `aggregator.html`)."
+    "The site path of notebook `nb`, the same as on nbdev's Quarto site (`12_tracking.aggregator.ipynb` -> `tracking.aggregator.html`)."
     return nbpath2html(nb).as_posix()
 
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from caption_evaluator.aggregator import StreamingAggregator
-from caption_evaluator.evaluate import write_item_stats_csv
-from caption_evaluator.snapshots import load_item_stats
-from caption_evaluator.widgets import write_rows_csv
+from caption_evaluator.tracking.aggregator import StreamingAggregator
+from caption_evaluator.tracking.evaluate import write_item_stats_csv
+from caption_evaluator.tracking.snapshots import load_item_stats
+from caption_evaluator.views.widgets import write_rows_csv
 
 keys = st.lists(st.text(st.characters(codec=None, exclude_categories=("Cs",)) | st.sampled_from(["=", "+", "-", "@", "\udcff", "\t"]),
                         min_size=1, max_size=8), min_size=1, max_size=6, unique=True)

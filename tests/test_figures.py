@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from matplotlib.figure import Figure
 
-from caption_evaluator.plotting import clipped_text
+from caption_evaluator.views.run_plots import clipped_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,8 +34,8 @@ def check(figures, what):
 
 
 def test_demo_figures(tmp_path):
-    from caption_evaluator.caption_demo import run_caption_demo
-    from caption_evaluator.demo import run_demo
+    from caption_evaluator.demos.caption import run_caption_demo
+    from caption_evaluator.demos.label_noise import run_demo
     with saved_figures() as figs, contextlib.redirect_stdout(io.StringIO()):
         run_caption_demo(tmp_path / "captions", steps=200, verbose=False, progress=False)
         run_demo(tmp_path / "labels", epochs=3, verbose=False, tensorboard=False)
@@ -45,11 +45,11 @@ def test_demo_figures(tmp_path):
 def test_cli_and_widget_figures(tmp_path):
     import torch
     from caption_evaluator.cli import main
-    from caption_evaluator.models import DigitsMLP
-    from caption_evaluator.results import save_results
-    from caption_evaluator.router import TextLMAdapter, VisionClassificationAdapter, run_eval
-    from caption_evaluator.tasks import build_eval_config
-    from caption_evaluator.widgets import CompareView, EvalView
+    from caption_evaluator.evaluation.models import DigitsMLP
+    from caption_evaluator.evaluation.results import save_results
+    from caption_evaluator.evaluation.router import TextLMAdapter, VisionClassificationAdapter, run_eval
+    from caption_evaluator.evaluation.tasks import build_eval_config
+    from caption_evaluator.views.widgets import CompareView, EvalView
     torch.manual_seed(0)
     mlp = DigitsMLP()
     vision = run_eval(mlp, VisionClassificationAdapter(), build_eval_config("vision_tiny"), progress=False)
@@ -75,8 +75,8 @@ def test_cli_and_widget_figures(tmp_path):
 def test_item_figures(tmp_path):
     "The per-item figures of the tutorials: long item keys, a log-scaled histogram, a diff between two saves."
     import torch
-    from caption_evaluator.aggregator import StreamingAggregator
-    from caption_evaluator.plotting import plot_item_diff, plot_item_loss_histogram, plot_worst_items
+    from caption_evaluator.tracking.aggregator import StreamingAggregator
+    from caption_evaluator.views.item_plots import plot_item_diff, plot_item_loss_histogram, plot_worst_items
     agg, g = StreamingAggregator(), torch.Generator().manual_seed(0)
     keys = [f"dataset/a_rather_deep/folder/structure/image_{i:05d}_with_a_long_name.png" for i in range(200)]
     agg.update("train", keys, torch.rand(200, generator=g) * 3)

@@ -12,10 +12,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from caption_evaluator.aggregator import StreamingAggregator
+from caption_evaluator.tracking.aggregator import StreamingAggregator
 from caption_evaluator.cli import format_runs_table, items_table, main as cli_main
-from caption_evaluator.results import discover_runs, load_run, runs_table, save_results
-from caption_evaluator.snapshots import available_scores, load_item_stats, rank_items
+from caption_evaluator.evaluation.results import discover_runs, load_run, runs_table, save_results
+from caption_evaluator.tracking.snapshots import available_scores, load_item_stats, rank_items
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 

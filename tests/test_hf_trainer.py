@@ -14,8 +14,8 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
 
-from caption_evaluator.hf import ItemLossTrainerMixin
-from caption_evaluator.snapshots import load_item_stats
+from caption_evaluator.integrations.hf import ItemLossTrainerMixin
+from caption_evaluator.tracking.snapshots import load_item_stats
 from helpers import free_port as _free_port
 
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from caption_evaluator.aggregator import StreamingAggregator
-from caption_evaluator.snapshots import ITEM_SCHEMA, load_item_stats, rank_items, top_indices
-from caption_evaluator.training import ItemLossTracker
+from caption_evaluator.tracking.aggregator import StreamingAggregator
+from caption_evaluator.tracking.snapshots import ITEM_SCHEMA, load_item_stats, rank_items, top_indices
+from caption_evaluator.tracking.tracker import ItemLossTracker
 
 EDGES = np.linspace(0.0, 1.0, 6)           # 5 buckets over sigma in [0, 1]
 FIXTURE = Path(__file__).parent / "fixtures" / "item_stats_v1.json"
@@ -232,7 +232,7 @@ def test_history_edge_cases(tmp_path):
 
 
 def test_masked_logits_give_a_finite_margin():
-    from caption_evaluator.losses import classification_record
+    from caption_evaluator.tracking.losses import classification_record
     rec = classification_record(torch.tensor([[2.0, -math.inf, -math.inf], [0.0, 1.0, 0.5]]), torch.tensor([0, 2]))
     assert torch.isfinite(rec.values["margin"]).all() and rec.values["margin"][0] > 1e30
     assert math.isclose(float(rec.values["margin"][1]), -0.5, rel_tol=1e-6)
@@ -263,7 +263,7 @@ def test_snapshot_readers_never_import_torch(tmp_path):
     agg = StreamingAggregator()
     agg.update("train", ["a", "b"], torch.tensor([1.0, 2.0]), step=0, values={"margin": torch.tensor([0.5, -1.0])})
     path = agg.save_json(tmp_path, "job", 1)
-    code = ("import sys, caption_evaluator.snapshots as s, caption_evaluator.cli as cli\n"
+    code = ("import sys, caption_evaluator.tracking.snapshots as s, caption_evaluator.cli as cli\n"
             f"doc = s.load_item_stats({str(path)!r}); s.rank_items(doc['datasets']['train']['item_stats'], by='aum')\n"
             f"assert cli.main(['items', {str(path)!r}, '--by', 'aum']) == 0\n"
             "print('torch' in sys.modules)")

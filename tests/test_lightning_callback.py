@@ -13,8 +13,8 @@ import torch.nn.functional as F
 L = pytest.importorskip("lightning")
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from caption_evaluator.lightning import ItemLossCallback
-from caption_evaluator.snapshots import load_item_stats
+from caption_evaluator.integrations.lightning import ItemLossCallback
+from caption_evaluator.tracking.snapshots import load_item_stats
 
 
 class Data(torch.utils.data.Dataset):

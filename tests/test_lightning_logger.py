@@ -8,7 +8,7 @@ import torch
 lightning = pytest.importorskip("lightning")
 from lightning.pytorch.loggers import CSVLogger
 
-from caption_evaluator.training import ItemLossTracker
+from caption_evaluator.tracking.tracker import ItemLossTracker
 
 
 def test_csv_logger_receives_summaries(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from caption_evaluator.metrics import ClassificationMetric, compute_topk_accuracy, label_ranks
+from caption_evaluator.evaluation.metrics import ClassificationMetric, compute_topk_accuracy, label_ranks
 
 
 @st.composite

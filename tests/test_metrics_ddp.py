@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from caption_evaluator.metrics import ClassificationMetric, PairMetric, PositionLossMetric, TokenLMMetric
+from caption_evaluator.evaluation.metrics import ClassificationMetric, PairMetric, PositionLossMetric, TokenLMMetric
 from helpers import free_port as _free_port
 
 WORLD = 2

@@ -6,8 +6,8 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from caption_evaluator.denoiser import ddpm_alphas_cumprod
-from caption_evaluator.probe import probe_captions, probe_noise
+from caption_evaluator.captions.denoiser import ddpm_alphas_cumprod
+from caption_evaluator.captions.probe import probe_captions, probe_noise
 
 
 def tiny_unet():

@@ -33,9 +33,10 @@ ROOT_EXPORTS = ('compute_per_example_loss', 'StreamingAggregator', 'evaluate_dat
 
 
 def _modules() -> list:
-    "Every submodule of the package (imported), in name order, without the generated index."
-    names = sorted(m.name for m in pkgutil.iter_modules(caption_evaluator.__path__) if m.name not in SKIP_MODULES)
-    return [importlib.import_module(f'{PKG}.{n}') for n in names]
+    "Every module of the package and its subpackages (imported), in name order, without the generated index."
+    names = sorted(m.name for m in pkgutil.walk_packages(caption_evaluator.__path__, f'{PKG}.')
+                   if not m.ispkg and m.name.rsplit('.', 1)[-1] not in SKIP_MODULES)
+    return [importlib.import_module(n) for n in names]
 
 
 def _ours(obj) -> bool:

@@ -9,10 +9,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from caption_evaluator.models import CharLM, DigitsMLP, train_char_lm, train_classifier
-from caption_evaluator.router import (LongContextAdapter, PairwiseLikelihoodAdapter, TextLMAdapter,
+from caption_evaluator.evaluation.models import CharLM, DigitsMLP, train_char_lm, train_classifier
+from caption_evaluator.evaluation.router import (LongContextAdapter, PairwiseLikelihoodAdapter, TextLMAdapter,
                                       VisionClassificationAdapter, run_eval)
-from caption_evaluator.tasks import build_eval_config, digits_splits, text_splits
+from caption_evaluator.evaluation.tasks import build_eval_config, digits_splits, text_splits
 from helpers import free_port as _free_port
 
 WORLD = 2

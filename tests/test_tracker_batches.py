@@ -4,7 +4,7 @@ import json
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from caption_evaluator.training import ItemLossTracker
+from caption_evaluator.tracking.tracker import ItemLossTracker
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

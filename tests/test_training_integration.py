@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from caption_evaluator.snapshots import load_item_stats
-from caption_evaluator.losses import compute_per_example_loss
-from caption_evaluator.training import ItemLossTracker
+from caption_evaluator.tracking.snapshots import load_item_stats
+from caption_evaluator.tracking.losses import compute_per_example_loss
+from caption_evaluator.tracking.tracker import ItemLossTracker
 from helpers import free_port as _free_port
 
 N_ITEMS, MICRO_BATCH, ACCUM, STEPS, SAVE_EVERY = 10, 4, 3, 12, 4
@@ -31,7 +31,7 @@ class MiniTrainer:
         self.step_num = 0
         self.model = torch.nn.Conv2d(2, 2, 3, padding=1)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.05)
-        from caption_evaluator.aggregator import StreamingAggregator
+        from caption_evaluator.tracking.aggregator import StreamingAggregator
         self.item_tracker = ItemLossTracker(save_root, job_name, aggregator=StreamingAggregator(keep_window=keep_window),
                                             flush_every=flush_every)
         self.recorded = []  # (step, path, loss recomputed in plain Python)

@@ -16,12 +16,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from caption_evaluator.aggregator import StreamingAggregator
-from caption_evaluator.models import CharLM, DigitsMLP
-from caption_evaluator.results import save_results
-from caption_evaluator.router import TextLMAdapter, VisionClassificationAdapter
-from caption_evaluator.tasks import build_eval_config
-from caption_evaluator.widgets import CompareView, EvalView, ItemLossExplorer
+from caption_evaluator.tracking.aggregator import StreamingAggregator
+from caption_evaluator.evaluation.models import CharLM, DigitsMLP
+from caption_evaluator.evaluation.results import save_results
+from caption_evaluator.evaluation.router import TextLMAdapter, VisionClassificationAdapter
+from caption_evaluator.evaluation.tasks import build_eval_config
+from caption_evaluator.views.widgets import CompareView, EvalView, ItemLossExplorer
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -10,8 +10,8 @@ machines, some CI). This script builds an equivalent static site from the same p
    `proc_nbs` directly because `nbdev-proc-nbs` first tries to download and install Quarto.
 2. A small, mechanical translation of the Quarto-only syntax those notebooks carry (front matter, `#|`
    cell options, `::: {.callout-*}` divs, Pandoc link attributes, links to the hosted docs) into MyST,
-   written as notebooks under `_proc/.sphinx/src/` (pages keep nbdev's names: `nbs/01_aggregator.ipynb`
-   becomes `aggregator.html`, as on the Quarto site).
+   written as notebooks under `_proc/.sphinx/src/` (pages keep nbdev's names: `nbs/12_tracking.aggregator.ipynb`
+   becomes `tracking.aggregator.html`, as on the Quarto site).
 3. Sphinx renders them with MyST-NB and the Furo theme into `_site/`.
 
 Why Sphinx + MyST-NB + Furo (evaluated against MkDocs + mkdocs-jupyter, nbconvert and Jupyter Book 2):
@@ -205,9 +205,9 @@ def convert_notebook(nb: dict, doc_url: str, pages: set[str], depth: int, title:
 
 
 def _page_name(rel: Path, fm: dict) -> Path:
-    "Where the notebook `rel` (relative to `nbs/`) lives in the site: nbdev's `output-file` (`01_aggregator` -> `aggregator`)."
+    "Where the notebook `rel` (relative to `nbs/`) lives in the site: nbdev's `output-file` (`12_tracking.aggregator` -> `tracking.aggregator`)."
     from nbdev.config import nbpath2html
-    return rel.parent / Path(fm.get('output-file') or nbpath2html(rel).name).with_suffix('')
+    return rel.parent / Path(fm.get('output-file') or nbpath2html(rel).name).name.removesuffix('.html')
 
 
 def _write_if_changed(path: Path, text: str):
@@ -252,7 +252,7 @@ def stage_sources(proc: Path, src: Path, cfg) -> list[Path]:
                  for (rel, nb), (_, page) in zip(loaded, pages)]
     for rel, page, nb in converted:
         if page.as_posix() == 'index': nb['cells'].append({**_md_cell(_toctrees(pages)), 'id': 'toc'})
-        out = src / page.with_suffix('.ipynb')
+        out = src / f'{page}.ipynb'                  # names hold dots (`tracking.aggregator`): no with_suffix
         _write_if_changed(out, json.dumps(nb, indent=1, ensure_ascii=False) + '\n'); keep.add(out)
     for f in proc.rglob('*'):                       # images and other files the notebooks refer to
         rel = f.relative_to(proc)
