@@ -266,7 +266,7 @@ def to_jsonable(obj:Any, # a metric value, dict, list, tensor, numpy value, data
     raise TypeError(f"{where} has type {type(obj).__name__}, which cannot be saved as JSON; "
                     "convert it to a number, string, list or dict first")
 
-# %% ../nbs/00_core.ipynb #870c4801
+# %% ../nbs/00_core.ipynb #a3f50195
 @contextmanager
 def eval_mode(*models, # the modules to run in eval mode (a model, or a denoiser and its text encoder...)
              ):
