@@ -12,7 +12,6 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Collection, Mapping, Sequence
 
@@ -21,10 +20,10 @@ import torch
 
 from ..core import new_run_dir, shell_command, to_jsonable, write_json_atomic
 from .options import add_demo_arguments
-from ..noise import CONFUSABLE_DIGITS, DEMO_SCORES, NOISE_KINDS, suspect_values, corrupt_labels, detection_table, format_detection_table, label_noise_report
+from ..noise import CONFUSABLE_DIGITS, DEMO_SCORES, NOISE_KINDS, suspect_values, corrupt_labels, detection_table, format_detection_table
 from ..loggers import ConsoleLogger, TensorBoardLogger
 from ..evaluation.models import DigitsMLP
-from ..tracking.snapshots import item_score, rank_items, score_path
+from ..tracking.snapshots import rank_items, score_path
 from ..tracking.tracker import ItemLossTracker
 from ..evaluation.tasks import DIGITS_SPLIT_SEED, build_eval_config, digits_splits, get_task
 from fastcore.imports import in_ipython

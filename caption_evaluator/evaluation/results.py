@@ -7,7 +7,6 @@ Docs: https://caption-evaluator.github.io/caption_evaluator/evaluation.results.h
 # %% ../../nbs/24_evaluation.results.ipynb #74d646be
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import math
@@ -16,14 +15,13 @@ import platform
 import re
 import unicodedata
 import subprocess
-import types
 import warnings
-from dataclasses import dataclass, field, asdict, is_dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ..core import read_json, to_jsonable, wilson_interval, write_atomic, write_json_atomic, write_text_atomic
+from ..core import read_json, to_jsonable, wilson_interval, write_text_atomic
 
 # %% auto #0
 __all__ = ['SCHEMA', 'LEGACY_SCHEMA', 'STATS_KEYS', 'environment_versions', 'git_info', 'register_model_type_detector',

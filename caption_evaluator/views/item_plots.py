@@ -8,7 +8,7 @@ Docs: https://caption-evaluator.github.io/caption_evaluator/views.item_plots.htm
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

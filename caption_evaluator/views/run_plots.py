@@ -12,7 +12,7 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,7 @@ from matplotlib.figure import Figure
 
 from ..core import wilson_interval, write_atomic
 from ..evaluation.results import RunRecord, discover_runs, load_run
-from ..tracking.snapshots import (available_scores, diff_item_stats, item_score, load_item_stats, score_column,
-                                         score_path, top_indices)
+
 
 # %% auto #0
 __all__ = ['save_figure', 'figure_to_png', 'plot_run', 'clipped_text', 'plot_confusion_matrix', 'plot_comparison']

@@ -27,7 +27,8 @@ from ..tracking.snapshots import _job_of, diff_item_stats, load_item_stats, scor
 from .item_plots import ItemTable, item_table, plot_item_diff
 from .run_plots import figure_to_png, plot_comparison, plot_run
 from ..evaluation.results import (STATS_KEYS, is_number, RunLoadWarning, RunRecord, accuracy_interval, build_results_doc, detect_model_type, discover_runs,
-                                       runs_table, save_results, to_jsonable, write_json_atomic, write_text_atomic)
+                                       runs_table, save_results)
+from ..core import to_jsonable, write_json_atomic, write_text_atomic
 from ..evaluation.router import run_eval
 from ..evaluation.tasks import build_eval_config, get_task, list_tasks
 
