@@ -14,7 +14,7 @@ from torch import Tensor
 # %% auto #0
 __all__ = ['SYNC_TIMEOUT_S', 'comm_device', 'all_ranks_arrive', 'all_reduce']
 
-# %% ../nbs/01_dist.ipynb #5fe77d9d
+# %% ../nbs/01_dist.ipynb #ea94c291
 _BACKEND_DEVICES = {"gloo": ("cpu",), "mpi": ("cpu",), "nccl": ("cuda",), "xccl": ("xpu",), "ucc": ("cpu", "cuda")}
 
 def _group_device_types(group=None) -> tuple[str, ...]:
@@ -26,6 +26,8 @@ def _group_device_types(group=None) -> tuple[str, ...]:
     types = tuple(d.type for d in getattr(pg, "_device_types", ()) or ())
     return types or ("cpu",)
 
+
+# %% ../nbs/01_dist.ipynb #4d78c0ff
 def comm_device(t: Tensor, # the tensor a collective will carry
                 group=None, # torch.distributed process group; None means the default (all ranks)
                ) -> torch.device:

@@ -48,9 +48,11 @@ def worst_items(doc:dict, # an item-stats snapshot document (from `load_item_sta
     stats = datasets[dataset].get("item_stats") or {}
     return [(key, score, stats[key]) for key, score in rank_items(stats, by=by, k=top, ascending=ascending)]
 
-# %% ../nbs/70_cli.ipynb #c3345ef7
+# %% ../nbs/70_cli.ipynb #f47d638a
 def _cell(v) -> str: return "nan" if v is None or v != v else (f"{v:.4g}" if isinstance(v, float) else str(v))
 
+
+# %% ../nbs/70_cli.ipynb #7aadf53d
 def items_table(doc:dict, # an item-stats snapshot document
                 dataset:str, # which dataset
                 top:int=20, # how many items
@@ -66,6 +68,7 @@ def items_table(doc:dict, # an item-stats snapshot document
             for i, (k, score, s) in enumerate(worst_items(doc, dataset, top, by, ascending))]
     head = ["#", "item", *([] if by == "average_loss" else [by]), "avg loss", "min", "max", "std", "last", "count", "last step"]
     return format_table(rows, head, right={0, *range(2, len(head))})
+
 
 # %% ../nbs/70_cli.ipynb #8221fe59
 _FIGURE_EXTS = (".png", ".svg", ".pdf")
@@ -136,7 +139,7 @@ def _plotting():
     from caption_evaluator.views import run_plots as plotting
     return plotting
 
-# %% ../nbs/70_cli.ipynb #9b91275e
+# %% ../nbs/70_cli.ipynb #f1437099
 def _run_record(path: str):
     "The run `--run` names: a run folder or its results.json, else the newest run found below a folder (said on stderr)."
     from caption_evaluator.evaluation.results import discover_runs, load_run
@@ -149,6 +152,8 @@ def _run_record(path: str):
     print(f"caption-eval: plotting {runs[-1].run_dir} (the newest of {len(runs)} run(s) under {p})", file=sys.stderr)
     return runs[-1]
 
+
+# %% ../nbs/70_cli.ipynb #20815645
 def cmd_plot(args:argparse.Namespace, # parsed arguments of `build_parser`
             ) -> int:
     "`caption-eval plot`: one run, a comparison, or the runs table."
@@ -168,6 +173,7 @@ def cmd_plot(args:argparse.Namespace, # parsed arguments of `build_parser`
     print(f"wrote {out}")
     return 0
 
+
 # %% ../nbs/70_cli.ipynb #31507117
 def cmd_runs(args:argparse.Namespace, # parsed arguments of `build_parser`
             ) -> int:
@@ -180,7 +186,7 @@ def cmd_runs(args:argparse.Namespace, # parsed arguments of `build_parser`
                           "model_type": r.model_type, "main_metrics": r.main_metrics, "aggregate": r.aggregate}))
     return 0
 
-# %% ../nbs/70_cli.ipynb #74252152
+# %% ../nbs/70_cli.ipynb #e0f05556
 def _ranking_line(stats:dict, by:str|None, ascending:bool|None) -> str:
     "Which score ranks the table and in which direction, e.g. 'ranked by aum (lowest first)'."
     from caption_evaluator.tracking.snapshots import default_score, score_path
@@ -197,6 +203,8 @@ def _check_score(path, stats:dict, by:str|None):
     if all(item_score(s, by) != item_score(s, by) for s in stats.values() if isinstance(s, dict)):
         raise CLIError(f"--by {by}: no item of {path} has this score; it has: {', '.join(available_scores(stats)) or 'none'}")
 
+
+# %% ../nbs/70_cli.ipynb #afa7f731
 def cmd_items(args:argparse.Namespace, # parsed arguments of `build_parser`
             ) -> int:
     "`caption-eval items SNAPSHOT`: the most suspect items per dataset, ranked by `--by`."
@@ -220,6 +228,7 @@ def cmd_items(args:argparse.Namespace, # parsed arguments of `build_parser`
         print(_ranking_line(stats, args.by, args.ascending))
         print(items_table(doc, name, args.top, args.by, args.ascending))
     return 0
+
 
 # %% ../nbs/70_cli.ipynb #cf929a88
 def cmd_demo(args:argparse.Namespace, # parsed arguments of `build_parser`

@@ -51,7 +51,7 @@ def wilson_interval(
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
     return max(0.0, center - half), min(1.0, center + half)
 
-# %% ../nbs/00_core.ipynb #c7b0925d
+# %% ../nbs/00_core.ipynb #9e6d0f96
 MAX_JSON_DEPTH = 64       # deepest nesting of arrays/objects a caption_evaluator file is read with
 MAX_INT_DIGITS = 30       # longest integer literal accepted (counts and steps need at most 20)
 
@@ -66,6 +66,8 @@ def _json_float(text: str) -> float:
     if math.isinf(v): raise _BadNumber(f"the number {text[:24]} (outside the float range)")
     return v
 
+
+# %% ../nbs/00_core.ipynb #c522027d
 def _depth(obj) -> int:
     "Nesting depth of parsed JSON, computed without recursion."
     deepest, stack = 0, [(obj, 1)]
@@ -76,6 +78,8 @@ def _depth(obj) -> int:
             if d <= MAX_JSON_DEPTH: stack.extend((v, d + 1) for v in (o.values() if isinstance(o, dict) else o))
     return deepest
 
+
+# %% ../nbs/00_core.ipynb #3a44678a
 def read_json(path: str | os.PathLike,  # a .json or .json.gz file
               what: str = "file",  # what the file should be, for errors ("results file", "snapshot")
              ):
@@ -93,9 +97,12 @@ def read_json(path: str | os.PathLike,  # a .json or .json.gz file
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{p}: {what} is not valid JSON ({type(e).__name__}: {e}); it is corrupt or was cut short") from None
 
+
+# %% ../nbs/00_core.ipynb #8da510fc
 def _checked_depth(obj, p: Path, what: str):
     if _depth(obj) > MAX_JSON_DEPTH: raise ValueError(f"{p}: {what} is nested deeper than {MAX_JSON_DEPTH} levels")
     return obj
+
 
 # %% ../nbs/00_core.ipynb #c966be44
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -123,9 +130,11 @@ def shell_command(name: str, # a console script of this Python environment, e.g.
     except ValueError: return str(here)                             # another drive (Windows)
     return rel if not rel.startswith("..") else str(here)
 
-# %% ../nbs/00_core.ipynb #e46a951c
+# %% ../nbs/00_core.ipynb #43937a41
 _TEMP_NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
 
+
+# %% ../nbs/00_core.ipynb #85a0dfd2
 def _temp_file_next_to(path: Path) -> tuple[int, str]:
     "An open descriptor and the name of a new temporary file in `path`'s folder (same file system: the rename is atomic)."
     folder = path.parent
@@ -141,6 +150,8 @@ def _temp_file_next_to(path: Path) -> tuple[int, str]:
                                    f"({e.strerror}); pass a writable folder") from e
     raise FileExistsError(errno.EEXIST, f"cannot write {str(path)!r}: 100 temporary names in {str(folder)!r} were taken")
 
+
+# %% ../nbs/00_core.ipynb #6fe25b49
 STALE_TEMP_SECONDS = 3600   # a temporary file of ours this old belongs to a killed writer
 
 def is_temp_file(name: str,  # a file name (no folder)
@@ -148,6 +159,8 @@ def is_temp_file(name: str,  # a file name (no folder)
     "Whether `name` is one of `write_atomic`'s temporary files (`.<target>.<8 random chars>.tmp`): no listing should offer it."
     return re.fullmatch(r"\..+\.[A-Za-z0-9_]{8}\.tmp", name) is not None
 
+
+# %% ../nbs/00_core.ipynb #cf7b5fe8
 def _remove_stale_temps(path: Path, older_than: float = STALE_TEMP_SECONDS) -> list[Path]:
     "Delete the temporary files a killed writer of `path` left, only this target's and only old ones; return them."
     removed, now = [], time.time()
@@ -158,6 +171,8 @@ def _remove_stale_temps(path: Path, older_than: float = STALE_TEMP_SECONDS) -> l
         except OSError: continue                        # gone already, or not ours to remove
     return removed
 
+
+# %% ../nbs/00_core.ipynb #9c4cc2dd
 def write_atomic(
     path: str | os.PathLike,  # destination file; its folder must exist
     write: Callable,  # called with the open temporary file; writes the whole content
@@ -184,6 +199,7 @@ def write_atomic(
         raise
     _remove_stale_temps(path)
     return path
+
 
 # %% ../nbs/00_core.ipynb #196e9dfa
 def format_table(rows:list[list], # the cells, row by row (converted with `str`)

@@ -189,7 +189,7 @@ class WandbLogger(_ContextLogger):
         "Finish the run (writes its summary)."
         self.run.finish()
 
-# %% ../nbs/04_loggers.ipynb #92baa7a5
+# %% ../nbs/04_loggers.ipynb #c71d9502
 class MetricsLogger(Logger):
     "Adapter for an object with only `log_metrics(metrics, step)` (e.g. a Lightning logger): flat names, prefix joined in, no histograms."
     def __init__(self, inner, # the wrapped object; its `log_metrics(metrics, step=...)` receives flat `{name: float}`
@@ -202,6 +202,8 @@ class MetricsLogger(Logger):
     def close(self):
         "Nothing: the wrapped logger belongs to its trainer, which closes it."
 
+
+# %% ../nbs/04_loggers.ipynb #0a371c59
 def as_logger(obj, # a `Logger`, or any object with `log_metrics(metrics, step)`
              ) -> Logger:
     "`obj` as a `Logger`: full loggers as they are, metrics-only ones (Lightning, accelerate trackers) wrapped in `MetricsLogger`."
@@ -215,6 +217,7 @@ def _takes_prefix(fn) -> bool:
     import inspect
     try: return "prefix" in inspect.signature(fn).parameters
     except (TypeError, ValueError): return False
+
 
 # %% ../nbs/04_loggers.ipynb #db32645f
 def _as_loggers(loggers) -> list:

@@ -18,7 +18,7 @@ from .tracking.snapshots import item_score, score_path
 __all__ = ['CONFUSABLE_DIGITS', 'NOISE_KINDS', 'DEMO_SCORES', 'corrupt_labels', 'average_ranks', 'auroc', 'label_noise_report',
            'suspect_values', 'detection_table', 'format_detection_table']
 
-# %% ../nbs/02_noise.ipynb #fb666912
+# %% ../nbs/02_noise.ipynb #dd40fa62
 CONFUSABLE_DIGITS = {1: 7, 7: 1, 3: 8, 8: 3, 4: 9, 9: 4, 5: 6, 6: 5, 0: 2, 2: 0}  # each digit's look-alike, for class-conditional noise
 NOISE_KINDS = ("uniform", "classcond")
 
@@ -28,6 +28,8 @@ def _uniform_flips(labels: torch.Tensor, noise: float, g: torch.Generator, num_c
     shift = torch.randint(1, num_classes, (len(picked),), generator=g)
     return picked, (labels[picked] + shift) % num_classes
 
+
+# %% ../nbs/02_noise.ipynb #770f562b
 def _classcond_flips(labels: torch.Tensor, noise: float, g: torch.Generator, mapping: Mapping[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     "Positions and new labels: in each class, `round(noise*n_c)` items moved to `mapping[c]`."
     parts = []
@@ -37,6 +39,8 @@ def _classcond_flips(labels: torch.Tensor, noise: float, g: torch.Generator, map
     picked = torch.cat(parts).sort().values if parts else torch.zeros(0, dtype=torch.long)
     return picked, torch.tensor([mapping[c] for c in labels[picked].tolist()], dtype=labels.dtype)
 
+
+# %% ../nbs/02_noise.ipynb #1d41b443
 def corrupt_labels(labels: torch.Tensor, # true class labels, shape [N]
                    noise: float, # share of items to corrupt, in [0, 1] (per class for "classcond")
                    seed: int = 0, # seed of the choice of items and of their wrong labels
@@ -59,7 +63,8 @@ def corrupt_labels(labels: torch.Tensor, # true class labels, shape [N]
     noisy[picked] = new
     return noisy, picked
 
-# %% ../nbs/02_noise.ipynb #ec2831e8
+
+# %% ../nbs/02_noise.ipynb #4d01ae62
 def average_ranks(x: np.ndarray, # 1-D scores
                  ) -> np.ndarray:
     "1-based ranks of `x`; tied values share the average of their ranks."
@@ -68,6 +73,8 @@ def average_ranks(x: np.ndarray, # 1-D scores
     first = np.cumsum(counts) - counts + 1  # rank of each distinct value's first occurrence
     return (first + (counts - 1) / 2)[inverse]
 
+
+# %% ../nbs/02_noise.ipynb #dfcf415a
 def auroc(scores: Sequence[float] | np.ndarray, # higher means "more likely positive"
           positive: Sequence[bool] | np.ndarray, # True for the positives (e.g. corrupted items)
          ) -> float:
@@ -81,6 +88,7 @@ def auroc(scores: Sequence[float] | np.ndarray, # higher means "more likely posi
         raise ValueError(f"positive needs both classes to define AUROC, got {n_pos} positives and {n_neg} negatives")
     rank_sum = average_ranks(scores)[positive].sum()
     return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
 
 # %% ../nbs/02_noise.ipynb #2a301bf2
 def label_noise_report(scores: Mapping[str, float], # per-item score, higher = more suspect, e.g. {key: average_loss}
@@ -103,7 +111,7 @@ def label_noise_report(scores: Mapping[str, float], # per-item score, higher = m
             "precision_at_k": hits / k, "recall_at_k": hits / len(corrupted) if corrupted else None,
             "auroc": auroc(values, bad)}
 
-# %% ../nbs/02_noise.ipynb #76a0c6c8
+# %% ../nbs/02_noise.ipynb #7aaafbb2
 DEMO_SCORES = ("average_loss", "aum", "confidence", "correctness", "forgetting")
 
 def suspect_values(item_stats: Mapping[str, Mapping], # `{key: entry}` of one dataset (snapshot or aggregator)
@@ -117,6 +125,8 @@ def suspect_values(item_stats: Mapping[str, Mapping], # `{key: entry}` of one da
     v = np.where(np.isnan(v) | (v == -np.inf), lo, np.where(v == np.inf, hi, v))
     return dict(zip(item_stats, v.tolist()))
 
+
+# %% ../nbs/02_noise.ipynb #a3d6224a
 def detection_table(item_stats: Mapping[str, Mapping], # `{key: entry}` of one dataset (snapshot or aggregator)
                     corrupted: Collection[str], # keys whose labels are known to be wrong
                     scores: Sequence[str] = DEMO_SCORES, # scores to compare (see `caption_evaluator.tracking.snapshots.SCORES`)
@@ -125,6 +135,8 @@ def detection_table(item_stats: Mapping[str, Mapping], # `{key: entry}` of one d
     "`{score: label_noise_report}`: how well each score of one training run finds the corrupted items."
     return {by: label_noise_report(suspect_values(item_stats, by), corrupted, k) for by in scores}
 
+
+# %% ../nbs/02_noise.ipynb #b6337ee1
 def format_detection_table(table: Mapping[str, Mapping], # from `detection_table`
                           ) -> str:
     "One line per score: AUROC, precision@k and recall@k, the best AUROC marked."
@@ -134,3 +146,4 @@ def format_detection_table(table: Mapping[str, Mapping], # from `detection_table
     for s, r in table.items():
         lines.append(f"{s:<{w}}{r['auroc']:>8.4f}{r['precision_at_k']:>13.3f}{r['recall_at_k']:>10.3f}" + ("   <- best" if s == best else ""))
     return "\n".join(lines)
+

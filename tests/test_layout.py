@@ -101,3 +101,13 @@ def test_engines_import_no_demo_view_or_cli(area):
 def test_nothing_imports_the_cli():
     importers = sorted(m for m, ts in _graph().items() if 'caption_evaluator.cli' in ts)
     assert not importers, f"the CLI is an entry point only, yet imported by {importers}"
+
+
+def test_export_cells_are_short():
+    "Every exported cell is at most 60 lines (its `#| export` line included): one idea per cell, shown at once."
+    import json
+    long = [(nb.name, i, n) for nb in sorted((PKG.parent / 'nbs').glob('*.ipynb'))
+            for i, c in enumerate(json.loads(nb.read_text())['cells'])
+            if c['cell_type'] == 'code' and ''.join(c['source']).startswith('#| export')
+            and (n := len(''.join(c['source']).splitlines())) > 60]
+    assert not long, "export cells over 60 lines (split them at a function boundary): " + ", ".join(f"{f} cell {i} ({n} lines)" for f, i, n in long)

@@ -42,7 +42,7 @@ class CaptionedDataset:
         return (f"CaptionedDataset({self.name!r}, {len(self)} items of {tuple(self.images.shape[1:])}, "
                 f"{int(self.corrupted.sum())} wrong captions, attributes {list(self.vocabulary)})")
 
-# %% ../../nbs/33_captions.data.ipynb #b09bd06c
+# %% ../../nbs/33_captions.data.ipynb #fa9aca9a
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DIGIT_STYLES = ("neat", "messy", "bold", "thin")
 
@@ -51,6 +51,8 @@ def _digits_images() -> tuple[torch.Tensor, torch.Tensor]:
     d = load_digits()
     return torch.tensor(d.images, dtype=torch.float32)[:, None] / 8 - 1, torch.tensor(d.target)
 
+
+# %% ../../nbs/33_captions.data.ipynb #f3875c5a
 def captioned_digits(noise: float = 0.1, # share of captions (per class) with a wrong class word, in [0, 1]
                      kind: str = "uniform", # "uniform": any other digit; "classcond": each digit's look-alike
                      seed: int = 0, # seed of the corruption and of the style words
@@ -71,7 +73,8 @@ def captioned_digits(noise: float = 0.1, # share of captions (per class) with a 
                             ["class" if b else None for b in bad.tolist()],
                             {"class": list(DIGIT_WORDS), "style": list(DIGIT_STYLES)}, labels)
 
-# %% ../../nbs/33_captions.data.ipynb #c81b5ae0
+
+# %% ../../nbs/33_captions.data.ipynb #4ea213bd
 SHAPE_VOCABULARY = {"shape": ["circle", "square", "triangle", "cross"],
                     "color": ["red", "green", "blue", "yellow"],
                     "background": ["black", "white", "gray", "purple"],
@@ -87,6 +90,8 @@ _RGB = {"red": (1, -.8, -.8), "green": (-.8, .8, -.8), "blue": (-.8, -.6, 1), "y
         "black": (-1, -1, -1), "white": (1, 1, 1), "gray": (0, 0, 0), "purple": (.3, -.8, .5)}
 _CENTRES = {"left": (8, 4), "right": (8, 11), "top": (4, 8), "bottom": (11, 8)}   # (row, column)
 
+
+# %% ../../nbs/33_captions.data.ipynb #071cb996
 def _shape_mask(shape: str, row: float, col: float, radius: float, size: int = 16) -> np.ndarray:
     "Boolean [size, size] mask of one shape centred at (row, col)."
     y, x = np.mgrid[:size, :size].astype(np.float32)
@@ -96,6 +101,8 @@ def _shape_mask(shape: str, row: float, col: float, radius: float, size: int = 1
     if shape == "triangle": return (abs(dy) <= radius) & (abs(dx) <= (dy + radius) / 2)
     return (np.maximum(abs(dx), abs(dy)) <= radius) & (np.minimum(abs(dx), abs(dy)) <= radius / 3)
 
+
+# %% ../../nbs/33_captions.data.ipynb #9fc63ff5
 def _draw(attrs: Mapping[str, str], rng: np.random.Generator) -> np.ndarray:
     "One [3, 16, 16] picture in [-1, 1]: background colour, one shape, a little position jitter and pixel noise."
     img = np.empty((3, 16, 16), np.float32)
@@ -105,11 +112,15 @@ def _draw(attrs: Mapping[str, str], rng: np.random.Generator) -> np.ndarray:
     img[:, mask] = np.array(_RGB[attrs["color"]], np.float32)[:, None]
     return np.clip(img + rng.normal(0, 0.05, img.shape), -1, 1).astype(np.float32)
 
+
+# %% ../../nbs/33_captions.data.ipynb #f52ee370
 def _shape_attrs(rng: np.random.Generator) -> dict[str, str]:
     while True:
         a = {k: v[rng.integers(len(v))] for k, v in SHAPE_VOCABULARY.items()}
         if _RGB[a["color"]] != _RGB[a["background"]]: return a
 
+
+# %% ../../nbs/33_captions.data.ipynb #3e9a7320
 def captioned_shapes(n: int = 2000, # number of pictures
                      noise: float = 0.1, # share of captions with one wrong attribute word, in [0, 1]
                      seed: int = 0, # seed of the pictures, templates and corruption
@@ -136,9 +147,12 @@ def captioned_shapes(n: int = 2000, # number of pictures
                             [f"shapes/{i:04d}.png" for i in range(n)], torch.tensor([h is not None for h in hit]),
                             column(said), column(true), hit, {k: list(v) for k, v in SHAPE_VOCABULARY.items()})
 
-# %% ../../nbs/33_captions.data.ipynb #a6372ff3
+
+# %% ../../nbs/33_captions.data.ipynb #9222d20a
 def _words(caption: str) -> list[str]: return re.findall(r"[a-z0-9]+", caption.lower())
 
+
+# %% ../../nbs/33_captions.data.ipynb #b2acb7ad
 class WordTokenizer:
     "Lower-case word ids for a small learned caption encoder: `<pad>` 0, `<bos>` 1 (leads every caption), `<unk>` 2."
     pad, bos, unknown = 0, 1, 2
@@ -165,3 +179,4 @@ class WordTokenizer:
               ) -> str:
         "The words of one encoded caption, `<bos>` and padding left out."
         return " ".join(self.words[i] for i in ids.tolist() if i > self.unknown)
+

@@ -29,12 +29,14 @@ def ddpm_alphas_cumprod(num_train_timesteps: int = 1000, # diffusion steps T
     betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
     return torch.cumprod(1 - betas, 0).float()
 
-# %% ../../nbs/34_captions.denoiser.ipynb #88422dae
+# %% ../../nbs/34_captions.denoiser.ipynb #b9c49aa5
 def _timestep_features(t: torch.Tensor, n: int = 16, scale: float = 1000.0) -> torch.Tensor:
     "Sinusoidal features `[B, 2n]` of the timestep."
     freq = t[:, None].float() / scale * 50 * torch.exp(-0.5 * torch.arange(n, device=t.device))[None]
     return torch.cat([freq.sin(), freq.cos()], 1)
 
+
+# %% ../../nbs/34_captions.denoiser.ipynb #7b1c3122
 class CaptionDenoiser(nn.Module):
     "Residual-MLP noise predictor FiLM-conditioned on a learned caption vector; `encode_captions(list[str])` makes the conditioning."
     def __init__(self, image_shape: Sequence[int], # one image's shape, e.g. (1, 8, 8)
@@ -77,7 +79,8 @@ class CaptionDenoiser(nn.Module):
         out = self.out(h) + (self.skip(tf) * x_t.flatten(1) if self.use_skip else 0)
         return out.reshape(x_t.shape)
 
-# %% ../../nbs/34_captions.denoiser.ipynb #918f3f7d
+
+# %% ../../nbs/34_captions.denoiser.ipynb #6791a9c6
 def _lr_factor(step: int, steps: int, warmup: int = 100) -> float:
     return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
 
@@ -90,6 +93,8 @@ def _training_batch(data, ids, abar, batch_size, g, dropout):
     drop = torch.rand(batch_size, generator=g) < dropout
     return b, t, eps, a.sqrt() * data.images[b] + (1 - a).sqrt() * eps, torch.where(drop[:, None], ids[-1], ids[b]), drop
 
+
+# %% ../../nbs/34_captions.denoiser.ipynb #4a2f0a9a
 def train_caption_denoiser(data: CaptionedDataset, # images and their captions (as given, wrong ones included)
                            steps: int = 1500, # optimiser steps
                            batch_size: int = 128, # images per step
@@ -125,3 +130,4 @@ def train_caption_denoiser(data: CaptionedDataset, # images and their captions (
             values = {"empty_gap": torch.where(drop, torch.nan, gap)}
         aggregator.update("train", slots[b], per.detach(), step=s, timesteps=t, values=values)
     return model.eval()
+

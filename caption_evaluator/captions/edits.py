@@ -20,12 +20,14 @@ from .probe import _modules_behind, _auto_timesteps, _check_int, _check_schedule
 # %% auto #0
 __all__ = ['word_swaps', 'other_captions', 'plant_wrong_words', 'CaptionProbe', 'probe_caption_edits']
 
-# %% ../../nbs/31_captions.edits.ipynb #ce94c7a2
+# %% ../../nbs/31_captions.edits.ipynb #c35e48c8
 def _cased(new: str, old: str) -> str: return new[:1].upper() + new[1:] if old[:1].isupper() else new
 
 def _word_pattern(word: str) -> re.Pattern:
     return re.compile(r"(?<!\w)" + re.escape(word) + r"(?!\w)", re.IGNORECASE)
 
+
+# %% ../../nbs/31_captions.edits.ipynb #eb38e7c3
 def word_swaps(vocabulary: Mapping[str, Sequence[str]], # attribute -> its interchangeable words (or phrases)
               ) -> Callable[[str], list[tuple[str, str]]]:
     "An edit strategy: every attribute word found in a caption (whole word, any case) swapped for each other word of its attribute."
@@ -41,6 +43,8 @@ def word_swaps(vocabulary: Mapping[str, Sequence[str]], # attribute -> its inter
         return out
     return edit
 
+
+# %% ../../nbs/31_captions.edits.ipynb #781aa74a
 def other_captions(captions: Sequence[str], # every item's caption
                    k: int = 8, # other captions per item
                    seed: int = 0, # seed of the choice
@@ -50,6 +54,8 @@ def other_captions(captions: Sequence[str], # every item's caption
     g, n = torch.Generator().manual_seed(seed), len(captions)
     return [[(c, tag) for c in _others_of(captions, i, k, g)] for i in range(n)]
 
+
+# %% ../../nbs/31_captions.edits.ipynb #c4b516d2
 def _others_of(captions: Sequence[str], i: int, k: int, g: torch.Generator) -> list[str]:
     "Up to `k` captions of distinct other items that differ from item `i`'s: random draws, a full scan only when draws run dry."
     n, own, pick, seen = len(captions), captions[i], [], {i}
@@ -64,6 +70,7 @@ def _others_of(captions: Sequence[str], i: int, k: int, g: torch.Generator) -> l
             seen.add(j); pick.append(captions[j])
             if len(pick) == k: break
     return pick
+
 
 # %% ../../nbs/31_captions.edits.ipynb #96b9191d
 def plant_wrong_words(captions: Sequence[str], # the training captions
@@ -86,9 +93,11 @@ def plant_wrong_words(captions: Sequence[str], # the training captions
         out[i], planted[i] = pick([c for c, t in edits if t == tag]), tag
     return out, planted
 
-# %% ../../nbs/31_captions.edits.ipynb #77fb6236
+# %% ../../nbs/31_captions.edits.ipynb #f8e63f22
 def _slug(tag: str) -> str: return re.sub(r"\W+", "_", tag).strip("_") or "edit"
 
+
+# %% ../../nbs/31_captions.edits.ipynb #3d64d195
 @dataclass
 class CaptionProbe:
     "What `probe_caption_edits` found: per item, per attribute tag, and per alternative."
@@ -132,7 +141,8 @@ class CaptionProbe:
         name = (lambda i: keys[i]) if keys is not None else str
         return "\n".join(f"{self.swap_margin[i].item():+.3f}  {name(i)}  {self.captions[i]!r} -> {self.best_alternative[i]!r} ({self.best_tag[i]})" for i in order)
 
-# %% ../../nbs/31_captions.edits.ipynb #e74ffb80
+
+# %% ../../nbs/31_captions.edits.ipynb #4e379c9e
 def _check_share(name: str, v) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
         raise ValueError(f"{name} must be a share between 0 and 1, got {v!r}")
@@ -145,6 +155,8 @@ def _weighted_auroc(negatives: Tensor, positives: Tensor, weights: Tensor) -> fl
     below = (torch.searchsorted(neg, positives, right=False) + torch.searchsorted(neg, positives, right=True)).to(weights.dtype)
     return float((below / (2 * len(neg)) * weights).sum() / weights.sum())
 
+
+# %% ../../nbs/31_captions.edits.ipynb #f703eb32
 def _expected_auroc(margin: Tensor, own: Tensor, alt_loss: Tensor, owner: Tensor, sel: Tensor, reference: Tensor) -> float:
     "Label-free AUROC of one tag's `margin` (own − its best edit): each reference item's edits of the tag as stand-in wrong captions against the items' own margins."
     n, o, l = len(own), owner[sel], alt_loss[sel]
@@ -158,6 +170,8 @@ def _expected_auroc(margin: Tensor, own: Tensor, alt_loss: Tensor, owner: Tensor
     keep = reference[o] & simulated.isfinite()
     return _corrected_auroc(clean, simulated[keep].double(), 1 / count[o][keep].double())
 
+
+# %% ../../nbs/31_captions.edits.ipynb #cd5bf37e
 def _corrected_auroc(reference: Tensor, wrong: Tensor, weights: Tensor) -> float:
     "AUROC of wrong-caption margins against the reference margins, corrected for the reference's own wrong captions (which pull it towards ½)."
     observed = _weighted_auroc(reference, wrong, weights)
@@ -165,6 +179,8 @@ def _corrected_auroc(reference: Tensor, wrong: Tensor, weights: Tensor) -> float
     share = _wrong_share(reference, wrong, weights)
     return min(max((observed - share / 2) / (1 - share), 0.0), 1.0)
 
+
+# %% ../../nbs/31_captions.edits.ipynb #23c00902
 def _wrong_share(clean: Tensor, simulated: Tensor, weights: Tensor, quantiles=(0.5, 0.75, 0.9), most: float = 0.5) -> float:
     "Share of reference margins that look like wrong captions: the least over q of P(margin > τ_q) / P(simulated > τ_q), τ_q the q-quantile of the simulated margins."
     if not len(clean) or not len(simulated): return 0.0
@@ -178,8 +194,11 @@ def _wrong_share(clean: Tensor, simulated: Tensor, weights: Tensor, quantiles=(0
         if above > 0: shares.append(float((clean > tau).double().mean()) / above)
     return min(min(shares, default=0.0), most)
 
+
+# %% ../../nbs/31_captions.edits.ipynb #c1bc9230
 def _calibrate(tag_margins: Mapping[str, Tensor], own: Tensor, alt_loss: Tensor, owner: Tensor, masks: Mapping[str, Tensor], reference: Tensor,
-               planted: list, max_beat_rate: float, min_auroc: float, min_planted: int) -> dict:
+               planted: list, limits: tuple[float, float, int]) -> dict:
+    max_beat_rate, min_auroc, min_planted = limits
     out = {}
     for t, m in tag_margins.items():
         v = m[reference & ~m.isnan()]
@@ -193,12 +212,15 @@ def _calibrate(tag_margins: Mapping[str, Tensor], own: Tensor, alt_loss: Tensor,
                   "verifiable": _verdict(est, measured if int(hit.sum()) >= min_planted else None, trusted, min_auroc)}
     return out
 
+
+# %% ../../nbs/31_captions.edits.ipynb #a8941ec6
 def _verdict(expected: float, planted: float|None, trusted: bool, min_auroc: float) -> bool|None:
     "From enough planted words True or False; from the label-free estimate only False, or None when it passes (memorization can hide wrong words from it)."
     if planted is not None: return trusted and planted >= min_auroc
     return None if expected >= min_auroc else False
 
-# %% ../../nbs/31_captions.edits.ipynb #b1375b74
+
+# %% ../../nbs/31_captions.edits.ipynb #a091494b
 def _alternative_lists(captions, alternatives) -> list[list[tuple[str, str]]]:
     "Per item, its alternatives other than the own caption, each caption once (the first tag it came with)."
     if callable(alternatives): per = [alternatives(c) for c in captions]
@@ -216,6 +238,8 @@ def _alternative_lists(captions, alternatives) -> list[list[tuple[str, str]]]:
     if not any(out): raise ValueError("alternatives produced no alternative caption for any item; check the edit strategy against the captions")
     return out
 
+
+# %% ../../nbs/31_captions.edits.ipynb #cdd01b01
 def _check_planted_tags(planted, alts):
     "Every planted tag must be the tag of some alternative, or its items would leave the reference without being measured."
     if planted is None: return
@@ -232,6 +256,8 @@ def _encode_bank(encode, strings: list[str], batch: int, device) -> Tensor:
         parts.append(z.to(device))
     return torch.cat(parts)
 
+
+# %% ../../nbs/31_captions.edits.ipynb #90c2c0c8
 def _check_edit_args(latents, captions, clean, planted):
     if not isinstance(latents, Tensor) or latents.ndim < 2: raise ValueError(f"latents must be a tensor [N, ...], got {getattr(latents, 'shape', type(latents).__name__)}")
     if latents.shape[0] == 0: raise ValueError("latents holds no items (shape [0, ...]); pass at least one latent to probe")
@@ -241,7 +267,8 @@ def _check_edit_args(latents, captions, clean, planted):
     if planted is not None and (isinstance(planted, str) or len(planted) != latents.shape[0] or not all(p is None or isinstance(p, str) for p in planted)):
         raise ValueError(f"planted must give each of the {latents.shape[0]} items its planted tag or None, as plant_wrong_words returns it")
 
-# %% ../../nbs/31_captions.edits.ipynb #36b56dd4
+
+# %% ../../nbs/31_captions.edits.ipynb #e647cb76
 def _layout(captions, alts, empty_caption):
     "Distinct strings, and the stage-1 pairs (item, string slot, alternative index or −1 for own/empty), own first per item."
     slot = {}
@@ -254,6 +281,8 @@ def _layout(captions, alts, empty_caption):
             item.append(i); cond.append(at(cap)); alt_of.append(len(flat)); flat.append((i, cap, tag))
     return list(slot), torch.tensor(item), torch.tensor(cond), torch.tensor(alt_of), flat
 
+
+# %% ../../nbs/31_captions.edits.ipynb #ff7ac8e5
 def _own_pairs(alt_of: Tensor) -> Tensor:
     "Mask of each item's own-caption pair (the first of its two fixed pairs)."
     fixed = torch.nonzero(alt_of == -1).flatten()
@@ -265,6 +294,8 @@ def _tag_masks(tags: list[str], dev) -> dict[str, Tensor]:
     "Per tag (in order of first use), the mask of its alternatives."
     return {t: torch.tensor([g == t for g in tags], device=dev) for t in dict.fromkeys(tags)}
 
+
+# %% ../../nbs/31_captions.edits.ipynb #f927eef0
 def _tag_margins(own: Tensor, alt_loss: Tensor, owner: Tensor, masks: Mapping[str, Tensor], n: int) -> dict[str, Tensor]:
     out = {}
     for t, sel in masks.items():
@@ -272,6 +303,8 @@ def _tag_margins(own: Tensor, alt_loss: Tensor, owner: Tensor, masks: Mapping[st
         out[t] = torch.where(best.isinf(), torch.nan, own - best)
     return out
 
+
+# %% ../../nbs/31_captions.edits.ipynb #440813e4
 def _best_trusted(alt_loss: Tensor, owner: Tensor, trusted: Tensor, n: int) -> Tensor:
     "Per item, the index of its lowest-loss trusted alternative, or −1."
     key = torch.where(trusted, alt_loss, float("inf"))
@@ -281,6 +314,8 @@ def _best_trusted(alt_loss: Tensor, owner: Tensor, trusted: Tensor, n: int) -> T
     best = torch.full((n,), a, device=key.device).scatter_reduce(0, owner, cand, "amin")
     return torch.where(best == a, -1, best)
 
+
+# %% ../../nbs/31_captions.edits.ipynb #e1a9818a
 def probe_caption_edits(denoise: Callable, # `denoise(x_t, t, cond) -> prediction`: the model call
                         encode: Callable, # `encode(list[str]) -> Tensor [n, ...]`: caption strings to conditionings (each distinct string once)
                         latents: Tensor, # [N, ...] clean latents (or images) of the items
@@ -324,6 +359,8 @@ def probe_caption_edits(denoise: Callable, # `denoise(x_t, t, cond) -> predictio
         return _edit_stages(denoise, latents, bank, captions, item, cond, alt_of, flat, abar, ts, noise_draws,
                             refine_draws, prediction_type, batch_size, seed, progress, (clean, planted), limits, ids)
 
+
+# %% ../../nbs/31_captions.edits.ipynb #5a931b6b
 def _edit_stages(denoise, latents, bank, captions, item, cond, alt_of, flat, abar, ts, draws, refine, prediction_type,
                  batch_size, seed, progress, marks, limits, ids) -> CaptionProbe:
     from tqdm.auto import tqdm
@@ -339,7 +376,7 @@ def _edit_stages(denoise, latents, bank, captions, item, cond, alt_of, flat, aba
         own, empty, alt_loss = Lp[own_rows], Lp[empty_rows], Lp[alt_rows]
         margins = _tag_margins(own, alt_loss, owner, masks, n)
         reference, planted = _reference(*marks, n, dev)
-        calibration = _calibrate(margins, own, alt_loss, owner, masks, reference, planted, *limits)
+        calibration = _calibrate(margins, own, alt_loss, owner, masks, reference, planted, limits)
         trusted = [t for t, c in calibration.items() if c["trusted"]] or list(calibration)
         best = torch.stack([_best_trusted(alt_loss, owner, masks[t], n) for t in trusted], 1)
         has = best >= 0                                                     # [N, trusted tags]
@@ -357,12 +394,16 @@ def _edit_stages(denoise, latents, bank, captions, item, cond, alt_of, flat, aba
     return CaptionProbe(captions, own_all, own - empty, swap, suspicion, [flat[a][1] if a >= 0 else None for a in picks],
                         [flat[a][2] if a >= 0 else None for a in picks], margins, calibration, flat, alt_loss, list(ts), passes)
 
+
+# %% ../../nbs/31_captions.edits.ipynb #d37b0495
 def _reference(clean, planted, n: int, dev) -> tuple[Tensor, list]:
     "The calibration's reference items (marked clean, else all; never a planted one) and the planted tag per item."
     planted = [None] * n if planted is None else list(planted)
     reference = torch.ones(n, dtype=torch.bool, device=dev) if clean is None else torch.as_tensor(clean).to(dev, torch.bool)
     return reference & torch.tensor([p is None for p in planted], device=dev), planted
 
+
+# %% ../../nbs/31_captions.edits.ipynb #2820cbfb
 def _suspicion(margins: list[Tensor], reference: Tensor) -> Tensor:
     "Per item, the largest of the tags' robust z-scores: (margin − median) / (1.4826 · MAD), both over the reference items."
     best = torch.full_like(margins[0], -float("inf"))
@@ -377,6 +418,8 @@ def _suspicion(margins: list[Tensor], reference: Tensor) -> Tensor:
         best = torch.fmax(best, torch.nan_to_num((m - med) / scale, nan=-float("inf")))
     return torch.where(best.isinf(), torch.nan, best)
 
+
+# %% ../../nbs/31_captions.edits.ipynb #b7278ee2
 def _refine(denoise, latents, bank, cond, own_rows, alt_rows, best, has, own, best_screen, scale_t, abar, ts, draws, refine,
             prediction_type, batch_size, seed, bar, ids) -> tuple[Tensor, Tensor]:
     "More draws for each item's own caption and its best edit of every trusted tag; both averaged with the screening draws."
@@ -389,3 +432,4 @@ def _refine(denoise, latents, bank, cond, own_rows, alt_rows, best, has, own, be
     r2 = (raw2 / scale_t).mean(2).reshape(n, 1 + m, refine).sum(2)
     total = draws + refine
     return (own * draws + r2[:, 0]) / total, torch.where(has, (best_screen * draws + r2[:, 1:]) / total, torch.nan)
+

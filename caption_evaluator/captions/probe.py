@@ -71,7 +71,7 @@ def _pair_losses(denoise, latents: Tensor, bank: Tensor, pair_item: Tensor, pair
         if bar is not None: bar.update(e - s)
     return out
 
-# %% ../../nbs/30_captions.probe.ipynb #4e518cdb
+# %% ../../nbs/30_captions.probe.ipynb #ed715c74
 def _finite_mean(x: Tensor, dim) -> Tensor:
     "Mean over `dim` of the finite entries only (NaN where none is finite)."
     return torch.where(torch.isfinite(x), x, torch.nan).nanmean(dim)
@@ -80,6 +80,8 @@ def _candidate_timesteps(n_train: int, grid: int = 10) -> list[int]:
     "Evenly spaced timesteps over the schedule, the very ends left out."
     return [int(round(v)) for v in torch.linspace(0.05 * (n_train - 1), 0.95 * (n_train - 1), grid).tolist()]
 
+
+# %% ../../nbs/30_captions.probe.ipynb #1ed05b13
 def _auto_timesteps(denoise, latents, bank, pair_item, pair_cond, is_own, abar, prediction_type, n_timesteps, seed, batch_size, ids=None, sample=64) -> list[int]:
     "The `n_timesteps` candidates where the own caption beats the other captions most (relative to its loss), on the first `sample` items."
     cand = _candidate_timesteps(abar.shape[0])
@@ -93,7 +95,8 @@ def _auto_timesteps(denoise, latents, bank, pair_item, pair_cond, is_own, abar, 
     order = gain.argsort(descending=True)[:n_timesteps].sort().values        # one host read, before the probe loop
     return [cand[i] for i in order.tolist()]
 
-# %% ../../nbs/30_captions.probe.ipynb #f5551377
+
+# %% ../../nbs/30_captions.probe.ipynb #1b0c9826
 @dataclass
 class ProbeResult:
     "What `probe_captions` found, per item (tensors on the latents' device)."
@@ -110,13 +113,13 @@ class ProbeResult:
         "The per-item scores as `StreamingAggregator.update(values=...)` takes them (ranked by `--by swap_margin`)."
         return {"swap_margin": self.swap_margin, "empty_gap": self.empty_gap, "probe_own_loss": self.own_loss}
 
+
+# %% ../../nbs/30_captions.probe.ipynb #d913ab3b
 def _check_int(name: str, v, low: int):
     if not (isinstance(v, int) and not isinstance(v, bool) and v >= low): raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
 
-def _check_probe_args(latents, conds, empty_cond, alternatives, abar, prediction_type, noise_draws, refine_draws, batch_size):
-    _check_items(latents, conds, empty_cond, alternatives)
-    _check_schedule(abar, prediction_type, noise_draws, refine_draws, batch_size)
 
+# %% ../../nbs/30_captions.probe.ipynb #a181e4ce
 def _check_items(latents, conds, empty_cond, alternatives):
     "Latents [N, ...], one conditioning per latent, an empty conditioning and K >= 1 alternatives per item, all shaped alike."
     if not isinstance(latents, Tensor) or latents.ndim < 2: raise ValueError(f"latents must be a tensor [N, ...], got {getattr(latents, 'shape', type(latents).__name__)}")
@@ -133,7 +136,8 @@ def _check_schedule(abar, prediction_type, noise_draws, refine_draws, batch_size
     if prediction_type not in PREDICTION_TYPES: raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
     _check_int("noise_draws", noise_draws, 1); _check_int("refine_draws", refine_draws, 0); _check_int("batch_size", batch_size, 1)
 
-# %% ../../nbs/30_captions.probe.ipynb #b7a33a54
+
+# %% ../../nbs/30_captions.probe.ipynb #74005164
 def _item_ids(items, n: int) -> list[int]|None:
     "The noise ids of the N items, checked (None: 0..N-1)."
     if items is None: return None
@@ -142,6 +146,8 @@ def _item_ids(items, n: int) -> list[int]|None:
         raise ValueError(f"items must give {n} distinct non-negative ids, one per latent (e.g. dataset indices), got {len(ids)} ids")
     return ids
 
+
+# %% ../../nbs/30_captions.probe.ipynb #1033fd26
 def _modules_behind(denoise) -> list[torch.nn.Module]:
     "The modules `denoise` calls: itself, a bound method's owner, a partial's function and arguments, a lambda's closure and the globals it names."
     found, todo = [], [denoise]
@@ -159,10 +165,14 @@ def _modules_behind(denoise) -> list[torch.nn.Module]:
             todo += [g[n] for n in code.co_names if isinstance(g.get(n), torch.nn.Module)]
     return found
 
+
+# %% ../../nbs/30_captions.probe.ipynb #f5871159
 def _filled(cell) -> bool:
     try: cell.cell_contents; return True
     except ValueError: return False
 
+
+# %% ../../nbs/30_captions.probe.ipynb #fa1413cc
 def _pick_timesteps(timesteps, n_timesteps, abar, auto) -> list[int]:
     if isinstance(timesteps, str):
         if timesteps != "auto": raise ValueError(f"timesteps must be 'auto' or a list of ints, got {timesteps!r}")
@@ -173,6 +183,8 @@ def _pick_timesteps(timesteps, n_timesteps, abar, auto) -> list[int]:
     if not ts or any(not 0 <= t < abar.shape[0] for t in ts): raise ValueError(f"timesteps must be in 0..{abar.shape[0] - 1}, got {ts}")
     return ts
 
+
+# %% ../../nbs/30_captions.probe.ipynb #970989d0
 def probe_captions(denoise: Callable, # `denoise(x_t, t, cond) -> prediction`: the model call (a diffusers UNet in a lambda, any module)
                    latents, # [N, ...] clean latents (or images) of the items; or a DataLoader of dicts (see `probe_caption_batches`)
                    conds: Tensor|None, # [N, ...] each item's own caption conditioning (e.g. text-encoder states); None with a DataLoader
@@ -197,11 +209,14 @@ def probe_captions(denoise: Callable, # `denoise(x_t, t, cond) -> prediction`: t
     if not isinstance(latents, Tensor) and conds is None and alternatives is None and hasattr(latents, "__iter__"):
         if items is not None: raise ValueError("items: a DataLoader's batches carry their ids in 'index'; pass items only with tensors")
         return probe_caption_batches(denoise, latents, empty_cond, alphas_cumprod, **kw)
-    _check_probe_args(latents, conds, empty_cond, alternatives, alphas_cumprod, prediction_type, noise_draws, refine_draws, batch_size)
+    _check_items(latents, conds, empty_cond, alternatives)
+    _check_schedule(alphas_cumprod, prediction_type, noise_draws, refine_draws, batch_size)
     ids = list(range(latents.shape[0])) if items is None else _item_ids(items, latents.shape[0])
     one = [(latents, conds, alternatives, ids)]
     return _probe(denoise, lambda: iter(one), empty_cond, alphas_cumprod, total=latents.shape[0], **kw)
 
+
+# %% ../../nbs/30_captions.probe.ipynb #5ebe0cab
 def probe_caption_batches(denoise: Callable, # `denoise(x_t, t, cond) -> prediction`, as for `probe_captions`
                           batches, # an iterable you can iterate twice (a DataLoader, a list) of dicts: "latents" [B, ...], "conds" [B, ...], "alternatives" [B, K, ...], optional "index" [B]
                           empty_cond: Tensor, # [...] the empty caption's conditioning
@@ -220,6 +235,8 @@ def probe_caption_batches(denoise: Callable, # `denoise(x_t, t, cond) -> predict
     ordered = not isinstance(batches, torch.utils.data.DataLoader) or isinstance(batches.sampler, torch.utils.data.SequentialSampler)
     return _probe(denoise, lambda: _dict_batches(batches, empty_cond, ordered), empty_cond, alphas_cumprod, total=total, **opts)
 
+
+# %% ../../nbs/30_captions.probe.ipynb #c225ebab
 def _dict_batches(batches, empty_cond, ordered: bool = True):
     "(latents, conds, alternatives, ids) of each batch dict, checked; ids from 'index' or, for batches in a fixed order, the running position."
     seen, start = set(), 0
@@ -241,6 +258,8 @@ def _dict_batches(batches, empty_cond, ordered: bool = True):
         seen |= set(ids); start += n
         yield x, c, a, ids
 
+
+# %% ../../nbs/30_captions.probe.ipynb #e945c1a0
 def _probe(denoise, batches: Callable, empty_cond, abar, *, timesteps, n_timesteps, noise_draws, refine_draws, prediction_type,
            batch_size, seed, posterior_scale, progress, total) -> ProbeResult:
     "The two stages over `batches()`: screening every caption, global per-timestep scales, refining two (items matched by id)."
@@ -278,6 +297,8 @@ def _probe(denoise, batches: Callable, empty_cond, abar, *, timesteps, n_timeste
     return ProbeResult(own_all, L[:, 0] - L[:, 1], swap, best, post, L, list(ts),
                        (2 + k) * len(ts) * noise_draws + 2 * len(ts) * refine_draws)
 
+
+# %% ../../nbs/30_captions.probe.ipynb #42afb382
 def _auto_on_first(denoise, batches, empty_cond, abar, prediction_type, n_timesteps, seed, batch_size, sample: int = 64) -> list[int]:
     "`_auto_timesteps` on the first `sample` items, gathered across batches: the choice does not depend on the batch size."
     parts, got = [], 0
@@ -293,6 +314,8 @@ def _auto_on_first(denoise, batches, empty_cond, abar, prediction_type, n_timest
     return _auto_timesteps(denoise, x, bank, item, slot.to(x.device), is_own, abar.to(x.device, torch.float32), prediction_type,
                            n_timesteps, seed, batch_size, ids, sample)
 
+
+# %% ../../nbs/30_captions.probe.ipynb #42d0bbcb
 def _batch_bank(x, c, empty_cond, a):
     "A batch's conditioning bank (own, empty, alternatives), the item and bank slot of each of its pairs, and its own-copy mask."
     n, k, dev = x.shape[0], a.shape[1], x.device
@@ -301,6 +324,8 @@ def _batch_bank(x, c, empty_cond, a):
     slot = torch.cat([torch.arange(n)[:, None], torch.full((n, 1), n), n + 1 + torch.arange(n * k).reshape(n, k)], 1).flatten()
     return bank, item, slot, _own_copies(c, a).to(dev)
 
+
+# %% ../../nbs/30_captions.probe.ipynb #0346d4d5
 def _refine(denoise, batches, empty_cond, abar, best, ts, draws, refine, prediction_type, batch_size, seed, bar, order: list) -> Tensor:
     "Raw losses [2N, refine, T] of each item's own caption and its best alternative at the refining draws; items found by id, in any order."
     row_of, n = {i: r for r, i in enumerate(order)}, len(order)
@@ -325,6 +350,8 @@ def _refine(denoise, batches, empty_cond, abar, best, ts, draws, refine, predict
                          "(a DataLoader, a list), or refine_draws=0")
     return out.reshape(2 * n, *out.shape[2:])
 
+
+# %% ../../nbs/30_captions.probe.ipynb #1cd24c22
 def _own_copies(conds: Tensor, alternatives: Tensor) -> Tensor:
     "[N, K] True where an alternative is the item's own conditioning (e.g. every class word given, its own included)."
     n, k = alternatives.shape[:2]

@@ -30,7 +30,7 @@ from ..tracking.snapshots import load_item_stats
 # %% auto #0
 __all__ = ['CaptionDemoResult', 'plot_worst_captions', 'plot_loss_by_timestep', 'plot_caption_scores', 'run_caption_demo']
 
-# %% ../../nbs/62_demos.caption.ipynb #84b7a5a3
+# %% ../../nbs/62_demos.caption.ipynb #efb887d1
 @dataclass
 class CaptionDemoResult:
     "What `run_caption_demo` made: the run folder, the data, the probe, the detection table and the files."
@@ -42,6 +42,8 @@ class CaptionDemoResult:
     figures: dict # name -> PNG path
     seconds: dict # "train", "probe" wall seconds
 
+
+# %% ../../nbs/62_demos.caption.ipynb #bbea0410
 def _detection(data: CaptionedDataset, datasets: Mapping) -> dict:
     "AUROC and precision@k of each demo score, from the snapshot's `train` (training) and `probe` (probe) statistics."
     bad = {k for k, b in zip(data.keys, data.corrupted.tolist()) if b}
@@ -50,7 +52,8 @@ def _detection(data: CaptionedDataset, datasets: Mapping) -> dict:
     return {"average_loss": train["average_loss"], "tnorm_average_loss": train["tnorm_average_loss"],
             "monitor_empty_gap": train["empty_gap"], "empty_gap": probe["empty_gap"], "swap_margin": probe["swap_margin"]}
 
-# %% ../../nbs/62_demos.caption.ipynb #63a727b0
+
+# %% ../../nbs/62_demos.caption.ipynb #82c2980a
 def plot_worst_captions(data: CaptionedDataset, # the items
                         probe: CaptionProbe, # the probe's result
                         path: str|Path, # PNG to write
@@ -73,6 +76,8 @@ def plot_worst_captions(data: CaptionedDataset, # the items
     save_figure(fig, path, dpi=110)
     return Path(path)
 
+
+# %% ../../nbs/62_demos.caption.ipynb #61a8db45
 def plot_loss_by_timestep(table: Mapping, # a snapshot's `timesteps` table (edges, count, mean, std)
                           path: str|Path, # PNG to write
                          ) -> Path:
@@ -89,6 +94,8 @@ def plot_loss_by_timestep(table: Mapping, # a snapshot's `timesteps` table (edge
     save_figure(fig, path, dpi=110)
     return Path(path)
 
+
+# %% ../../nbs/62_demos.caption.ipynb #c36b453d
 def plot_caption_scores(data: CaptionedDataset, # the items
                         scores: Mapping[str, Sequence[float]], # score name -> per-item values (higher = more suspect)
                         path: str|Path, # PNG to write
@@ -107,7 +114,8 @@ def plot_caption_scores(data: CaptionedDataset, # the items
     save_figure(fig, path, dpi=110)
     return Path(path)
 
-# %% ../../nbs/62_demos.caption.ipynb #37236532
+
+# %% ../../nbs/62_demos.caption.ipynb #d2c396a0
 def _plant(data: CaptionedDataset, share: float, seed: int) -> tuple[CaptionedDataset, list]:
     "`data` with `share` of all captions (right ones only) given a uniformly drawn wrong class word on purpose, marked wrong like the others; and the planted tag per item."
     share = _check_share("plant", share)
@@ -122,6 +130,8 @@ def _plant(data: CaptionedDataset, share: float, seed: int) -> tuple[CaptionedDa
         captions[i], planted[i], said[i], bad[i], which[i] = caption, tag, word, True, tag
     return dataclasses.replace(data, captions=captions, corrupted=bad, attributes={**data.attributes, "class": said}, corrupted_attribute=which), planted
 
+
+# %% ../../nbs/62_demos.caption.ipynb #84bc2348
 def _save_truth(run_dir: Path, data: CaptionedDataset, noise: float, kind: str, seed: int, planted: list) -> Path:
     bad = [k for k, b in zip(data.keys, data.corrupted.tolist()) if b]
     return write_json_atomic(run_dir / "corruption.json", {"noise": noise, "kind": kind, "seed": seed, "corrupted": bad,
@@ -135,6 +145,8 @@ def _figures(run_dir: Path, data, probe, timesteps_table, stats) -> dict:
             "scores": plot_caption_scores(data, {"mean training loss": loss, "swap margin (probe)": probe.swap_margin.numpy()},
                                           run_dir / "caption_scores.png")}
 
+
+# %% ../../nbs/62_demos.caption.ipynb #2bbcbdbb
 def run_caption_demo(output_dir: str|Path = "demo_output", # parent folder; each run gets a new subfolder
                      noise: float = 0.3, # share of captions (per class) with a wrong class word
                      kind: str = "classcond", # "classcond" (each digit as its look-alike) or "uniform" (any other digit)
@@ -164,6 +176,8 @@ def run_caption_demo(output_dir: str|Path = "demo_output", # parent folder; each
     _report(result, noise, kind, sum(p is not None for p in planted), say)
     return result
 
+
+# %% ../../nbs/62_demos.caption.ipynb #a2a61a43
 def _report(r: CaptionDemoResult, noise: float, kind: str, planted: int, say):
     say(f"\n{int(r.data.corrupted.sum())} of {len(r.data)} captions are wrong ({noise:.0%} per class, {kind}, and {planted} planted on purpose); "
         f"trained {r.seconds['train']:.0f} s, probed {r.seconds['probe']:.0f} s ({r.probe.forward_passes:.0f} forward passes per item)")
@@ -175,3 +189,4 @@ def _report(r: CaptionDemoResult, noise: float, kind: str, planted: int, say):
     for name, p in r.figures.items(): say(f"  figure: {p}")
     say(f"Next, the most suspect captions from a shell: {shell_command('caption-eval')} items {r.snapshot} --dataset probe --by swap_margin\n"
         f"The figures above open in any image viewer. In a clone of the repository, `make lab` opens the tutorials.")
+

@@ -32,7 +32,7 @@ from fastcore.imports import in_ipython
 __all__ = ['DemoData', 'demo_data', 'format_interval_metrics', 'DemoResult', 'plot_label_noise', 'run_demo', 'build_parser',
            'main']
 
-# %% ../../nbs/61_demos.label_noise.ipynb #1c1b619c
+# %% ../../nbs/61_demos.label_noise.ipynb #b3e122c9
 @dataclass
 class DemoData:
     "The demo's training set: inputs, noisy and true labels, item keys, and which items were corrupted."
@@ -48,6 +48,8 @@ class DemoData:
         "Keys of the corrupted items, in the order of `corrupted`."
         return [self.keys[i] for i in self.corrupted.tolist()]
 
+
+# %% ../../nbs/61_demos.label_noise.ipynb #0865fe42
 def demo_data(noise: float = 0.1, # share of training labels to corrupt
               seed: int = 0, # seed of the corruption
               kind: str = "uniform", # "uniform" or "classcond" (see `corrupt_labels`)
@@ -58,6 +60,7 @@ def demo_data(noise: float = 0.1, # share of training labels to corrupt
     noisy, picked = corrupt_labels(cols["labels"], noise, seed=seed, num_classes=10, kind=kind)
     keys = [f"digits/{i:04d}" for i in cols["index"].tolist()]
     return DemoData(cols["inputs"], noisy, cols["labels"], cols["index"], keys, picked)
+
 
 # %% ../../nbs/61_demos.label_noise.ipynb #ae72589f
 def _write_json(path: Path, obj) -> Path:
@@ -211,7 +214,7 @@ def _make_figures(run_plots, item_plots, results_dir, snapshot: Path, fig_dir: P
         figures[name] = path
     return figures
 
-# %% ../../nbs/61_demos.label_noise.ipynb #1051baf1
+# %% ../../nbs/61_demos.label_noise.ipynb #679dea1d
 def _flat_detection(table: Mapping[str, Mapping]) -> dict:
     "The detection table as one flat record for `save_results`: `<score>_auroc`, `<score>_precision_at_k`, and the counts."
     first = next(iter(table.values()))
@@ -219,6 +222,51 @@ def _flat_detection(table: Mapping[str, Mapping]) -> dict:
     for s, r in table.items(): out.update({f"{s}_auroc": r["auroc"], f"{s}_precision_at_k": r["precision_at_k"]})
     return out
 
+
+# %% ../../nbs/61_demos.label_noise.ipynb #7e68c1c7
+def _check_demo_args(noise: float, epochs: int, noise_kind: str, rank_by: str):
+    "Refuse bad `run_demo` arguments by name before anything is written."
+    if not 0 <= noise < 1: raise ValueError(f"noise must be a share in [0, 1), got {noise!r}")
+    if not isinstance(epochs, int) or epochs < 1: raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    if noise_kind not in NOISE_KINDS: raise ValueError(f"noise_kind must be one of {NOISE_KINDS}, got {noise_kind!r}")
+    score_path(rank_by)
+
+@dataclass(frozen=True)
+class _Schedule:
+    "How the demo trains: the seed of its shuffling, epochs, mini-batch size and Adam's learning rate."
+    seed: int
+    epochs: int
+    batch_size: int
+    lr: float
+
+
+# %% ../../nbs/61_demos.label_noise.ipynb #7de67ad0
+def _train(model, data: DemoData, tracker: ItemLossTracker, logger, router, plan: _Schedule, say) -> tuple[int, list, list, dict|None]:
+    "Train for `plan.epochs` epochs, a snapshot and a validation after each: `(step, history, snapshots, last validation)`."
+    opt = torch.optim.Adam(model.parameters(), lr=plan.lr)
+    gen = torch.Generator().manual_seed(plan.seed)
+    slots = tracker.register("train", data.keys)
+    step, history, snapshots, val = 0, [], [], None
+    for epoch in range(1, plan.epochs + 1):
+        t0 = time.perf_counter()
+        step, train_loss = _train_epoch(model, opt, data, slots, tracker, gen, plan.batch_size, step)
+        snapshots.append(tracker.on_save(step))
+        logger.log_metrics({"loss": train_loss}, step=step, prefix="train")
+        val = _validate(router, model.eval(), logger, step) if router else None
+        acc = val["metrics"].get("accuracy") if val else None
+        history.append({"epoch": epoch, "step": step, "train_loss": train_loss, "val_accuracy": acc})
+        say(f"epoch {epoch}/{plan.epochs}  step {step}  train loss {train_loss:.4f}"
+            + (f"  val accuracy {acc:.4f}" if acc is not None else "") + f"  ({time.perf_counter() - t0:.1f} s)")
+    return step, history, snapshots, val
+
+def _save_run(results, run_dir: Path, model, val: dict, detection: dict|None, cfg: dict, step: int) -> Path:
+    "The validation and the detection table as a saved run under `run_dir/evaluation_results`."
+    extra = [{"label_noise_detection": _flat_detection(detection)}] if detection else []
+    return results.save_results([val, *extra], config=cfg, results_dir=run_dir / "evaluation_results", model=model,
+                                model_type="DigitsMLP", seed=cfg["seed"], step=step)
+
+
+# %% ../../nbs/61_demos.label_noise.ipynb #bd274c38
 def run_demo(output_dir: str | os.PathLike = "demo_output", # parent folder; each run gets a new subfolder
              seed: int = 0, # seed of the label corruption, the model's initialisation and the shuffling
              noise: float = 0.1, # share of training labels to corrupt, in [0, 1)
@@ -233,10 +281,7 @@ def run_demo(output_dir: str | os.PathLike = "demo_output", # parent folder; eac
              rank_by: str = "aum", # score that ranks the printed worst items and the worst-items figure
             ) -> DemoResult:
     "Train on digits with corrupted labels, track per-item loss, validate, save, plot; report what was flagged."
-    if not 0 <= noise < 1: raise ValueError(f"noise must be a share in [0, 1), got {noise!r}")
-    if not isinstance(epochs, int) or epochs < 1: raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-    if noise_kind not in NOISE_KINDS: raise ValueError(f"noise_kind must be one of {NOISE_KINDS}, got {noise_kind!r}")
-    score_path(rank_by)
+    _check_demo_args(noise, epochs, noise_kind, rank_by)
     say = print if verbose else (lambda *a, **k: None)
     start, notes = time.perf_counter(), []
     router, results, run_plots, item_plots = (_optional(m, notes) for m in (
@@ -247,42 +292,21 @@ def run_demo(output_dir: str | os.PathLike = "demo_output", # parent folder; eac
     say(f"caption_evaluator demo -> {run_dir}")
     say(f"training on {len(data.keys)} digits, {len(data.corrupted)} labels corrupted "
         f"({noise_kind} noise {noise:.0%}, seed {seed}; listed in {record.name})")
-
     torch.manual_seed(seed)
     model = DigitsMLP(hidden=hidden)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
     tb_dir = run_dir / "tensorboard"
     logger = _make_logger(tb_dir if tensorboard else None, run_dir, notes)
     if not isinstance(logger, TensorBoardLogger): tb_dir = None
     tracker = ItemLossTracker(run_dir / "item_stats", "demo", loggers=[logger])   # snapshots and their summaries, as in any training loop
-    slots = tracker.register("train", data.keys)
-
-    step, history, snapshots, val = 0, [], [], None
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        step, train_loss = _train_epoch(model, opt, data, slots, tracker, gen, batch_size, step)
-        snapshots.append(tracker.on_save(step))
-        logger.log_metrics({"loss": train_loss}, step=step, prefix="train")
-        val = _validate(router, model.eval(), logger, step) if router else None
-        acc = val["metrics"].get("accuracy") if val else None
-        history.append({"epoch": epoch, "step": step, "train_loss": train_loss, "val_accuracy": acc})
-        say(f"epoch {epoch}/{epochs}  step {step}  train loss {train_loss:.4f}"
-            + (f"  val accuracy {acc:.4f}" if acc is not None else "") + f"  ({time.perf_counter() - t0:.1f} s)")
+    step, history, snapshots, val = _train(model, data, tracker, logger, router, _Schedule(seed, epochs, batch_size, lr), say)
     logger.close()
-
     stats = tracker.aggregator.item_stats("train")
     detection = detection_table(stats, data.corrupted_keys) if len(data.corrupted) else None
     if detection is None: notes.append("no labels were corrupted (noise rounds to 0 items): nothing to detect")
     worst = _worst_rows(stats, data, top, rank_by)
-    results_dir = None
-    if results and val:
-        cfg = {"job": "demo", "seed": seed, "noise": noise, "noise_kind": noise_kind, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-               "hidden": hidden, "train_items": len(data.keys), "corrupted_items": len(data.corrupted)}
-        extra = [{"label_noise_detection": _flat_detection(detection)}] if detection else []
-        results_dir = results.save_results([val, *extra], config=cfg,
-                                           results_dir=run_dir / "evaluation_results", model=model,
-                                           model_type="DigitsMLP", seed=seed, step=step)
+    cfg = {"job": "demo", "seed": seed, "noise": noise, "noise_kind": noise_kind, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+           "hidden": hidden, "train_items": len(data.keys), "corrupted_items": len(data.corrupted)}
+    results_dir = _save_run(results, run_dir, model, val, detection, cfg, step) if results and val else None
     figures = _make_figures(run_plots, item_plots, results_dir, snapshots[-1], run_dir / "figures", notes, rank_by) if run_plots and item_plots else {}
     if detection:
         (run_dir / "figures").mkdir(exist_ok=True)
@@ -301,7 +325,8 @@ def run_demo(output_dir: str | os.PathLike = "demo_output", # parent folder; eac
     _report(result, say)
     return result
 
-# %% ../../nbs/61_demos.label_noise.ipynb #5167fb36
+
+# %% ../../nbs/61_demos.label_noise.ipynb #eea4cbad
 def _make_logger(tb_dir: Path | None, run_dir: Path, notes: list):
     "TensorBoard when installed and wanted; otherwise a console logger writing to `run_dir/metrics.log`."
     if tb_dir is not None:
@@ -309,6 +334,8 @@ def _make_logger(tb_dir: Path | None, run_dir: Path, notes: list):
         except ImportError as e: notes.append(f"{e} Metrics went to metrics.log instead.")
     return ConsoleLogger(path=run_dir / "metrics.log", echo=False)
 
+
+# %% ../../nbs/61_demos.label_noise.ipynb #295ea4c1
 def _report(r: DemoResult, say):
     "Print validation metrics with intervals, the worst items and the label-noise scores."
     say(f"\nvalidation on the held-out digits (task vision_tiny, epoch {len(r.history)}):")
@@ -324,7 +351,8 @@ def _report(r: DemoResult, say):
     say(f"\nwritten to {r.run_dir} in {r.seconds:.1f} s"
         + (f"; TensorBoard: {shell_command('tensorboard')} --logdir {r.tensorboard_dir}" if r.tensorboard_dir else ""))
 
-# %% ../../nbs/61_demos.label_noise.ipynb #a609dd6b
+
+# %% ../../nbs/61_demos.label_noise.ipynb #fec06770
 def build_parser() -> argparse.ArgumentParser:
     "Options of `python -m caption_evaluator.demos.label_noise` (the same as `caption-eval demo`)."
     return add_demo_arguments(argparse.ArgumentParser(prog="python -m caption_evaluator.demos.label_noise", description=run_demo.__doc__))
@@ -340,4 +368,7 @@ def main(argv: Sequence[str] | None = None, # arguments; default `sys.argv[1:]`
     if args.quiet: print(result.run_dir)
     return 0
 
+
+# %% ../../nbs/61_demos.label_noise.ipynb #abd9e752
 if __name__ == "__main__" and not in_ipython(): sys.exit(main())
+

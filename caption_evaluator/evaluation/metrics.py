@@ -41,7 +41,7 @@ def accuracy_stats(
     return {"accuracy": p, "samples": int(n), "correct": correct,
             "stderr": math.sqrt(p * (1 - p) / n), "ci_low": lo, "ci_high": hi}
 
-# %% ../../nbs/22_evaluation.metrics.ipynb #a0780d68
+# %% ../../nbs/22_evaluation.metrics.ipynb #44546285
 def _int_arg(where: str, name: str, v, low: int) -> int:
     "`v` as an int >= `low`, or an error naming the argument (no silent truncation of 2.9, no bools)."
     if isinstance(v, bool) or not isinstance(v, numbers.Integral): raise TypeError(f"{where}: {name} must be an int, got {v!r}")
@@ -57,6 +57,8 @@ def _scores_arg(name: str, v) -> Tensor:
         raise TypeError(f"PairMetric.update: {name} must be real numbers, got dtype {t.dtype}")
     return t.detach().double().cpu().reshape(-1)
 
+
+# %% ../../nbs/22_evaluation.metrics.ipynb #c2558a92
 def _check_class_inputs(logits: Tensor, labels: Tensor, num_classes: int | None = None, where: str = "update",
                         check_range: bool = True) -> None:
     "Raise a clear error unless `logits` is [B, C] float and `labels` is [B] integer (in [0, C) when `check_range`: a host sync)."
@@ -76,7 +78,8 @@ def _check_class_inputs(logits: Tensor, labels: Tensor, num_classes: int | None 
         lo, hi = (int(v) for v in torch.aminmax(labels))
         if lo < 0 or hi >= C: raise ValueError(f"{where}: labels out of range: expected values in [0, {C - 1}], got min={lo}, max={hi}")
 
-# %% ../../nbs/22_evaluation.metrics.ipynb #912abf48
+
+# %% ../../nbs/22_evaluation.metrics.ipynb #e9805615
 def compute_topk_accuracy(
     logits: Tensor,  # scores of shape [batch, num_classes]
     labels: Tensor,  # integer class indices of shape [batch]
@@ -95,6 +98,8 @@ def compute_topk_accuracy(
                                   "output, or use ClassificationMetric, which reports and excludes NaN rows")
     return int((label_ranks(logits, labels) < k).sum()) / labels.numel()
 
+
+# %% ../../nbs/22_evaluation.metrics.ipynb #0d325be7
 def label_ranks(logits: Tensor, # scores of shape [batch, num_classes]
                 labels: Tensor, # integer class indices of shape [batch], in [0, num_classes)
                ) -> Tensor:
@@ -102,6 +107,7 @@ def label_ranks(logits: Tensor, # scores of shape [batch, num_classes]
     lab = logits.gather(1, labels[:, None].long())
     cols = torch.arange(logits.shape[1], device=logits.device)
     return (logits > lab).sum(1) + ((logits == lab) & (cols < labels[:, None])).sum(1)
+
 
 # %% ../../nbs/22_evaluation.metrics.ipynb #c0ab7102
 class StreamingMetric:
@@ -162,12 +168,14 @@ class StreamingMetric:
         for n, (shape, dtype) in self._defaults.items(): setattr(self, n, torch.zeros(shape, dtype=dtype, device=self.device))
         self._local = None
 
-# %% ../../nbs/22_evaluation.metrics.ipynb #c452e9b4
+# %% ../../nbs/22_evaluation.metrics.ipynb #5c48adba
 @patch
 def state_dict(self: StreamingMetric) -> dict:
     "The current states as CPU tensors (the global ones after `sync`)."
     return {n: getattr(self, n).detach().cpu().clone() for n in self.state_names}
 
+
+# %% ../../nbs/22_evaluation.metrics.ipynb #1ee18a04
 @patch
 def load_state_dict(self: StreamingMetric,
                     state: dict,  # a dict produced by `state_dict()` of the same metric type and settings
@@ -182,6 +190,8 @@ def load_state_dict(self: StreamingMetric,
     for n in self.state_names: setattr(self, n, state[n].detach().clone().to(self.device))
     self._local = None
 
+
+# %% ../../nbs/22_evaluation.metrics.ipynb #f3d519bd
 @patch
 def _check_compatible(self: StreamingMetric, other: StreamingMetric, where: str) -> None:
     if type(other) is not type(self):
@@ -193,6 +203,8 @@ def _check_compatible(self: StreamingMetric, other: StreamingMetric, where: str)
 def _merge_states(self: StreamingMetric, other: StreamingMetric) -> None:
     for n in self.state_names: getattr(self, n).add_(getattr(other, n).to(self.device))
 
+
+# %% ../../nbs/22_evaluation.metrics.ipynb #83b538d5
 @patch
 def merge(self: StreamingMetric,
           other: StreamingMetric,  # a metric of the same type and settings, e.g. the one that saw the other half of the data
@@ -203,7 +215,8 @@ def merge(self: StreamingMetric,
     self._merge_states(other)
     return self
 
-# %% ../../nbs/22_evaluation.metrics.ipynb #dd23d666
+
+# %% ../../nbs/22_evaluation.metrics.ipynb #458b37dd
 @patch
 def _sync_states(self: StreamingMetric, group=None) -> None:
     for n in self.state_names: setattr(self, n, all_reduce(getattr(self, n), group=group))
@@ -220,6 +233,8 @@ def sync(self: StreamingMetric,
     self._local = local
     return self
 
+
+# %% ../../nbs/22_evaluation.metrics.ipynb #533ac70a
 @patch
 def _local_snapshot(self: StreamingMetric) -> dict:
     "The local states, kept while the metric holds the synced ones."
@@ -230,6 +245,7 @@ def _unsync(self: StreamingMetric) -> None:
     "Go back to the local (pre-sync) states."
     for n, t in self._local.items(): setattr(self, n, t)
     self._local = None
+
 
 # %% ../../nbs/22_evaluation.metrics.ipynb #c10ea988
 class ClassificationMetric(StreamingMetric):
@@ -299,7 +315,7 @@ def update(self: ClassificationMetric,
         self.bin_confidence.index_add_(0, b, conf.double() * w)
         self.bin_correct.index_add_(0, b, hit1)
 
-# %% ../../nbs/22_evaluation.metrics.ipynb #bbb00878
+# %% ../../nbs/22_evaluation.metrics.ipynb #bdb211eb
 def _topk_key(k: int) -> str: return "accuracy" if k == 1 else f"top{k}_accuracy"
 
 def _refuse_bad_labels(where: str, bad: int, expected: str) -> None:
@@ -307,6 +323,8 @@ def _refuse_bad_labels(where: str, bad: int, expected: str) -> None:
     if bad: raise ValueError(f"{where}: {bad} labels passed to update() were {expected}; they were left out of every "
                              "count. Fix the labels, then evaluate again")
 
+
+# %% ../../nbs/22_evaluation.metrics.ipynb #71a05323
 @patch
 def compute(self: ClassificationMetric) -> dict:
     "Global metrics from the counters: accuracies with stats, per-class, confusion matrix, ECE, NaN rows."
@@ -331,6 +349,7 @@ def compute(self: ClassificationMetric) -> dict:
         out["ece"] = float((self.bin_correct.double() - self.bin_confidence).abs().sum() / n)
     out["nan_logits"] = nan
     return out
+
 
 # %% ../../nbs/22_evaluation.metrics.ipynb #571cdab6
 class TokenLMMetric(StreamingMetric):
@@ -415,11 +434,13 @@ class PairMetric(StreamingMetric):
         if "pairs" not in state: raise KeyError("load_state_dict: missing 'pairs'; pass the dict returned by PairMetric.state_dict()")
         super().load_state_dict(state); self.pairs = {k: list(v) for k, v in state["pairs"].items()}
 
-# %% ../../nbs/22_evaluation.metrics.ipynb #8d18b0a8
+# %% ../../nbs/22_evaluation.metrics.ipynb #b530670a
 def _add_pair_table(dst: dict, src: dict) -> None:
     for pid, (pts, n) in src.items():
         cur = dst.setdefault(pid, [0, 0]); cur[0] += pts; cur[1] += n
 
+
+# %% ../../nbs/22_evaluation.metrics.ipynb #94dafb63
 @patch
 def update(self: PairMetric,
            pair_ids: Sequence,  # one id (str or int) per rendition; repeated ids are renditions of the same pair
@@ -440,7 +461,8 @@ def update(self: PairMetric,
         if ok:
             cur = self.pairs.setdefault(pid, [0, 0]); cur[0] += h; cur[1] += 1
 
-# %% ../../nbs/22_evaluation.metrics.ipynb #f531b8d7
+
+# %% ../../nbs/22_evaluation.metrics.ipynb #ed32a561
 @patch
 def compute(self: PairMetric) -> dict:
     "Accuracy over pair ids (renditions averaged first) with stats, plus `renditions` and `nan_scores`."
@@ -454,6 +476,8 @@ def compute(self: PairMetric) -> dict:
 def _merge_states(self: PairMetric, other: PairMetric) -> None:
     super(PairMetric, self)._merge_states(other); _add_pair_table(self.pairs, other.pairs)
 
+
+# %% ../../nbs/22_evaluation.metrics.ipynb #305539bb
 @patch
 def _sync_states(self: PairMetric, group=None) -> None:
     super(PairMetric, self)._sync_states(group)
@@ -467,13 +491,18 @@ def _sync_states(self: PairMetric, group=None) -> None:
 def _local_snapshot(self: PairMetric) -> dict:
     return {"nan_scores": self.nan_scores, "_pairs": self.pairs}
 
+
+# %% ../../nbs/22_evaluation.metrics.ipynb #0cfac2a2
 @patch
 def _unsync(self: PairMetric) -> None:
     self.pairs = self._local.pop("_pairs"); StreamingMetric._unsync(self)
 
-# %% ../../nbs/22_evaluation.metrics.ipynb #7f823357
+
+# %% ../../nbs/22_evaluation.metrics.ipynb #586814e8
 def _position_key(n: int) -> str: return f"loss_{n // 1024}k" if n % 1024 == 0 and n else f"loss_{n}"
 
+
+# %% ../../nbs/22_evaluation.metrics.ipynb #2f52139a
 class PositionLossMetric(StreamingMetric):
     "Mean token loss per position bucket, loss at chosen positions, and its least-squares slope."
     def __init__(self,
@@ -500,7 +529,8 @@ class PositionLossMetric(StreamingMetric):
             pad = nb - self.count.numel()
             self.loss_sum = F.pad(self.loss_sum, (0, pad)); self.count = F.pad(self.count, (0, pad))
 
-# %% ../../nbs/22_evaluation.metrics.ipynb #798ea4c0
+
+# %% ../../nbs/22_evaluation.metrics.ipynb #0ab51b8b
 @patch
 def update(self: PositionLossMetric,
            token_losses: Tensor,  # per-token losses of shape [batch, seq]; position t is index t along seq
@@ -528,6 +558,8 @@ def update(self: PositionLossMetric,
         pos = torch.tensor(self.positions, device=cnt_t.device)
         self.position_count += torch.where(pos < T, cnt_t[pos.clamp(max=T - 1)], 0)
 
+
+# %% ../../nbs/22_evaluation.metrics.ipynb #96cbc106
 @patch
 def _merge_states(self: PositionLossMetric, other: PositionLossMetric) -> None:
     self._grow(other.count.numel())
@@ -540,7 +572,8 @@ def _sync_states(self: PositionLossMetric, group=None) -> None:
     self._grow(int(n))
     StreamingMetric._sync_states(self, group)
 
-# %% ../../nbs/22_evaluation.metrics.ipynb #e0b9697c
+
+# %% ../../nbs/22_evaluation.metrics.ipynb #1e3f4c2d
 def _ls_slope(x: list[float], y: list[float]) -> float | None:
     "Ordinary least-squares slope of y on x (None with fewer than two points)."
     if len(x) < 2: return None
@@ -548,6 +581,8 @@ def _ls_slope(x: list[float], y: list[float]) -> float | None:
     sxx = sum((a - mx) ** 2 for a in x)
     return sum((a - mx) * (b - my) for a, b in zip(x, y)) / sxx
 
+
+# %% ../../nbs/22_evaluation.metrics.ipynb #ccc35cc6
 @patch
 def compute(self: PositionLossMetric) -> dict:
     "Bucket curve, `loss_<N>` at the requested positions, and overall/early least-squares slopes."
@@ -569,3 +604,4 @@ def compute(self: PositionLossMetric) -> dict:
     early = [(c, l) for c, l in zip(centers, losses) if c < limit]
     out["slope_early"] = _ls_slope([c for c, _ in early], [l for _, l in early])
     return out
+

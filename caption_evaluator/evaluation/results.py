@@ -534,12 +534,14 @@ def discover_runs(results_dir:str|Path, # the folder to search
     keyed = [(r.time, r.name, r) for r in runs]
     return [r for _, _, r in sorted(keyed, key=lambda x: (x[0], x[1]))]
 
-# %% ../../nbs/24_evaluation.results.ipynb #84245eb4
+# %% ../../nbs/24_evaluation.results.ipynb #62e1934d
 def is_number(v:Any, # any value from a results file
              ) -> bool:
     "Whether `v` is a real number (an int or float, not a bool): what tables and plots treat as a metric value."
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
+
+# %% ../../nbs/24_evaluation.results.ipynb #525a0a38
 def runs_table(runs:list[RunRecord], # runs from `discover_runs` / `load_run`
               ) -> list[dict]:
     "One row per run: name, time, model type, each task's main metric with its interval, the aggregates."
@@ -557,3 +559,4 @@ def runs_table(runs:list[RunRecord], # runs from `discover_runs` / `load_run`
         row.update({f"aggregate.{k}": float(v) for k, v in r.aggregate.items() if is_number(v)})
         rows.append(row)
     return rows
+

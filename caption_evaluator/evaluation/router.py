@@ -78,7 +78,7 @@ class VisionClassificationAdapter(ModelAdapter):
         "Cross-entropy of each example, `[B]` (what `run_eval` feeds an `item_tracker`)."
         return F.cross_entropy(outputs["logits"], batch["labels"], reduction="none")
 
-# %% ../../nbs/23_evaluation.router.ipynb #73dcdaac
+# %% ../../nbs/23_evaluation.router.ipynb #db347f9c
 def token_losses(
     logits: Tensor,  # [B, T, V]
     labels: Tensor,  # [B, T], `IGNORE_INDEX` where not scored
@@ -88,6 +88,8 @@ def token_losses(
     nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
     return nll.view(labels.shape), mask
 
+
+# %% ../../nbs/23_evaluation.router.ipynb #4db78e64
 def _takes_attention_mask(model: nn.Module) -> bool:
     "Whether `model`'s forward accepts `attention_mask=` (named, or through `**kwargs`), looking through DDP/DataParallel/compile wrappers."
     while isinstance(getattr(model, "module", None), nn.Module) or isinstance(getattr(model, "_orig_mod", None), nn.Module):
@@ -96,6 +98,8 @@ def _takes_attention_mask(model: nn.Module) -> bool:
     except (TypeError, ValueError): return False
     return any(p.name == "attention_mask" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
+
+# %% ../../nbs/23_evaluation.router.ipynb #04e0c831
 class TextLMAdapter(ModelAdapter):
     "Causal LM on `batch['input_ids']` (and its `attention_mask`) -> `{'logits': [B, T, V], 'labels': [B, T]}`; token-weighted cross-entropy."
     modality = "text"  # the tasks this adapter runs
@@ -122,6 +126,7 @@ class TextLMAdapter(ModelAdapter):
         nll, mask = token_losses(outputs["logits"], outputs["labels"])
         return nll.sum(1) / mask.sum(1).clamp(min=1)
 
+
 # %% ../../nbs/23_evaluation.router.ipynb #07e631df
 class LongContextAdapter(TextLMAdapter):
     "A `TextLMAdapter` whose outputs add `token_losses [B, T]` and `mask [B, T]` for loss by position."
@@ -136,7 +141,7 @@ class LongContextAdapter(TextLMAdapter):
         out["token_losses"], out["mask"] = token_losses(out["logits"], out["labels"])
         return out
 
-# %% ../../nbs/23_evaluation.router.ipynb #7f3dbb4f
+# %% ../../nbs/23_evaluation.router.ipynb #071c14d7
 def sequence_log_likelihood(
     model: nn.Module,  # causal LM: ids [B, T] -> logits [B, T, V]
     ids: Tensor,  # [B, T] token ids, starting with BOS, right-padded
@@ -150,6 +155,8 @@ def sequence_log_likelihood(
     total = tok.sum(1)
     return total / mask[:, 1:].sum(1).clamp(min=1) if normalize else total
 
+
+# %% ../../nbs/23_evaluation.router.ipynb #d82cb466
 class PairwiseLikelihoodAdapter(ModelAdapter):
     "Scores both members of each minimal pair by (summed or length-normalised) log-likelihood."
     modality = "pairs"  # the tasks this adapter runs
@@ -168,7 +175,8 @@ class PairwiseLikelihoodAdapter(ModelAdapter):
         "Negative mean score of the good members (what training on the grammatical side would minimise)."
         return -outputs["good_scores"].mean()
 
-# %% ../../nbs/23_evaluation.router.ipynb #c4e688df
+
+# %% ../../nbs/23_evaluation.router.ipynb #5179650d
 @dataclass
 class MetricRoute:
     "How one modality is measured: build the metric state, feed it a batch, split its result."
@@ -185,11 +193,15 @@ def _vision_split(m: dict) -> tuple[dict, dict]:
     cm = m.pop("confusion_matrix", None)
     return m, ({"confusion_matrix": cm} if cm is not None else {})
 
+
+# %% ../../nbs/23_evaluation.router.ipynb #f17d18a1
 def _long_context_split(m: dict) -> tuple[dict, dict]:
     curve = {k: m.pop(k) for k in ("positions", "losses")}
     curve.update(bucket_size=m["bucket_size"], slopes={"overall": m["slope"], "early": m["slope_early"]})
     return m, curve
 
+
+# %% ../../nbs/23_evaluation.router.ipynb #9dc8c236
 METRIC_ROUTES: dict[str, MetricRoute] = {
     "vision": MetricRoute(
         make=lambda spec: ClassificationMetric(_schema(spec, "num_classes"), topk=spec.output_schema.get("topk", (1, 3, 5))),
@@ -208,6 +220,8 @@ METRIC_ROUTES: dict[str, MetricRoute] = {
         split=_long_context_split),
 }
 
+
+# %% ../../nbs/23_evaluation.router.ipynb #64c3aacd
 def _schema(spec: TaskSpec, key: str):
     if key not in spec.output_schema:
         raise ValueError(f"task {spec.name!r} needs output_schema[{key!r}] for its {spec.modality} metrics; "
@@ -220,6 +234,7 @@ def register_metric_route(
 ) -> None:
     "Add or replace the metric route of `modality`."
     METRIC_ROUTES[modality] = route
+
 
 # %% ../../nbs/23_evaluation.router.ipynb #500f5917
 def _distributed() -> bool: return dist.is_available() and dist.is_initialized()
@@ -235,7 +250,7 @@ def _check_adapter_modality(adapter, modality: str, task: str, label: str|None =
     raise ValueError(f"task {task!r} is a {modality} task and needs {needs}; {name} runs {adapter.modality} tasks; "
                      "pick another task or pass that adapter")
 
-# %% ../../nbs/23_evaluation.router.ipynb #5ff56931
+# %% ../../nbs/23_evaluation.router.ipynb #2cb16167
 class EvalResult(dict):
     "`run_eval`'s record (`task`, `modality`, `metrics`, `detailed`, ...) in which every metric also reads by name: `res['accuracy']`."
     def __getitem__(self, key):
@@ -251,6 +266,8 @@ class EvalResult(dict):
         "`self[key]`, or `default` when `key` is neither a field nor a metric."
         return self[key] if key in self else default
 
+
+# %% ../../nbs/23_evaluation.router.ipynb #1bea210f
 def _check_not_empty(n_local: int, spec: TaskSpec, cfg: EvalConfig) -> None:
     "Raise a clear error when no rank saw a batch (summed over ranks under torch.distributed)."
     n = n_local
@@ -263,6 +280,8 @@ def _check_not_empty(n_local: int, spec: TaskSpec, cfg: EvalConfig) -> None:
         raise ValueError(f"the eval set of task {spec.name!r} is empty (max_samples={cfg.max_samples}); "
                          "check the task's loader, or raise max_samples")
 
+
+# %% ../../nbs/23_evaluation.router.ipynb #4e2ee41d
 def _track_items(tracker, adapter, outputs: dict, batch: dict, spec: TaskSpec, step: int | None) -> None:
     if "index" not in batch:
         raise KeyError(f"item_tracker needs batch['index'] (one item id per example) but task {spec.name!r} batches "
@@ -276,6 +295,7 @@ def _log(loggers, metrics: dict, step: int | None, prefix: str) -> None:
     flat = flatten_metrics(metrics)
     for lg in (loggers if isinstance(loggers, (list, tuple)) else [loggers]):
         lg.log_metrics(flat, step=0 if step is None else step, prefix=prefix)
+
 
 # %% ../../nbs/23_evaluation.router.ipynb #13e39bd3
 def run_eval(

@@ -32,7 +32,7 @@ __all__ = ['MODALITIES', 'TASK_TYPE_MODALITY', 'DIGITS_SPLIT_SEED', 'PAD_ID', 'U
            'PairDataset', 'pad_pair_batch', 'subset_pairs', 'register_pair_suite', 'register_pair_suites',
            'long_context_dataset', 'EvalConfig', 'build_eval_config']
 
-# %% ../../nbs/20_evaluation.tasks.ipynb #0dd3af4b
+# %% ../../nbs/20_evaluation.tasks.ipynb #397de364
 MODALITIES = ("text", "vision", "pairs", "long_context")
 
 TASK_TYPE_MODALITY = {
@@ -44,6 +44,8 @@ TASK_TYPE_MODALITY = {
 
 _warned_fallback: set[str] = set()
 
+
+# %% ../../nbs/20_evaluation.tasks.ipynb #97225bc2
 def infer_modality(
     modality: str | None,  # explicit modality, wins when given
     task_type: str | None,  # legacy task type used when `modality` is missing
@@ -62,6 +64,7 @@ def infer_modality(
         warnings.warn(f"task {name!r} has no modality and task_type={task_type!r} does not imply one; "
                       "evaluating it as 'text'. Set TaskSpec(modality=...) to silence this.", stacklevel=3)
     return "text"
+
 
 # %% ../../nbs/20_evaluation.tasks.ipynb #5325c545
 @dataclass
@@ -85,7 +88,7 @@ class TaskSpec:
             raise ValueError(f"task {self.name!r} has no loader; pass TaskSpec(loader=...) returning a torch Dataset")
         return self.loader()
 
-# %% ../../nbs/20_evaluation.tasks.ipynb #5cf401de
+# %% ../../nbs/20_evaluation.tasks.ipynb #49873fa2
 _TASKS: dict[str, TaskSpec] = {}
 
 def register_task(
@@ -99,6 +102,8 @@ def register_task(
     _TASKS[spec.name] = spec
     return spec
 
+
+# %% ../../nbs/20_evaluation.tasks.ipynb #97f0e67a
 def list_tasks() -> list[str]:
     "Names of every registered task, sorted."
     return sorted(_TASKS)
@@ -112,6 +117,7 @@ def get_task(
                        "Register your own with register_task(TaskSpec(...)).")
     return _TASKS[name]
 
+
 # %% ../../nbs/20_evaluation.tasks.ipynb #a3175937
 class DictDataset(Dataset):
     "A dataset of dicts built from equal-length tensors (or lists): item `i` is `{k: v[i]}`."
@@ -124,7 +130,7 @@ class DictDataset(Dataset):
     def __len__(self): return self.n
     def __getitem__(self, i): return {k: v[i] for k, v in self.columns.items()}
 
-# %% ../../nbs/20_evaluation.tasks.ipynb #223fe55e
+# %% ../../nbs/20_evaluation.tasks.ipynb #6bfcc5d3
 DIGITS_SPLIT_SEED = 0  # the seed of vision_tiny's fixed held-out split
 
 @lru_cache(maxsize=1)
@@ -133,6 +139,8 @@ def _digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
     digits = load_digits()
     return torch.tensor(digits.data, dtype=torch.float32) / 16.0, torch.tensor(digits.target, dtype=torch.long)
 
+
+# %% ../../nbs/20_evaluation.tasks.ipynb #cc586752
 def digits_splits(
     seed: int = DIGITS_SPLIT_SEED,  # seed of the shuffle that decides the split
     test_fraction: float = 0.2,  # share of the 1,797 images held out
@@ -145,7 +153,8 @@ def digits_splits(
     parts = perm[n_test:].sort().values, perm[:n_test].sort().values
     return tuple(DictDataset(inputs=x[i], labels=y[i], index=i) for i in parts)
 
-# %% ../../nbs/20_evaluation.tasks.ipynb #7b935e2f
+
+# %% ../../nbs/20_evaluation.tasks.ipynb #d68d9552
 PAD_ID, UNK_ID, BOS_ID = 0, 1, 2
 CHAR_VOCAB = ["<pad>", "<unk>", "<bos>"] + list(" " + string.ascii_letters + string.digits + string.punctuation)
 _CHAR_TO_ID = {c: i for i, c in enumerate(CHAR_VOCAB) if i > BOS_ID}
@@ -158,13 +167,16 @@ def char_encode(
     ids = [_CHAR_TO_ID.get(c, UNK_ID) for c in text]
     return [BOS_ID] + ids if bos else ids
 
+
+# %% ../../nbs/20_evaluation.tasks.ipynb #4d9fa283
 def char_decode(
     ids: Sequence[int],  # ids from `char_encode`
 ) -> str:
     "Text for `ids`, dropping padding and BOS, showing unknown characters as '�'."
     return "".join("\ufffd" if i == UNK_ID else CHAR_VOCAB[i] for i in map(int, ids) if i not in (PAD_ID, BOS_ID))
 
-# %% ../../nbs/20_evaluation.tasks.ipynb #a6d97789
+
+# %% ../../nbs/20_evaluation.tasks.ipynb #7c9da636
 CORPUS_MODULES = ("json", "collections", "functools", "itertools", "textwrap", "string", "heapq", "bisect",
                   "fractions", "statistics", "random", "pathlib", "csv", "calendar", "shutil", "tempfile",
                   "difflib", "pprint", "copy", "enum")
@@ -178,6 +190,8 @@ def _public_docs(mod) -> list[str]:
             docs.append(inspect.getdoc(obj) or "")
     return docs
 
+
+# %% ../../nbs/20_evaluation.tasks.ipynb #6eb6bdf6
 def stdlib_paragraphs(
     modules: Sequence[str] = CORPUS_MODULES,  # standard-library modules to read, in order
     min_chars: int = 40,  # drop shorter paragraphs
@@ -191,7 +205,8 @@ def stdlib_paragraphs(
                 if len(p) >= min_chars and ">>>" not in p and not p.endswith("::"): paras.append(p)
     return paras
 
-# %% ../../nbs/20_evaluation.tasks.ipynb #ad257ee3
+
+# %% ../../nbs/20_evaluation.tasks.ipynb #f5c00f92
 IGNORE_INDEX = -100
 
 class CharLMDataset(Dataset):
@@ -205,6 +220,8 @@ class CharLMDataset(Dataset):
         ids = torch.tensor(char_encode(self.texts[i]), dtype=torch.long)
         return {"input_ids": ids[:-1], "labels": ids[1:]}
 
+
+# %% ../../nbs/20_evaluation.tasks.ipynb #2a13ec70
 def pad_lm_batch(
     items: list[dict],  # items of a `CharLMDataset`
 ) -> dict:
@@ -213,6 +230,8 @@ def pad_lm_batch(
     return {"input_ids": pad([it["input_ids"] for it in items], padding_value=PAD_ID),
             "labels": pad([it["labels"] for it in items], padding_value=IGNORE_INDEX)}
 
+
+# %% ../../nbs/20_evaluation.tasks.ipynb #827233c0
 def text_splits(
     max_len: int = 128,  # characters kept per paragraph
     holdout_every: int = 5,  # paragraph i is held out when i % holdout_every == 0
@@ -223,7 +242,8 @@ def text_splits(
     held = [p for i, p in enumerate(paras) if i % holdout_every == 0]
     return CharLMDataset(train, max_len), CharLMDataset(held, max_len)
 
-# %% ../../nbs/20_evaluation.tasks.ipynb #9623dd19
+
+# %% ../../nbs/20_evaluation.tasks.ipynb #308f2027
 def _sentences(paras: Sequence[str]) -> list[str]:
     out = []
     for p in paras:
@@ -232,6 +252,8 @@ def _sentences(paras: Sequence[str]) -> list[str]:
             if 5 <= len(words) <= 14 and re.fullmatch(r"[A-Za-z][A-Za-z ,;'()-]*[.!?]", s): out.append(s)
     return out
 
+
+# %% ../../nbs/20_evaluation.tasks.ipynb #f865c1eb
 def swap_two_words(
     sentence: str,  # a sentence with at least two different words
     rng: random.Random,  # decides which two words are swapped
@@ -244,6 +266,8 @@ def swap_two_words(
     words[i], words[j] = words[j], words[i]
     return " ".join(words)
 
+
+# %% ../../nbs/20_evaluation.tasks.ipynb #f4bfaff5
 def tiny_pair_rows(
     n_pairs: int = 128,  # how many pairs
     seed: int = 0,  # seed of the swaps
@@ -253,7 +277,8 @@ def tiny_pair_rows(
     return [{"pair_id": f"swap{k:04d}", "good": s, "bad": swap_two_words(s, random.Random(seed + k)),
              "group": "word_swap", "voice": None} for k, s in enumerate(sents)]
 
-# %% ../../nbs/20_evaluation.tasks.ipynb #6cec9cee
+
+# %% ../../nbs/20_evaluation.tasks.ipynb #f89c92fa
 PAIR_COLUMNS = ("pair_id", "good", "bad")
 
 def _check_pair_row(row: dict, where: str) -> dict:
@@ -267,6 +292,8 @@ def _check_pair_row(row: dict, where: str) -> dict:
     return {"pair_id": str(row["pair_id"]), "good": row["good"], "bad": row["bad"],
             "group": row.get("group") or None, "voice": row.get("voice") or None}
 
+
+# %% ../../nbs/20_evaluation.tasks.ipynb #fddb308e
 def load_pair_file(
     path: str | Path,  # a `.jsonl` or `.csv` file of minimal pairs
 ) -> list[dict]:
@@ -292,7 +319,8 @@ def load_pair_file(
     if not rows: raise ValueError(f"pair file {str(path)!r} has no rows")
     return rows
 
-# %% ../../nbs/20_evaluation.tasks.ipynb #1fde509d
+
+# %% ../../nbs/20_evaluation.tasks.ipynb #15d20127
 def _ids(x) -> list[int]:
     return char_encode(x) if isinstance(x, str) else [BOS_ID] + [int(t) for t in x]
 
@@ -307,6 +335,8 @@ class PairDataset(Dataset):
         return {"pair_id": r["pair_id"], "group": r.get("group") or "", "voice": r.get("voice") or "",
                 "good_ids": torch.tensor(_ids(r["good"])), "bad_ids": torch.tensor(_ids(r["bad"]))}
 
+
+# %% ../../nbs/20_evaluation.tasks.ipynb #15e3201c
 def pad_pair_batch(
     items: list[dict],  # items of a `PairDataset`
 ) -> dict:
@@ -319,6 +349,8 @@ def pad_pair_batch(
         out[f"{side}_mask"] = torch.arange(out[f"{side}_ids"].shape[1])[None] < lens[:, None]
     return out
 
+
+# %% ../../nbs/20_evaluation.tasks.ipynb #0356f446
 def subset_pairs(
     rows: Sequence[dict],  # pair rows
     max_pairs: int | None,  # pair ids to keep; None keeps all
@@ -331,11 +363,14 @@ def subset_pairs(
     keep = set(random.Random(seed).sample(ids, max_pairs))
     return [r for r in rows if r["pair_id"] in keep]
 
-# %% ../../nbs/20_evaluation.tasks.ipynb #96818e84
+
+# %% ../../nbs/20_evaluation.tasks.ipynb #a0dad596
 PAIR_SUITES = ("sblimp", "swuggy", "tstory", "sstory")
 
 def _pair_suite_dataset(path, max_pairs, seed): return PairDataset(subset_pairs(load_pair_file(path), max_pairs, seed))
 
+
+# %% ../../nbs/20_evaluation.tasks.ipynb #f8e37e5d
 def register_pair_suite(
     name: str,  # task name, e.g. one of `PAIR_SUITES`
     path: str | Path,  # the suite's JSONL/CSV pair file
@@ -352,6 +387,7 @@ def register_pair_suite(
                     batch_size=batch_size, collate_fn=pad_pair_batch, output_schema={"vocab_size": len(CHAR_VOCAB)},
                     description=f"minimal pairs from {Path(path).name}" + (f" ({max_pairs} pairs)" if max_pairs else ""))
     return register_task(spec, overwrite=overwrite)
+
 
 # %% ../../nbs/20_evaluation.tasks.ipynb #3e93189d
 def register_pair_suites(
@@ -377,9 +413,11 @@ def long_context_dataset(
         raise ValueError(f"the corpus has {len(stream)} characters, fewer than seq_len*n_seqs={seq_len}*{n_seqs}; lower seq_len or n_seqs")
     return CharLMDataset([stream[i * seq_len:(i + 1) * seq_len] for i in range(n_seqs)], max_len=seq_len)
 
-# %% ../../nbs/20_evaluation.tasks.ipynb #f1cd96bc
+# %% ../../nbs/20_evaluation.tasks.ipynb #36b0ded1
 VOCAB_SIZE = len(CHAR_VOCAB)
 
+
+# %% ../../nbs/20_evaluation.tasks.ipynb #76fa3faf
 def _register_builtins():
     register_task(TaskSpec("vision_tiny", modality="vision", task_type="classification", output_schema={"num_classes": 10},
                            loader=lambda: digits_splits(DIGITS_SPLIT_SEED)[1], batch_size=64,
@@ -395,14 +433,19 @@ def _register_builtins():
                            loader=long_context_dataset, batch_size=4, collate_fn=pad_lm_batch,
                            description="8 sequences of 2,048 characters from the docstring corpus"), overwrite=True)
 
+
+# %% ../../nbs/20_evaluation.tasks.ipynb #dbc114cd
 _register_builtins()
 
-# %% ../../nbs/20_evaluation.tasks.ipynb #10791cbf
+
+# %% ../../nbs/20_evaluation.tasks.ipynb #28c55ce3
 def _dist_rank_world() -> tuple[int, int]:
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
+
+# %% ../../nbs/20_evaluation.tasks.ipynb #18a5b3d9
 @dataclass
 class EvalConfig:
     "How to evaluate a registered task: batch size, sample budget, seed, device."
@@ -456,6 +499,7 @@ class EvalConfig:
         d = dataclasses.asdict(self)
         if d["device"] is not None: d["device"] = str(d["device"])
         return d
+
 
 # %% ../../nbs/20_evaluation.tasks.ipynb #a34e4812
 def build_eval_config(

@@ -23,7 +23,7 @@ def real_count(remainder: int, # `accelerator.gradient_state.remainder`: real it
     if remainder <= 0: return n
     return max(0, min(n, remainder - process_index * n))
 
-# %% ../../nbs/43_integrations.accelerate.ipynb #5b8ad527
+# %% ../../nbs/43_integrations.accelerate.ipynb #eca39738
 def _shard_sampler(loader):
     "The `BatchSamplerShard` behind `loader` (through `SkipBatchSampler`s of a resumed epoch), or None."
     sampler = loader.sampler if hasattr(loader.sampler, "even_batches") else getattr(loader, "batch_sampler", None)
@@ -38,12 +38,16 @@ def _padded_remainder(loader, state) -> int|None:
     total = sampler.batch_size if sampler.split_batches else sampler.batch_size * sampler.num_processes
     return _sampled_items(sampler, loader) % total
 
+
+# %% ../../nbs/43_integrations.accelerate.ipynb #980ab1ef
 def _sampled_items(sampler, loader) -> int:
     "Items one epoch draws: the length of the sampler inside the batch sampler (a subset or weighted sampler), else the dataset's."
     inner = getattr(getattr(sampler, "batch_sampler", None), "sampler", None)
     try: return len(inner) if inner is not None else len(loader.dataset)
     except TypeError: return len(loader.dataset)
 
+
+# %% ../../nbs/43_integrations.accelerate.ipynb #bded328d
 def real_items(accelerator, # the `accelerate.Accelerator` that prepared the DataLoader being iterated
                n: int, # items in the current batch
                last: bool|None = None, # whether this is the epoch's last batch; None: accelerate's `end_of_dataloader`
@@ -55,6 +59,8 @@ def real_items(accelerator, # the `accelerate.Accelerator` that prepared the Dat
     remainder = _padded_remainder(loader, state)
     return n if remainder is None else real_count(remainder, accelerator.process_index, n)
 
+
+# %% ../../nbs/43_integrations.accelerate.ipynb #148d8630
 def record_accelerate_batch(tracker: ItemLossTracker, # the tracker (registered with `accelerator.register_for_checkpointing`)
                             accelerator, # the `accelerate.Accelerator` that prepared the training DataLoader
                             dataset: str, # dataset name, e.g. "train"
@@ -73,3 +79,4 @@ def record_accelerate_batch(tracker: ItemLossTracker, # the tracker (registered 
                        timesteps=None if timesteps is None else timesteps[:keep],
                        values=None if values is None else {k: v[:keep] for k, v in values.items()})
     return keep
+

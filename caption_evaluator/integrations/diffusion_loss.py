@@ -17,7 +17,7 @@ from torch import Tensor
 __all__ = ['STYLES', 'DIFFUSION_LOSS_TYPES', 'AI_TOOLKIT_SNAPSHOT_DIR', 'snr', 'min_snr_weights', 'diffusion_per_sample_loss',
            'ai_toolkit_snapshot_dir', 'record_ai_toolkit_batch']
 
-# %% ../../nbs/40_integrations.diffusion_loss.ipynb #41c2afda
+# %% ../../nbs/40_integrations.diffusion_loss.ipynb #9f9c5649
 STYLES = ("ai-toolkit", "diffusers")
 DIFFUSION_LOSS_TYPES = ("mse", "mae", "pseudo_huber")
 
@@ -28,6 +28,8 @@ def snr(timesteps: Tensor, # [B] integer timesteps
     a = alphas_cumprod.to(timesteps.device).float()[timesteps.long()]
     return a / (1 - a)
 
+
+# %% ../../nbs/40_integrations.diffusion_loss.ipynb #97d93306
 def min_snr_weights(timesteps: Tensor, # [B] integer timesteps of the batch
                     alphas_cumprod: Tensor, # [T] the schedule's cumulative alphas (`scheduler.alphas_cumprod`)
                     gamma: float, # the min-SNR γ (`snr_gamma` / `min_snr_gamma`, often 5)
@@ -45,7 +47,8 @@ def min_snr_weights(timesteps: Tensor, # [B] integer timesteps of the batch
     w = torch.minimum(s, torch.full_like(s, float(gamma)))
     return w / s if prediction_type == "epsilon" else w / (s + 1)
 
-# %% ../../nbs/40_integrations.diffusion_loss.ipynb #bb354859
+
+# %% ../../nbs/40_integrations.diffusion_loss.ipynb #448ef40f
 def _elementwise(pred: Tensor, target: Tensor, loss_type: str, huber_c: float) -> Tensor:
     if pred.shape != target.shape: raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
     p, q = pred.float(), target.float()
@@ -59,6 +62,8 @@ def _per_item(name: str, v, b: int, device) -> Tensor:
     if v.shape != (b,): raise ValueError(f"{name} must be a number or a [B] = [{b}] tensor, got shape {tuple(v.shape)}")
     return v
 
+
+# %% ../../nbs/40_integrations.diffusion_loss.ipynb #50c293e5
 def diffusion_per_sample_loss(pred: Tensor, # [B, ...] the model's prediction
                               target: Tensor, # [B, ...] what it should predict (noise, velocity, latents)
                               *,
@@ -86,7 +91,8 @@ def diffusion_per_sample_loss(pred: Tensor, # [B, ...] the model's prediction
     if snr_weights is not None: l = l * _per_item("snr_weights", snr_weights, b, l.device)
     return l
 
-# %% ../../nbs/40_integrations.diffusion_loss.ipynb #8942ffe0
+
+# %% ../../nbs/40_integrations.diffusion_loss.ipynb #40be9aea
 AI_TOOLKIT_SNAPSHOT_DIR = ".item_stats"   # inside ai-toolkit's save_root: no `{name}*` resume glob, no `{job}_*` cleanup matches it
 
 def ai_toolkit_snapshot_dir(save_root: str|Path, # ai-toolkit's `self.save_root` (training_folder/name)
@@ -96,6 +102,8 @@ def ai_toolkit_snapshot_dir(save_root: str|Path, # ai-toolkit's `self.save_root`
     p.mkdir(parents=True, exist_ok=True)
     return p
 
+
+# %% ../../nbs/40_integrations.diffusion_loss.ipynb #8424d974
 def record_ai_toolkit_batch(tracker, # an `ItemLossTracker`
                             batch, # ai-toolkit's `DataLoaderBatchDTO` (anything with `.file_items[i].path`)
                             loss: Tensor, # [B] ai-toolkit's per-sample `loss` just before `loss.mean()`
@@ -110,3 +118,4 @@ def record_ai_toolkit_batch(tracker, # an `ItemLossTracker`
                          f"{tuple(loss.shape)}; with single_item_batching the batch and the loss do not line up, so record "
                          "in the caller where both are whole")
     tracker.record(dataset, paths, loss, step=step, timesteps=timesteps)
+

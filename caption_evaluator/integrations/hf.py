@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from fastcore.basics import patch
 
 from .accelerate import real_items
 from ..loggers import flatten_metrics
@@ -22,7 +23,7 @@ from ..tracking.tracker import ItemLossTracker
 # %% auto #0
 __all__ = ['ITEM_KEY_COLUMN', 'sequence_losses', 'ItemLossTrainerMixin']
 
-# %% ../../nbs/42_integrations.hf.ipynb #41cad0e7
+# %% ../../nbs/42_integrations.hf.ipynb #d06e8444
 ITEM_KEY_COLUMN = "item_key"
 
 def sequence_losses(logits: torch.Tensor, # [B, T, V] the model's logits
@@ -36,6 +37,8 @@ def sequence_losses(logits: torch.Tensor, # [B, T, V] the model's logits
     nll = F.cross_entropy(logits.float().reshape(-1, v), labels.reshape(-1), ignore_index=ignore_index, reduction="none").reshape(b, t)
     return nll.sum(1), (labels != ignore_index).sum(1)
 
+
+# %% ../../nbs/42_integrations.hf.ipynb #d6f69c20
 def _checked_item_eval(item_eval) -> tuple|None:
     "`(adapter, eval_config, task_spec)` from what `item_eval=` got, or a clear error."
     if item_eval is None: return None
@@ -46,6 +49,8 @@ def _checked_item_eval(item_eval) -> tuple|None:
 
 def _rank() -> int: return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
+
+# %% ../../nbs/42_integrations.hf.ipynb #7fedc043
 class ItemLossTrainerMixin:
     "Put before `transformers.Trainer`: per-sequence training losses tracked by item key, snapshots outside rotated checkpoints, tracker state in each checkpoint."
     item_key_column = ITEM_KEY_COLUMN # dataset column holding each item's key (an int index, or a str)
@@ -63,86 +68,102 @@ class ItemLossTrainerMixin:
         self.item_eval_results = []   # every `run_eval` result of this trainer, in order
         super().__init__(*args, **kwargs)
 
-    def train(self, *args, # the Trainer's positional arguments (`resume_from_checkpoint`, ...)
-              **kwargs, # the Trainer's keyword arguments
-             ):
-        "The Trainer's `train`, with the per-epoch batch count (for `even_batches` repeats) started afresh."
-        self._item_epoch = None
-        return super().train(*args, **kwargs)
 
-    def evaluate(self, eval_dataset=None, # a dataset: the Trainer's own evaluation on it (as without `item_eval`)
-                 ignore_keys=None, # passed on to the Trainer's own evaluation
-                 metric_key_prefix: str = "eval", # prefix of the logged metric names
-                ) -> dict:
-        "With `item_eval`: `run_eval` on its task, metrics logged (and returned) as `{prefix}_{name}`; else the Trainer's own."
-        if self.item_eval is None or eval_dataset is not None:
-            return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
-        adapter, config, spec = self.item_eval
-        result = run_eval(self.model, adapter, config, spec, progress=False, step=self.state.global_step)
-        self.item_eval_results.append(result)
-        metrics = {f"{metric_key_prefix}_{k}": v for k, v in flatten_metrics(result["metrics"]).items()}   # real numbers only, as floats
-        self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
+# %% ../../nbs/42_integrations.hf.ipynb #851474af
+@patch
+def train(self: ItemLossTrainerMixin, *args, # the Trainer's positional arguments (`resume_from_checkpoint`, ...)
+          **kwargs, # the Trainer's keyword arguments
+         ):
+    "The Trainer's `train`, with the per-epoch batch count (for `even_batches` repeats) started afresh."
+    self._item_epoch = None
+    return super(ItemLossTrainerMixin, self).train(*args, **kwargs)
 
-    @property
-    def item_tracker(self) -> ItemLossTracker:
-        "The tracker (made on first use, snapshots in `<output_dir>/item_stats`)."
-        if getattr(self, "_item_tracker", None) is None:
-            root = Path(self.args.output_dir) / "item_stats"
-            root.mkdir(parents=True, exist_ok=True)
-            self._item_tracker = ItemLossTracker(root, self.item_job_name)
-        return self._item_tracker
+@patch
+def evaluate(self: ItemLossTrainerMixin, eval_dataset=None, # a dataset: the Trainer's own evaluation on it (as without `item_eval`)
+             ignore_keys=None, # passed on to the Trainer's own evaluation
+             metric_key_prefix: str = "eval", # prefix of the logged metric names
+            ) -> dict:
+    "With `item_eval`: `run_eval` on its task, metrics logged (and returned) as `{prefix}_{name}`; else the Trainer's own."
+    if self.item_eval is None or eval_dataset is not None:
+        return super(ItemLossTrainerMixin, self).evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+    adapter, config, spec = self.item_eval
+    result = run_eval(self.model, adapter, config, spec, progress=False, step=self.state.global_step)
+    self.item_eval_results.append(result)
+    metrics = {f"{metric_key_prefix}_{k}": v for k, v in flatten_metrics(result["metrics"]).items()}   # real numbers only, as floats
+    self.log(metrics)
+    self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+    return metrics
 
-    def _set_signature_columns_if_needed(self):
-        super()._set_signature_columns_if_needed()
-        if self._signature_columns is not None and self.item_key_column not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, self.item_key_column]
 
-    def compute_loss(self, model, # the (wrapped) model
-                     inputs, # the batch; its item-key column is taken out before the model sees it
-                     return_outputs=False, # return `(loss, outputs)`
-                     num_items_in_batch=None, # the Trainer's token count over the accumulated batch
-                     **kwargs, # passed on to `Trainer.compute_loss`
-                    ):
-        "The Trainer's own loss; on training batches, each sequence's mean token NLL is recorded under its item key."
-        keys = inputs.pop(self.item_key_column, None)
-        if keys is None or not model.training:
-            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch, **kwargs)
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch, **kwargs)
-        nll, tokens = sequence_losses(outputs.logits.detach(), inputs["labels"], self.shift_labels)
-        keys = [str(k) for k in (keys.tolist() if isinstance(keys, torch.Tensor) else keys)]
-        real = self._real_in_batch(len(keys))                 # accelerate's even_batches repeats left out
-        keys, nll, tokens = keys[:real], nll[:real], tokens[:real]
-        scored = tokens > 0                                   # a sequence without a scored token has no loss
-        if not keys: pass
-        elif bool(scored.all()): self.item_tracker.record("train", keys, nll / tokens, step=self.state.global_step)
-        else:
-            keep = scored.nonzero().flatten().tolist()
-            if keep: self.item_tracker.record("train", [keys[i] for i in keep], (nll / tokens.clamp(min=1))[keep], step=self.state.global_step)
-        return (loss, outputs) if return_outputs else loss
+# %% ../../nbs/42_integrations.hf.ipynb #4d8bf2bc
+@patch(as_prop=True)
+def item_tracker(self: ItemLossTrainerMixin) -> ItemLossTracker:
+    "The tracker (made on first use, snapshots in `<output_dir>/item_stats`)."
+    if getattr(self, "_item_tracker", None) is None:
+        root = Path(self.args.output_dir) / "item_stats"
+        root.mkdir(parents=True, exist_ok=True)
+        self._item_tracker = ItemLossTracker(root, self.item_job_name)
+    return self._item_tracker
 
-    def _real_in_batch(self, n: int) -> int:
-        "Real items of this training batch: the Trainer fetches a gradient-accumulation window ahead, so batches are counted."
-        loader = getattr(self.accelerator.gradient_state, "active_dataloader", None)
-        if loader is None: return n
-        epoch = (id(loader), getattr(loader, "iteration", 0))   # one pass over one (possibly resumed) loader
-        if epoch != getattr(self, "_item_epoch", None): self._item_epoch, self._item_batches = epoch, 0
-        self._item_batches += 1
-        try: last = self._item_batches == len(loader)
-        except TypeError: return n                           # no length (a stream): its last batch cannot be told apart, nothing is left out
-        return real_items(self.accelerator, n, last=last)
+@patch
+def _set_signature_columns_if_needed(self: ItemLossTrainerMixin):
+    super(ItemLossTrainerMixin, self)._set_signature_columns_if_needed()
+    if self._signature_columns is not None and self.item_key_column not in self._signature_columns:
+        self._signature_columns = [*self._signature_columns, self.item_key_column]
 
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-        state = self.item_tracker.state_dict()             # every rank's state: a collective under DDP
-        if _rank() == 0:
-            folder.mkdir(parents=True, exist_ok=True)
-            torch.save(state, folder / "item_tracker.pt")
-        self.item_tracker.on_save(self.state.global_step)  # every rank: a collective under DDP
 
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        f = Path(resume_from_checkpoint) / "item_tracker.pt"
-        if f.is_file(): self.item_tracker.load_state_dict(torch.load(f, weights_only=True))   # each rank its own part
+# %% ../../nbs/42_integrations.hf.ipynb #b365b8ec
+@patch
+def compute_loss(self: ItemLossTrainerMixin, model, # the (wrapped) model
+                 inputs, # the batch; its item-key column is taken out before the model sees it
+                 return_outputs=False, # return `(loss, outputs)`
+                 num_items_in_batch=None, # the Trainer's token count over the accumulated batch
+                 **kwargs, # passed on to `Trainer.compute_loss`
+                ):
+    "The Trainer's own loss; on training batches, each sequence's mean token NLL is recorded under its item key."
+    keys = inputs.pop(self.item_key_column, None)
+    if keys is None or not model.training:
+        return super(ItemLossTrainerMixin, self).compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch, **kwargs)
+    loss, outputs = super(ItemLossTrainerMixin, self).compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch, **kwargs)
+    nll, tokens = sequence_losses(outputs.logits.detach(), inputs["labels"], self.shift_labels)
+    keys = [str(k) for k in (keys.tolist() if isinstance(keys, torch.Tensor) else keys)]
+    real = self._real_in_batch(len(keys))                 # accelerate's even_batches repeats left out
+    keys, nll, tokens = keys[:real], nll[:real], tokens[:real]
+    scored = tokens > 0                                   # a sequence without a scored token has no loss
+    if not keys: pass
+    elif bool(scored.all()): self.item_tracker.record("train", keys, nll / tokens, step=self.state.global_step)
+    else:
+        keep = scored.nonzero().flatten().tolist()
+        if keep: self.item_tracker.record("train", [keys[i] for i in keep], (nll / tokens.clamp(min=1))[keep], step=self.state.global_step)
+    return (loss, outputs) if return_outputs else loss
+
+
+# %% ../../nbs/42_integrations.hf.ipynb #b000b1f1
+@patch
+def _real_in_batch(self: ItemLossTrainerMixin, n: int) -> int:
+    "Real items of this training batch: the Trainer fetches a gradient-accumulation window ahead, so batches are counted."
+    loader = getattr(self.accelerator.gradient_state, "active_dataloader", None)
+    if loader is None: return n
+    epoch = (id(loader), getattr(loader, "iteration", 0))   # one pass over one (possibly resumed) loader
+    if epoch != getattr(self, "_item_epoch", None): self._item_epoch, self._item_batches = epoch, 0
+    self._item_batches += 1
+    try: last = self._item_batches == len(loader)
+    except TypeError: return n                           # no length (a stream): its last batch cannot be told apart, nothing is left out
+    return real_items(self.accelerator, n, last=last)
+
+@patch
+def _save_checkpoint(self: ItemLossTrainerMixin, model, trial):
+    super(ItemLossTrainerMixin, self)._save_checkpoint(model, trial)
+    folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+    state = self.item_tracker.state_dict()             # every rank's state: a collective under DDP
+    if _rank() == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(state, folder / "item_tracker.pt")
+    self.item_tracker.on_save(self.state.global_step)  # every rank: a collective under DDP
+
+@patch
+def _load_from_checkpoint(self: ItemLossTrainerMixin, resume_from_checkpoint, model=None):
+    super(ItemLossTrainerMixin, self)._load_from_checkpoint(resume_from_checkpoint, model)
+    f = Path(resume_from_checkpoint) / "item_tracker.pt"
+    if f.is_file(): self.item_tracker.load_state_dict(torch.load(f, weights_only=True))   # each rank its own part
+

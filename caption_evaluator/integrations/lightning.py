@@ -12,13 +12,14 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import Callback
+from fastcore.basics import patch
 
 from ..tracking.tracker import ItemLossTracker
 
 # %% auto #0
 __all__ = ['ItemLossCallback']
 
-# %% ../../nbs/41_integrations.lightning.ipynb #95c41386
+# %% ../../nbs/41_integrations.lightning.ipynb #2b7fe9d1
 def _padded_from(trainer) -> int|None:
     "How many of this rank's records per epoch are real under a padding `DistributedSampler` (None: no padding)."
     loader = trainer.train_dataloader
@@ -28,6 +29,8 @@ def _padded_from(trainer) -> int|None:
     real = len(range(rank, n, world))                        # global positions rank, rank+W, ... below n are real
     return real if real < sampler.num_samples else None
 
+
+# %% ../../nbs/41_integrations.lightning.ipynb #4bb915c7
 class ItemLossCallback(Callback):
     "Track per-item training losses from `training_step`'s outputs; snapshot at epoch ends; every rank's state in checkpoints."
     def __init__(self, save_root: str|Path|None = None, # snapshot folder; default `<trainer.default_root_dir>/item_stats`
@@ -47,68 +50,82 @@ class ItemLossCallback(Callback):
         self.timestep_range, self.every_n_epochs = timestep_range, every_n_epochs
         self.tracker, self.snapshots, self._pending, self._seen, self._real = None, [], None, 0, None
 
-    def setup(self, trainer, # the Lightning Trainer
-              pl_module, # the LightningModule
-              stage, # "fit", "validate", ...
-             ):
-        "Make the tracker (once), logging through the trainer's loggers."
-        if self.tracker is not None: return
-        root = Path(self.save_root) if self.save_root is not None else Path(trainer.default_root_dir) / "item_stats"
-        root.mkdir(parents=True, exist_ok=True)
-        self.tracker = ItemLossTracker(root, self.job_name, loggers=list(trainer.loggers), timestep_range=self.timestep_range)
-        if self._pending is not None: self._restore(self._pending)
 
-    def on_train_epoch_start(self, trainer, # the Lightning Trainer
-                             pl_module, # the LightningModule
-                            ):
-        "Start counting this epoch's records (for the sampler's padding)."
-        self._seen, self._real = 0, _padded_from(trainer)
+# %% ../../nbs/41_integrations.lightning.ipynb #08c56dba
+@patch
+def setup(self: ItemLossCallback, trainer, # the Lightning Trainer
+          pl_module, # the LightningModule
+          stage, # "fit", "validate", ...
+         ):
+    "Make the tracker (once), logging through the trainer's loggers."
+    if self.tracker is not None: return
+    root = Path(self.save_root) if self.save_root is not None else Path(trainer.default_root_dir) / "item_stats"
+    root.mkdir(parents=True, exist_ok=True)
+    self.tracker = ItemLossTracker(root, self.job_name, loggers=list(trainer.loggers), timestep_range=self.timestep_range)
+    if self._pending is not None: self._restore(self._pending)
 
-    def on_train_batch_end(self, trainer, # the Lightning Trainer
-                           pl_module, # the LightningModule
-                           outputs, # what `training_step` returned: a dict with the per-item losses and keys
-                           batch, # the batch (unused: keys come from `outputs`)
-                           batch_idx, # the batch's index in the epoch
-                          ):
-        "Record the batch's per-item losses, without the sampler's padded repeats."
-        if not isinstance(outputs, dict) or self.loss_key not in outputs or self.keys_key not in outputs:
-            raise ValueError(f"ItemLossCallback: training_step must return a dict with {self.loss_key!r} (per-item losses [B]) and "
-                             f"{self.keys_key!r} (the items' keys), e.g. {{'loss': per_item.mean(), {self.loss_key!r}: per_item, {self.keys_key!r}: batch['key']}}")
-        losses, keys = outputs[self.loss_key].detach(), outputs[self.keys_key]
-        keys = keys.tolist() if isinstance(keys, torch.Tensor) else list(keys)
-        keys = [k if isinstance(k, str) else str(int(k)) for k in keys]
-        extra = {"timesteps": outputs.get(self.timesteps_key) if self.timesteps_key else None,
-                 "values": outputs.get(self.values_key) if self.values_key else None}
-        start, self._seen = self._seen, self._seen + len(keys)
-        if self._real is not None and self._seen > self._real:   # the tail past the real items: padding
-            keep = max(0, self._real - start)
-            keys, losses = keys[:keep], losses[:keep]
-            extra = {"timesteps": None if extra["timesteps"] is None else extra["timesteps"][:keep],
-                     "values": None if extra["values"] is None else {n: v[:keep] for n, v in extra["values"].items()}}
-            if not keys: return
-        self.tracker.record(self.dataset, keys, losses, step=trainer.global_step, **extra)
+@patch
+def on_train_epoch_start(self: ItemLossCallback, trainer, # the Lightning Trainer
+                         pl_module, # the LightningModule
+                        ):
+    "Start counting this epoch's records (for the sampler's padding)."
+    self._seen, self._real = 0, _padded_from(trainer)
 
-    def on_train_epoch_end(self, trainer, # the Lightning Trainer
-                           pl_module, # the LightningModule
-                          ):
-        "Every `every_n_epochs` epochs (and at the last one): write a snapshot (all ranks take part)."
-        last = trainer.current_epoch + 1 >= (trainer.max_epochs or math.inf)
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0 or last:
-            path = self.tracker.on_save(trainer.global_step)
-            if path is not None: self.snapshots.append(path)
 
-    def state_dict(self) -> dict:
-        "Every rank's tracker state (a collective under DDP: Lightning calls this on every rank when it checkpoints)."
-        if self.tracker is None: return {}
-        return {"tracker": self.tracker.state_dict(), "snapshots": [str(p) for p in self.snapshots]}
+# %% ../../nbs/41_integrations.lightning.ipynb #4b4cae82
+@patch
+def on_train_batch_end(self: ItemLossCallback, trainer, # the Lightning Trainer
+                       pl_module, # the LightningModule
+                       outputs, # what `training_step` returned: a dict with the per-item losses and keys
+                       batch, # the batch (unused: keys come from `outputs`)
+                       batch_idx, # the batch's index in the epoch
+                      ):
+    "Record the batch's per-item losses, without the sampler's padded repeats."
+    if not isinstance(outputs, dict) or self.loss_key not in outputs or self.keys_key not in outputs:
+        raise ValueError(f"ItemLossCallback: training_step must return a dict with {self.loss_key!r} (per-item losses [B]) and "
+                         f"{self.keys_key!r} (the items' keys), e.g. {{'loss': per_item.mean(), {self.loss_key!r}: per_item, {self.keys_key!r}: batch['key']}}")
+    losses, keys = outputs[self.loss_key].detach(), outputs[self.keys_key]
+    keys = keys.tolist() if isinstance(keys, torch.Tensor) else list(keys)
+    keys = [k if isinstance(k, str) else str(int(k)) for k in keys]
+    extra = {"timesteps": outputs.get(self.timesteps_key) if self.timesteps_key else None,
+             "values": outputs.get(self.values_key) if self.values_key else None}
+    start, self._seen = self._seen, self._seen + len(keys)
+    if self._real is not None and self._seen > self._real:   # the tail past the real items: padding
+        keep = max(0, self._real - start)
+        keys, losses = keys[:keep], losses[:keep]
+        extra = {"timesteps": None if extra["timesteps"] is None else extra["timesteps"][:keep],
+                 "values": None if extra["values"] is None else {n: v[:keep] for n, v in extra["values"].items()}}
+        if not keys: return
+    self.tracker.record(self.dataset, keys, losses, step=trainer.global_step, **extra)
 
-    def load_state_dict(self, state_dict: dict, # what `state_dict` returned, from the checkpoint
-                       ):
-        "Give each rank its own state back (same world size), or merge every rank's state into rank 0."
-        if not state_dict: return
-        if self.tracker is None: self._pending = state_dict
-        else: self._restore(state_dict)
 
-    def _restore(self, state: dict):
-        self.tracker.load_state_dict(state["tracker"])
-        self.snapshots, self._pending = [Path(p) for p in state.get("snapshots", [])], None
+# %% ../../nbs/41_integrations.lightning.ipynb #84a4bd39
+@patch
+def on_train_epoch_end(self: ItemLossCallback, trainer, # the Lightning Trainer
+                       pl_module, # the LightningModule
+                      ):
+    "Every `every_n_epochs` epochs (and at the last one): write a snapshot (all ranks take part)."
+    last = trainer.current_epoch + 1 >= (trainer.max_epochs or math.inf)
+    if (trainer.current_epoch + 1) % self.every_n_epochs == 0 or last:
+        path = self.tracker.on_save(trainer.global_step)
+        if path is not None: self.snapshots.append(path)
+
+@patch
+def state_dict(self: ItemLossCallback) -> dict:
+    "Every rank's tracker state (a collective under DDP: Lightning calls this on every rank when it checkpoints)."
+    if self.tracker is None: return {}
+    return {"tracker": self.tracker.state_dict(), "snapshots": [str(p) for p in self.snapshots]}
+
+@patch
+def load_state_dict(self: ItemLossCallback, state_dict: dict, # what `state_dict` returned, from the checkpoint
+                   ):
+    "Give each rank its own state back (same world size), or merge every rank's state into rank 0."
+    if not state_dict: return
+    if self.tracker is None: self._pending = state_dict
+    else: self._restore(state_dict)
+
+@patch
+def _restore(self: ItemLossCallback, state: dict):
+    self.tracker.load_state_dict(state["tracker"])
+    self.snapshots, self._pending = [Path(p) for p in state.get("snapshots", [])], None
+

@@ -30,7 +30,7 @@ from .snapshots import (ITEM_FIELDS, ITEM_SCHEMA, VALUE_FIELDS, default_score, d
 # %% auto #0
 __all__ = ['STAT_FIELDS', 'VALUE_STAT_FIELDS', 'StreamingAggregator']
 
-# %% ../../nbs/12_tracking.aggregator.ipynb #d2b6701a
+# %% ../../nbs/12_tracking.aggregator.ipynb #fc0d0b50
 STAT_FIELDS = ("count", "nonfinite", "first", "s1", "s2", "min", "max", "last", "first_step", "last_step")
 VALUE_STAT_FIELDS = STAT_FIELDS + ("decreases",)
 _EMPTY = dict(count=0.0, nonfinite=0.0, first=math.nan, s1=0.0, s2=0.0, min=math.inf, max=-math.inf,
@@ -42,6 +42,8 @@ def _empty_state(n: int, device, fields: Sequence[str]=STAT_FIELDS) -> dict[str,
     "One float64 vector of length `n` per statistic in `fields`, every slot unseen."
     return {f: torch.full((n,), _EMPTY[f], dtype=torch.float64, device=device) for f in fields}
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #ca24c1bb
 def _moments(st: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     "`(n, mean, m2)` from shifted sums (mean 0 and m2 0 for unseen slots)."
     n = st["count"]
@@ -51,7 +53,8 @@ def _moments(st: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor
     m2 = torch.where(has, (st["s2"] - st["s1"] * st["s1"] / nn).clamp(min=0.0), 0.0)
     return n, mean, m2
 
-# %% ../../nbs/12_tracking.aggregator.ipynb #274c3866
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #59ab815f
 def _combine(a: Mapping[str, torch.Tensor], # statistics of the earlier part (vectors of equal length)
              b: Mapping[str, torch.Tensor], # statistics of the later part, same slots
             ) -> dict[str, torch.Tensor]:
@@ -77,6 +80,8 @@ def _combine(a: Mapping[str, torch.Tensor], # statistics of the earlier part (ve
     if "decreases" in a: out["decreases"] = a["decreases"] + b["decreases"] + _boundary_decrease(a, b, na, nb)
     return out
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #6506239c
 def _boundary_decrease(a: Mapping, b: Mapping, na: torch.Tensor, nb: torch.Tensor) -> torch.Tensor:
     "1 where the part that ends first (by step) ends higher than the other begins: the decrease across the seam."
     both = (na > 0) & (nb > 0)
@@ -84,7 +89,8 @@ def _boundary_decrease(a: Mapping, b: Mapping, na: torch.Tensor, nb: torch.Tenso
     b_then_a = both & ~a_then_b & (a["first_step"] >= b["last_step"])
     return ((a_then_b & (a["last"] > b["first"])) | (b_then_a & (b["last"] > a["first"]))).to(torch.float64)
 
-# %% ../../nbs/12_tracking.aggregator.ipynb #aed8ca49
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #d7a2e2b5
 class _Queue:
     "Records waiting to be recorded, in arrival order: slot, loss and step buffers (plus timesteps and named values) written in place."
     def __init__(self):
@@ -134,6 +140,8 @@ class _Queue:
         extra, self.extra, self.extra_host = {k: v[:n] for k, v in self.extra.items()}, {}, {}   # columns last one flush: later batches without them write none
         return self.idx[:n], self.x[:n], self.steps[:n], extra
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #1d06c2d8
 def _put(buf: torch.Tensor, host: np.ndarray|None, a: int, b: int, src):
     "`buf[a:b] = src` (broadcast): through numpy for CPU buffers (a numpy slice assignment costs a fraction of a torch op), else `copy_`/`fill_`."
     if host is not None:
@@ -144,6 +152,8 @@ def _put(buf: torch.Tensor, host: np.ndarray|None, a: int, b: int, src):
     if isinstance(src, torch.Tensor): buf[a:b].copy_(src, non_blocking=True)   # host memory is staged: the caller may reuse it
     else: buf[a:b].fill_(src)
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #7193a9f6
 class _DatasetState:
     "Key table plus the statistics (cumulative and optional window) of one dataset: losses, named values, timestep tables."
     def __init__(self, keep_window: bool, read_hooks: list):
@@ -162,66 +172,81 @@ class _DatasetState:
         self.max_index = None  # device-side max index seen, for sync-free accelerator updates
         self.queue = _Queue()
 
-    @property
-    def size(self) -> int: return len(self.keys)
 
-    def add_keys(self, keys: Iterable[str]) -> list[int]:
-        "Slots of `keys`, appending the unknown ones to the table."
-        out = []
-        for k in keys:
-            i = self.index.get(k)
-            if i is None:
-                i = self.index[k] = len(self.keys)
-                self.keys.append(k)
-            out.append(i)
-        return out
+# %% ../../nbs/12_tracking.aggregator.ipynb #05c089f7
+@patch(as_prop=True)
+def size(self: _DatasetState) -> int: return len(self.keys)
 
-    def extend_numeric(self, n: int):
-        "Name slots up to `n` by their decimal index (integer items that were never registered)."
-        for i in range(self.size, n):
-            k = str(i)
-            if k in self.index: raise ValueError(f"items: integer index {i} would be named {k!r}, which is already the key of slot {self.index[k]}; register string keys for every item or use indices only")
-            self.index[k] = i
+@patch
+def add_keys(self: _DatasetState, keys: Iterable[str]) -> list[int]:
+    "Slots of `keys`, appending the unknown ones to the table."
+    out = []
+    for k in keys:
+        i = self.index.get(k)
+        if i is None:
+            i = self.index[k] = len(self.keys)
             self.keys.append(k)
+        out.append(i)
+    return out
 
-    def ensure(self, n: int, device):
-        "Allocate on `device` (first time) and grow capacity to at least `n` slots by doubling."
-        if self.state is not None and n <= self.capacity: return
-        cap = max(n, 1024) if self.state is None else max(n, 2 * self.capacity)
-        device = torch.device(self.device or device)
-        self.state = _grow(self.state, cap, device)
-        if self.keep_window: self.window = _grow(self.window, cap, device)
-        for vals in (self.values, self.window_values):
-            for name in vals: vals[name] = _grow(vals[name], cap, device, VALUE_STAT_FIELDS)
-        if self.tb is not None: self.tb = _grow_tb(self.tb, cap, device)
-        if self.window_tb is not None: self.window_tb = _grow_tb(self.window_tb, cap, device)
-        self.capacity, self.device = cap, device
+@patch
+def extend_numeric(self: _DatasetState, n: int):
+    "Name slots up to `n` by their decimal index (integer items that were never registered)."
+    for i in range(self.size, n):
+        k = str(i)
+        if k in self.index: raise ValueError(f"items: integer index {i} would be named {k!r}, which is already the key of slot {self.index[k]}; register string keys for every item or use indices only")
+        self.index[k] = i
+        self.keys.append(k)
 
-    def add_value(self, name: str):
-        "Start statistics for a new named value (every slot unseen)."
-        self.values[name] = _empty_state(self.capacity + 1, self.device, VALUE_STAT_FIELDS)
-        if self.keep_window: self.window_values[name] = _empty_state(self.capacity + 1, self.device, VALUE_STAT_FIELDS)
 
-    def add_timesteps(self, edges: Sequence[float]):
-        "Start the timestep tables with bucket `edges`."
-        self.edges = torch.tensor(edges, dtype=torch.float64, device=self.device)
-        nb = len(edges) - 1
-        self.tb = _empty_tb(self.capacity + 1, nb, self.device)
-        if self.keep_window: self.window_tb = _empty_tb(self.capacity + 1, nb, self.device)
+# %% ../../nbs/12_tracking.aggregator.ipynb #a6f71e82
+@patch
+def ensure(self: _DatasetState, n: int, device):
+    "Allocate on `device` (first time) and grow capacity to at least `n` slots by doubling."
+    if self.state is not None and n <= self.capacity: return
+    cap = max(n, 1024) if self.state is None else max(n, 2 * self.capacity)
+    device = torch.device(self.device or device)
+    self.state = _grow(self.state, cap, device)
+    if self.keep_window: self.window = _grow(self.window, cap, device)
+    for vals in (self.values, self.window_values):
+        for name in vals: vals[name] = _grow(vals[name], cap, device, VALUE_STAT_FIELDS)
+    if self.tb is not None: self.tb = _grow_tb(self.tb, cap, device)
+    if self.window_tb is not None: self.window_tb = _grow_tb(self.window_tb, cap, device)
+    self.capacity, self.device = cap, device
 
-    def sets(self, window: bool) -> tuple:
-        "`(state, values, tb)`: the cumulative or the window statistics."
-        return (self.window, self.window_values, self.window_tb) if window else (self.state, self.values, self.tb)
+@patch
+def add_value(self: _DatasetState, name: str):
+    "Start statistics for a new named value (every slot unseen)."
+    self.values[name] = _empty_state(self.capacity + 1, self.device, VALUE_STAT_FIELDS)
+    if self.keep_window: self.window_values[name] = _empty_state(self.capacity + 1, self.device, VALUE_STAT_FIELDS)
 
-    def settle(self):
-        "Before any read: hand over buffered records, record queued batches, name slots written through unchecked accelerator indices."
-        for hook in self.read_hooks: hook()
-        _flush(self)
-        if self.max_index is not None:
-            m = int(self.max_index)
-            self.max_index = None
-            if m >= self.size: self.extend_numeric(m + 1)
+@patch
+def add_timesteps(self: _DatasetState, edges: Sequence[float]):
+    "Start the timestep tables with bucket `edges`."
+    self.edges = torch.tensor(edges, dtype=torch.float64, device=self.device)
+    nb = len(edges) - 1
+    self.tb = _empty_tb(self.capacity + 1, nb, self.device)
+    if self.keep_window: self.window_tb = _empty_tb(self.capacity + 1, nb, self.device)
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #c0f2bb6b
+@patch
+def sets(self: _DatasetState, window: bool) -> tuple:
+    "`(state, values, tb)`: the cumulative or the window statistics."
+    return (self.window, self.window_values, self.window_tb) if window else (self.state, self.values, self.tb)
+
+@patch
+def settle(self: _DatasetState):
+    "Before any read: hand over buffered records, record queued batches, name slots written through unchecked accelerator indices."
+    for hook in self.read_hooks: hook()
+    _flush(self)
+    if self.max_index is not None:
+        m = int(self.max_index)
+        self.max_index = None
+        if m >= self.size: self.extend_numeric(m + 1)
+
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #3482193c
 def _grow(state: dict|None, cap: int, device, fields: Sequence[str]=STAT_FIELDS) -> dict[str, torch.Tensor]:
     "`state` copied into vectors of `cap` slots plus the spare slot."
     out = _empty_state(cap + 1, device, fields)
@@ -235,6 +260,8 @@ def _empty_tb(n: int, nb: int, device) -> dict[str, torch.Tensor]:
     z = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=device)
     return {"tsum": z(n, nb), "tcount": z(n), "bcount": z(nb + 1), "bsum": z(nb + 1), "bsq": z(nb + 1)}
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #719abd79
 def _grow_tb(tb: dict, cap: int, device) -> dict[str, torch.Tensor]:
     "`tb` copied into tables of `cap` slots plus the spare slot."
     out = _empty_tb(cap + 1, tb["tsum"].shape[1], device)
@@ -243,7 +270,8 @@ def _grow_tb(tb: dict, cap: int, device) -> dict[str, torch.Tensor]:
     for f in ("bcount", "bsum", "bsq"): out[f].copy_(tb[f])
     return out
 
-# %% ../../nbs/12_tracking.aggregator.ipynb #96e0348d
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #0f801d00
 def _route(slot: torch.Tensor, keep: torch.Tensor, spare: int) -> torch.Tensor:
     "`slot` where `keep` (0/1) else the spare slot, as the int64 index that scatters take (integer arithmetic, cheaper than `where`)."
     return ((slot - spare) * keep + spare).long()
@@ -259,6 +287,8 @@ def _stable_sort(key: torch.Tensor, cheap: bool) -> tuple[torch.Tensor, torch.Te
     sk, order = torch.sort(padded, stable=True)     # stable: the padding, placed last, stays last
     return sk[:n], order[:n]
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #691aca74
 def _runs(ds: _DatasetState, idx: torch.Tensor, x: torch.Tensor, steps: torch.Tensor) -> dict:
     "Sort a flush by (slot, finite) and find each run's ends: what the cumulative and window states share."
     spare, dev = ds.capacity, x.device
@@ -278,6 +308,8 @@ def _runs(ds: _DatasetState, idx: torch.Tensor, x: torch.Tensor, steps: torch.Te
                 slot_last=_route(slot, end if fins is None else end * fins, spare),
                 slot_nonfinite=None if fins is None else _route(slot, 1 - fins, spare))
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #93c49a8b
 def _record(st: dict[str, torch.Tensor], r: dict):
     "Add one sorted flush `r` (from `_runs`) to the statistic vectors `st` in place: one scatter per statistic."
     slot, xs, ss, spare = r["slot"], r["xs"], r["ss"], r["spare"]
@@ -301,11 +333,15 @@ def _record(st: dict[str, torch.Tensor], r: dict):
     st["last_step"].scatter_(0, r["slot_last"], ss)
     if r["slot_nonfinite"] is not None: st["nonfinite"].scatter_add_(0, r["slot_nonfinite"], r["ones"])
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #cdebf6b5
 def _value_runs(ds: _DatasetState, r: dict, v: torch.Tensor) -> dict:
     "The runs of a named value's column `v`: the losses' sort reused when both are all finite on a CPU, else its own."
     if r["slot_nonfinite"] is None and bool(torch.isfinite(v).all()): return dict(r, xs=v.index_select(0, r["order"]))
     return _runs(ds, r["idx"], v, r["steps"])
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #17d9f738
 def _record_value(st: dict[str, torch.Tensor], r: dict):
     "`_record` plus `decreases`: records lower than the item's previous finite record (its stored `last` across flushes)."
     xs = r["xs"]
@@ -313,6 +349,8 @@ def _record_value(st: dict[str, torch.Tensor], r: dict):
     st["decreases"].scatter_add_(0, r["slot_fin"], (prev > xs).to(torch.float64))
     _record(st, r)
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #946d05c4
 def _record_timesteps(ds: _DatasetState, idx: torch.Tensor, x: torch.Tensor, t: torch.Tensor):
     "Add each record with a finite loss and timestep to its item's bucket sum and its bucket's totals (scatters: order-free)."
     nb = ds.edges.shape[0] - 1
@@ -330,6 +368,8 @@ def _record_timesteps(ds: _DatasetState, idx: torch.Tensor, x: torch.Tensor, t: 
         tb["bsum"].scatter_add_(0, bucket, xv)
         tb["bsq"].scatter_add_(0, bucket, xv * xv)
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #2f4dbdef
 def _record_unsorted(st: dict[str, torch.Tensor], idx: torch.Tensor, x: torch.Tensor, steps: torch.Tensor) -> bool:
     "Order-free scatters for a CPU flush whose losses are all finite and whose items all have a first value; False (nothing changed) otherwise."
     shift = st["first"].index_select(0, idx)
@@ -347,6 +387,8 @@ def _record_unsorted(st: dict[str, torch.Tensor], idx: torch.Tensor, x: torch.Te
     st["last_step"].index_copy_(0, hit, steps.index_select(0, at))
     return True
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #dd4b0d42
 _UNSORTED_MAX = 32768   # slots: the statistic vectors stay in cache, so unsorted scatters cost no more than sorted ones
 
 def _unsorted_ok(ds: _DatasetState, x: torch.Tensor, extra: Mapping) -> bool:
@@ -354,6 +396,8 @@ def _unsorted_ok(ds: _DatasetState, x: torch.Tensor, extra: Mapping) -> bool:
     return (x.is_cpu and all(name == "" for name in extra) and ds.capacity <= min(_UNSORTED_MAX, 4 * x.shape[0])
             and bool(torch.isfinite(x).all()))
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #cdbb3203
 def _flush(ds: _DatasetState):
     "Record the queued batches in one pass; the queue holds them in stream order."
     if not ds.queue.n: return
@@ -370,7 +414,8 @@ def _flush(ds: _DatasetState):
         for st in (ds.values[name], ds.window_values.get(name)):
             if st is not None: _record_value(st, rv)
 
-# %% ../../nbs/12_tracking.aggregator.ipynb #b71d5ff7
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #cbe1445e
 def _timestep_edges(timestep_range, buckets) -> tuple[float, ...]|None:
     "Bucket edges from a range and a bucket count, or given edges checked; `None` when timesteps are not declared."
     if isinstance(buckets, (int, np.integer)) and not isinstance(buckets, bool):
@@ -388,6 +433,8 @@ def _timestep_edges(timestep_range, buckets) -> tuple[float, ...]|None:
         raise ValueError(f"timestep_range {timestep_range!r} does not match the edges {edges[0]}..{edges[-1]}; give one of them")
     return edges
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #d72a62f5
 class StreamingAggregator:
     "Per-dataset, per-item running loss statistics kept in device tensors; mergeable, DDP-syncable, JSON snapshots."
     def __init__(self,
@@ -408,37 +455,49 @@ class StreamingAggregator:
         self._data: dict[str, _DatasetState] = {}
         self._read_hooks: list = []   # callables run before every read, e.g. `ItemLossTracker.flush`
 
-    @property
-    def datasets(self) -> list[str]:
-        "Names of the datasets seen so far, in order of first appearance."
-        self._handover()
-        return list(self._data)
 
-    def add_read_hook(self, hook, # a callable of no arguments, e.g. a tracker's `flush`
-                     ) -> None:
-        "Run `hook()` before every read of this aggregator (statistics, summaries, saves), e.g. to hand over buffered records."
-        if not callable(hook): raise TypeError(f"hook must be callable, got {type(hook).__name__}")
-        self._read_hooks.append(hook)
+# %% ../../nbs/12_tracking.aggregator.ipynb #47a1182e
+@patch(as_prop=True)
+def datasets(self: StreamingAggregator) -> list[str]:
+    "Names of the datasets seen so far, in order of first appearance."
+    self._handover()
+    return list(self._data)
 
-    def _handover(self) -> None:
-        "Run the read hooks (e.g. hand over a tracker's buffered records, which may add datasets) before a read."
-        for hook in self._read_hooks: hook()
 
-    def _dataset(self, dataset: str, create: bool=False) -> _DatasetState:
-        if not isinstance(dataset, str): raise TypeError(f"dataset must be a str name, got {type(dataset).__name__}")
+# %% ../../nbs/12_tracking.aggregator.ipynb #722700fb
+@patch
+def add_read_hook(self: StreamingAggregator,
+                  hook, # a callable of no arguments, e.g. a tracker's `flush`
+                 ) -> None:
+    "Run `hook()` before every read of this aggregator (statistics, summaries, saves), e.g. to hand over buffered records."
+    if not callable(hook): raise TypeError(f"hook must be callable, got {type(hook).__name__}")
+    self._read_hooks.append(hook)
+
+@patch
+def _handover(self: StreamingAggregator) -> None:
+    "Run the read hooks (e.g. hand over a tracker's buffered records, which may add datasets) before a read."
+    for hook in self._read_hooks: hook()
+
+@patch
+def _dataset(self: StreamingAggregator, dataset: str, create: bool=False) -> _DatasetState:
+    if not isinstance(dataset, str): raise TypeError(f"dataset must be a str name, got {type(dataset).__name__}")
+    ds = self._data.get(dataset)
+    if ds is None and not create:
+        self._handover()                      # the name may come with records still buffered by a tracker
         ds = self._data.get(dataset)
-        if ds is None and not create:
-            self._handover()                      # the name may come with records still buffered by a tracker
-            ds = self._data.get(dataset)
-        if ds is None:
-            if not create: raise ValueError(f"dataset {dataset!r} is unknown; known datasets: {self.datasets}")
-            ds = self._data[dataset] = _DatasetState(self.keep_window, self._read_hooks)
-        return ds
+    if ds is None:
+        if not create: raise ValueError(f"dataset {dataset!r} is unknown; known datasets: {self.datasets}")
+        ds = self._data[dataset] = _DatasetState(self.keep_window, self._read_hooks)
+    return ds
 
-    def __repr__(self):
-        self._handover()
-        parts = [f"{n}: {d.size} items, {d.batches} batches" for n, d in self._data.items()]
-        return f"StreamingAggregator({'; '.join(parts) or 'empty'})"
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #99da0f58
+@patch
+def __repr__(self: StreamingAggregator):
+    self._handover()
+    parts = [f"{n}: {d.size} items, {d.batches} batches" for n, d in self._data.items()]
+    return f"StreamingAggregator({'; '.join(parts) or 'empty'})"
+
 
 # %% ../../nbs/12_tracking.aggregator.ipynb #20d6a363
 @patch
@@ -455,7 +514,7 @@ def register_items(self: StreamingAggregator,
     idx = ds.add_keys(keys)
     return torch.tensor(idx, dtype=torch.long, device=ds.device or self.device)
 
-# %% ../../nbs/12_tracking.aggregator.ipynb #7d8791e9
+# %% ../../nbs/12_tracking.aggregator.ipynb #e09ca879
 _UNSIGNED = {np.dtype(t): np.dtype(t.replace("int", "uint")) for t in ("int8", "int16", "int32", "int64")}
 
 def _check_host_slots(ds: _DatasetState, a: np.ndarray):
@@ -466,6 +525,8 @@ def _check_host_slots(ds: _DatasetState, a: np.ndarray):
     if int(a.min()) < 0: raise ValueError(f"items: indices must be >= 0, got {int(a.min())}")
     ds.extend_numeric(int(a.max()) + 1)
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #1f924061
 def _device_index(ds: _DatasetState, items: torch.Tensor, n: int) -> torch.Tensor:
     "Accelerator indices for accelerator state: checked by attributes only; the largest is tracked on the device (no host sync)."
     if items.dtype.is_floating_point or items.dtype.is_complex or items.dtype == torch.bool:
@@ -479,6 +540,8 @@ def _device_index(ds: _DatasetState, items: torch.Tensor, n: int) -> torch.Tenso
             ds.max_index = mx if ds.max_index is None else torch.maximum(ds.max_index, mx)
     return items
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #5ffe09de
 def _as_index(self: StreamingAggregator, ds: _DatasetState, items, n: int, device: torch.device):
     "Slots of `items`, checked, growing the key table as needed: a host numpy array, or a tensor on an accelerator `device`."
     if isinstance(items, torch.Tensor):                        # the fast path: checks on a numpy view (cheaper than torch's)
@@ -510,6 +573,8 @@ def _as_index(self: StreamingAggregator, ds: _DatasetState, items, n: int, devic
     _check_host_slots(ds, a)
     return a
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #be229002
 def _as_step(step, n: int):
     "`step` as the queue stores it: a float (`-1.0` for `None`) or a detached tensor of 1 or `n` steps."
     if step is None: return -1.0
@@ -520,6 +585,8 @@ def _as_step(step, n: int):
         raise ValueError(f"step must be an int, a 0-d tensor or a 1-D tensor of one step per item ({n}), got shape {tuple(step.shape)}")
     raise TypeError(f"step must be an int, a tensor or None, got {type(step).__name__}")
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #256a72fe
 def _column(what: str, v, n: int) -> torch.Tensor:
     "`v` as a detached 1-D tensor of `n` real numbers (any device), or an error naming `what`."
     if not isinstance(v, torch.Tensor):
@@ -529,6 +596,8 @@ def _column(what: str, v, n: int) -> torch.Tensor:
     if v.ndim != 1 or v.shape[0] != n: raise ValueError(f"{what} must have shape [{n}] (one per loss), got {tuple(v.shape)}")
     return v.detach()
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #09a26e06
 def _extra_columns(self: StreamingAggregator, timesteps, values, n: int) -> dict[str, torch.Tensor]:
     "The checked extra columns of one `update`: `""` for the timesteps, then each named value."
     out = {}
@@ -545,6 +614,8 @@ def _extra_columns(self: StreamingAggregator, timesteps, values, n: int) -> dict
         out[name] = _column(f"values[{name!r}]", v, n)
     return out
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #efe614c1
 def _start_extras(self: StreamingAggregator, ds: _DatasetState, extra: Mapping):
     "Create the tables for timesteps and values `ds` sees for the first time."
     for name in extra:
@@ -552,6 +623,8 @@ def _start_extras(self: StreamingAggregator, ds: _DatasetState, extra: Mapping):
             if ds.tb is None: ds.add_timesteps(self.timestep_edges)
         elif name not in ds.values: ds.add_value(name)
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #577b5851
 @patch
 def update(self: StreamingAggregator,
            dataset: str, # dataset name, e.g. "train" or "val"
@@ -583,6 +656,7 @@ def update(self: StreamingAggregator,
     q.push(idx, losses.detach() if losses.requires_grad else losses, st, extra)   # copies: the caller may reuse its buffers
     if q.n >= self.flush_every: _flush(ds)
 
+
 # %% ../../nbs/12_tracking.aggregator.ipynb #4634be7b
 @patch
 def flush(self: StreamingAggregator) -> None:
@@ -590,7 +664,7 @@ def flush(self: StreamingAggregator) -> None:
     self._handover()
     for ds in self._data.values(): ds.settle()
 
-# %% ../../nbs/12_tracking.aggregator.ipynb #08aee745
+# %% ../../nbs/12_tracking.aggregator.ipynb #82cc016c
 def _host_columns(state: Mapping[str, torch.Tensor], size: int) -> dict[str, np.ndarray]:
     "The JSON fields of the first `size` slots as host numpy arrays (one device-to-host copy)."
     n, mean, m2 = _moments(_take(state, slice(0, size)))
@@ -604,6 +678,8 @@ def _host_columns(state: Mapping[str, torch.Tensor], size: int) -> dict[str, np.
     return {"count": cnt, "average_loss": mean, "min_loss": mn, "max_loss": mx, "std_loss": var,
             "first_loss": first, "last_loss": last, "last_step": last_step, "nonfinite": nonfinite}
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #7b686273
 def _value_columns(name: str, st: Mapping[str, torch.Tensor], size: int) -> dict[str, np.ndarray]:
     "One named value's statistics as host columns `values.NAME.STAT` (NaN where the item has no record of it)."
     c = _host_columns(st, size)
@@ -618,6 +694,8 @@ def _bucket_means(tb: Mapping[str, torch.Tensor]) -> np.ndarray:
     cnt, s = tb["bcount"][:-1].cpu().numpy(), tb["bsum"][:-1].cpu().numpy()
     with np.errstate(invalid="ignore", divide="ignore"): return np.where(cnt > 0, s / cnt, np.nan)
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #c1356b21
 def _tnorm_column(tb: Mapping[str, torch.Tensor], size: int) -> np.ndarray:
     "Each item's mean of `loss / mean loss of its record's bucket`, bucket means over the same statistics (NaN without bucketed records)."
     mean = _bucket_means(tb)
@@ -627,6 +705,8 @@ def _tnorm_column(tb: Mapping[str, torch.Tensor], size: int) -> np.ndarray:
     cnt = tb["tcount"][:size].cpu().numpy()
     with np.errstate(invalid="ignore", divide="ignore"): return np.where(cnt > 0, num / cnt, np.nan)
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #29754e3c
 def _columns(ds: _DatasetState, window: bool) -> dict[str, np.ndarray]:
     "Every per-item column of `ds`'s cumulative or window statistics, keyed as scores are (`average_loss`, `values.margin.mean` ...)."
     state, values, tb = ds.sets(window)
@@ -640,6 +720,8 @@ def _take(st: Mapping[str, torch.Tensor], sel) -> dict[str, torch.Tensor]:
     "The slots `sel` (slice or index tensor) of every statistic."
     return {f: st[f][sel] for f in STAT_FIELDS}
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #7c0ba150
 def _py(v: float, is_int: bool=False):
     "A JSON-ready Python number: `None` for NaN/inf (and negative steps), int for counts."
     if not math.isfinite(v): return None
@@ -650,6 +732,8 @@ _VALUE_INT_FIELDS = {"count", "decreases"}
 
 def _seen(cols) -> np.ndarray: return np.flatnonzero((cols["count"] > 0) | (cols["nonfinite"] > 0))
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #ec665309
 def _value_names(cols: Mapping) -> list[str]:
     return list(dict.fromkeys(c.split(".")[1] for c in cols if c.startswith("values.")))
 
@@ -663,6 +747,8 @@ def _item_row(cols: Mapping[str, np.ndarray], i: int, names: list[str]) -> dict:
     if hist: row["history"] = {c[8:]: [float(f"{v:.7g}") if math.isfinite(v) else None for v in cols[c][i].tolist()] for c in hist}   # as the file holds them
     return row
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #9de7763a
 @patch
 def item_stats(self: StreamingAggregator,
                dataset: str, # dataset name
@@ -676,12 +762,15 @@ def item_stats(self: StreamingAggregator,
     names = _value_names(cols)
     return {ds.keys[i]: _item_row(cols, i, names) for i in _seen(cols)}
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #1f331194
 def _pick_state(ds: _DatasetState, window: bool):
     if not window: return ds.state
     if not ds.keep_window: raise ValueError("window=True needs StreamingAggregator(keep_window=True)")
     return ds.window
 
-# %% ../../nbs/12_tracking.aggregator.ipynb #76f47e3a
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #0a36feee
 def _summary(cols: dict[str, np.ndarray], keys: list[str], batches: int, k: int, by: str|None=None, ascending: bool|None=None) -> dict:
     "Summary of one dataset from host columns; `worst` ranked by the score `by` (default: `default_score`)."
     cnt, avg, nf = cols["count"], cols["average_loss"], cols["nonfinite"]
@@ -702,8 +791,12 @@ def _summary(cols: dict[str, np.ndarray], keys: list[str], batches: int, k: int,
     out.update(ranked_by=by, ascending=low_first, worst=[(keys[i], _py(float(scores[i]))) for i in top])
     return out
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #9cb97259
 def _opt(v): return None if v is None else _py(float(v))
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #b0eb3793
 @patch
 def dataset_summary(self: StreamingAggregator,
                     dataset: str, # dataset name
@@ -719,7 +812,8 @@ def dataset_summary(self: StreamingAggregator,
     if _pick_state(ds, window) is None: return _summary(_host_columns(_empty_state(0, "cpu"), 0), [], batches, k, by, ascending)
     return _summary(_columns(ds, window), ds.keys, batches, k, by, ascending)
 
-# %% ../../nbs/12_tracking.aggregator.ipynb #613d2567
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #e56cf06d
 def _pack_dataset(ds: _DatasetState) -> dict:
     n = ds.size
     out = {"keys": list(ds.keys), "batches": ds.batches, "window_batches": ds.window_batches,
@@ -732,6 +826,8 @@ def _pack_dataset(ds: _DatasetState) -> dict:
     if ds.hist is not None: out["history"] = _pack_history(ds.hist, n)
     return out
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #3df3d13e
 def _copy(st: dict|None, n: int, fields: Sequence[str]=STAT_FIELDS) -> dict[str, torch.Tensor]:
     "Detached copies of the first `n` slots of every statistic."
     if st is None: return _empty_state(n, "cpu", fields)
@@ -741,6 +837,8 @@ def _copy_tb(tb: dict, n: int) -> dict[str, torch.Tensor]:
     "Detached copies of the first `n` rows of the per-item tables and of the bucket totals."
     return {f: (tb[f][:n] if f in ("tsum", "tcount") else tb[f]).detach().clone() for f in tb}
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #77b9f7d9
 @patch
 def state_dict(self: StreamingAggregator) -> dict:
     "Plain tensors, ints and key lists (loadable with `torch.load(weights_only=True)`)."
@@ -753,13 +851,18 @@ def state_dict(self: StreamingAggregator) -> dict:
 def _fill(dst: dict, src: Mapping, n: int, fields: Sequence[str], device):
     for f in fields: dst[f][:n] = src[f].to(device=device, dtype=torch.float64)
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #f72d7e73
 def _fill_tb(dst: dict, src: Mapping, n: int, device):
     dst["tsum"][:n], dst["tcount"][:n] = (src[f].to(device=device, dtype=torch.float64) for f in ("tsum", "tcount"))
     for f in ("bcount", "bsum", "bsq"): dst[f].copy_(src[f].to(device=device, dtype=torch.float64))
 
-def _install(ds: _DatasetState, keys: list[str], state: Mapping, window: Mapping|None, device,
-             values: Mapping|None=None, window_values: Mapping|None=None, edges=None, tb: Mapping|None=None, window_tb: Mapping|None=None):
-    "Replace `ds`'s content by `keys` and their statistics (losses, then named values and timestep tables where given)."
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #c7749375
+def _install(ds: _DatasetState, keys: list[str], packed: Mapping, device):
+    "Replace `ds`'s content by `keys` and their statistics in `_pack_dataset`'s layout (`state`, then `window`, `values`, `window_values`, `edges`, `tb`, `window_tb` where given)."
+    state, window, edges = packed["state"], packed.get("window"), packed.get("edges")
+    values, window_values = packed.get("values"), packed.get("window_values")
     ds.keys, ds.index, ds.state, ds.window, ds.max_index, ds.capacity, ds.device = [], {}, None, None, None, 0, None
     ds.values, ds.window_values, ds.tb, ds.window_tb, ds.edges = {}, {}, None, None, None
     ds.add_keys(keys)
@@ -774,9 +877,11 @@ def _install(ds: _DatasetState, keys: list[str], state: Mapping, window: Mapping
         if name in ds.window_values and name in (window_values or {}): _fill(ds.window_values[name], window_values[name], n, VALUE_STAT_FIELDS, device)
     if edges is not None:
         ds.add_timesteps([float(e) for e in edges])
-        _fill_tb(ds.tb, tb, n, device)
-        if ds.window_tb is not None and window_tb is not None: _fill_tb(ds.window_tb, window_tb, n, device)
+        _fill_tb(ds.tb, packed["tb"], n, device)
+        if ds.window_tb is not None and packed.get("window_tb") is not None: _fill_tb(ds.window_tb, packed["window_tb"], n, device)
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #b52c99a3
 def _check_packed(name: str, d: Mapping, nk: int):
     "Refuse a packed dataset whose statistics do not fit its key table (named in the error)."
     def shape_ok(st, fields): return isinstance(st, Mapping) and all(f in st and tuple(st[f].shape) == (nk,) for f in fields)
@@ -794,6 +899,8 @@ def _check_packed(name: str, d: Mapping, nk: int):
                     and all(tuple(tb[f].shape) == (nb + 1,) for f in ("bcount", "bsum", "bsq"))):
                 raise ValueError(f"sd: dataset {name!r}: timestep table {part!r} does not fit {nk} keys and {nb} buckets")
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #c9c54f56
 @patch
 def load_state_dict(self: StreamingAggregator,
                     sd: Mapping, # a dict from `state_dict()` (e.g. `torch.load(path, weights_only=True)`); older formats load too
@@ -805,9 +912,7 @@ def load_state_dict(self: StreamingAggregator,
     self._data = {}
     for name, d in sd["datasets"].items():
         ds = self._dataset(name, create=True)
-        st = d["state"]
-        _install(ds, list(d["keys"]), st, d.get("window"), self.device or st["count"].device, d.get("values"),
-                 d.get("window_values"), d.get("edges"), d.get("tb"), d.get("window_tb"))
+        _install(ds, list(d["keys"]), d, self.device or d["state"]["count"].device)
         if ds.edges is not None and self.timestep_edges is None: self.timestep_edges = tuple(ds.edges.tolist())
         if d.get("history") is not None: ds.hist, self.history = _unpack_history(d["history"]), True
         ds.batches, ds.window_batches = int(d["batches"]), int(d.get("window_batches", 0))
@@ -816,7 +921,8 @@ def load_state_dict(self: StreamingAggregator,
     if self.timestep_edges is None and sd.get("timestep_edges") is not None: self.timestep_edges = tuple(float(e) for e in sd["timestep_edges"])
     return self
 
-# %% ../../nbs/12_tracking.aggregator.ipynb #21477267
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #052ce7e9
 def _positions(ds: _DatasetState, keys: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
     "`(slots in ds, positions in keys)` of the keys `ds` knows."
     pos = torch.tensor([ds.index[k] for k in keys if k in ds.index], dtype=torch.long, device=ds.device)
@@ -831,6 +937,8 @@ def _aligned(ds: _DatasetState|None, st: Mapping|None, keys: list[str], device, 
         for f in fields: out[f][where] = st[f][pos].to(device)
     return torch.stack([out[f] for f in fields])
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #1aa3123f
 def _aligned_tb(ds: _DatasetState|None, tb: Mapping|None, keys: list[str], nb: int, device) -> torch.Tensor:
     "The per-item timestep tables in the order of `keys`, packed as `[nb + 1, len(keys)]` (bucket sums, then the count)."
     out = torch.zeros(nb + 1, len(keys), dtype=torch.float64, device=device)
@@ -842,12 +950,16 @@ def _aligned_tb(ds: _DatasetState|None, tb: Mapping|None, keys: list[str], nb: i
 
 def _unpack(t: torch.Tensor, fields: Sequence[str]=STAT_FIELDS) -> dict[str, torch.Tensor]: return dict(zip(fields, t.unbind(0)))
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #92365fc4
 def _merge_into(st: dict, idx: torch.Tensor, other: Mapping, n: int, fields: Sequence[str]=STAT_FIELDS):
     "Combine the first `n` slots of `other` into the slots `idx` of `st`."
     dev = idx.device
     res = _combine({f: st[f][idx] for f in fields}, {f: other[f][:n].to(dev) for f in fields})
     for f in fields: st[f][idx] = res[f]
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #2216eb5e
 def _add_tb(tb: dict, idx: torch.Tensor, other: Mapping, n: int):
     "Add `other`'s timestep tables (first `n` items) into the slots `idx` of `tb`: every entry is a sum."
     tb["tsum"][idx] += other["tsum"][:n].to(idx.device)
@@ -860,6 +972,8 @@ def _same_edges(name: str, edges: list) -> list|None:
     if any(e != known[0] for e in known): raise ValueError(f"dataset {name!r}: the parts bucket timesteps differently ({known[0]} vs others); use the same timestep_range and timestep_buckets")
     return known[0] if known else None
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #c6b34845
 def _merge_extras(ds: _DatasetState, ods: _DatasetState, idx: torch.Tensor, name: str):
     "Fold `ods`'s named values and timestep tables into the slots `idx` of `ds`."
     for v, st in ods.values.items():
@@ -872,6 +986,8 @@ def _merge_extras(ds: _DatasetState, ods: _DatasetState, idx: torch.Tensor, name
     _add_tb(ds.tb, idx, ods.tb, ods.size)
     if ds.window_tb is not None and ods.window_tb is not None: _add_tb(ds.window_tb, idx, ods.window_tb, ods.size)
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #80b04b08
 @patch
 def merge(self: StreamingAggregator,
           other: StreamingAggregator, # statistics of another part of the stream (another process, a later run)
@@ -908,7 +1024,8 @@ def merge(self: StreamingAggregator,
     if not self._history_steps: self._history_steps = list(other._history_steps)
     return self
 
-# %% ../../nbs/12_tracking.aggregator.ipynb #a46e6edb
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #9d998127
 def _sync_layout(keep_window: bool, vnames: list[str], nb: int|None) -> list[tuple]:
     "The row blocks one rank contributes per dataset: `(kind, window, value name, rows)`, in order."
     out = []
@@ -918,6 +1035,8 @@ def _sync_layout(keep_window: bool, vnames: list[str], nb: int|None) -> list[tup
         if nb is not None: out.append(("tb", w, None, nb + 1))
     return out
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #33044814
 def _local_rows(ds: _DatasetState|None, keys: list[str], layout: list[tuple], nb: int|None, device) -> torch.Tensor:
     "This rank's statistics of one dataset, aligned to `keys` and stacked as `layout` says."
     parts = []
@@ -928,6 +1047,8 @@ def _local_rows(ds: _DatasetState|None, keys: list[str], layout: list[tuple], nb
         else: parts.append(_aligned_tb(ds, tb, keys, nb, device))
     return torch.cat(parts, 0)
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #853a359d
 def _bucket_rows(ds: _DatasetState|None, keep_window: bool, nb: int, device) -> torch.Tensor:
     "This rank's bucket totals `[count, sum, sum of squares]` (cumulative, then window), `[3 or 6, nb + 1]`."
     rows = []
@@ -936,6 +1057,8 @@ def _bucket_rows(ds: _DatasetState|None, keep_window: bool, nb: int, device) -> 
         rows += [tb[f].to(device) if tb is not None else torch.zeros(nb + 1, dtype=torch.float64, device=device) for f in ("bcount", "bsum", "bsq")]
     return torch.stack(rows)
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #f93a5835
 def _reduce_rows(gathered: list[torch.Tensor], layout: list[tuple], n: int, device) -> dict:
     "Every rank's blocks reduced: loss and value statistics combined in rank order, timestep tables summed."
     out, start = {}, 0
@@ -949,10 +1072,14 @@ def _reduce_rows(gathered: list[torch.Tensor], layout: list[tuple], n: int, devi
         start += rows
     return out
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #4f0b3757
 def _tables(rows: torch.Tensor, buckets: torch.Tensor, nb: int) -> dict:
     "Timestep tables from the reduced per-item rows and bucket totals."
     return {"tsum": rows[:nb].T.contiguous(), "tcount": rows[nb], "bcount": buckets[0], "bsum": buckets[1], "bsq": buckets[2]}
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #52151b88
 @patch
 def sync(self: StreamingAggregator,
          group=None, # a `torch.distributed` process group; `None`: the default (world) group
@@ -997,9 +1124,10 @@ def sync(self: StreamingAggregator,
             tabs = {w: _tables(red[("tb", w, None)], b_sum[3 * i:3 * i + 3], nb) for i, w in enumerate((False, True) if self.keep_window else (False,))}
         device = self.device or (mine.device if mine and mine.device is not None else comm_dev)
         win = self.keep_window
-        _install(ds_out, keys, red[("loss", False, None)], red[("loss", True, None)] if win else None, device,
-                 {v: red[("value", False, v)] for v in vnames}, {v: red[("value", True, v)] for v in vnames} if win else None,
-                 edges, tabs.get(False), tabs.get(True))
+        _install(ds_out, keys, {"state": red[("loss", False, None)], "window": red[("loss", True, None)] if win else None,
+                                "values": {v: red[("value", False, v)] for v in vnames},
+                                "window_values": {v: red[("value", True, v)] for v in vnames} if win else None,
+                                "edges": edges, "tb": tabs.get(False), "window_tb": tabs.get(True)}, device)
         if self.history:                                   # every rank's history, aligned to `keys`, summed per point
             pos = {k: i for i, k in enumerate(keys)}
             local = None if mine is None or mine.hist is None else _sum_histories([(mine.hist, np.array([pos[k] for k in mine.keys]))], len(keys), name)
@@ -1009,6 +1137,7 @@ def sync(self: StreamingAggregator,
         ds_out.batches = sum(m[1] for m in ms)
         ds_out.window_batches = sum(m[2] for m in ms)
     return out
+
 
 # %% ../../nbs/12_tracking.aggregator.ipynb #b77d8592
 @patch
@@ -1026,7 +1155,7 @@ def reset_window(self: StreamingAggregator,
         if ds.window_tb is not None: ds.window_tb = _empty_tb(ds.capacity + 1, ds.edges.shape[0] - 1, ds.device)
         ds.window_batches = 0
 
-# %% ../../nbs/12_tracking.aggregator.ipynb #54f2ce2e
+# %% ../../nbs/12_tracking.aggregator.ipynb #0c2392e9
 _CHUNK = 16384
 
 def _json_num(v: float, is_int: bool) -> str:
@@ -1042,6 +1171,8 @@ def _texts(a: np.ndarray, is_int: bool=False) -> list[str]:
     "JSON text of each number of `a` (`null` where not finite)."
     return [_json_num(v, is_int) for v in a.tolist()]
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #e2f56e7a
 def _extra_text(cols: dict[str, np.ndarray], rows: np.ndarray) -> list[str]|None:
     "The members after `nonfinite` of each row's entry: `tnorm_average_loss` and the `values` block (None when the run recorded neither)."
     parts = []
@@ -1057,6 +1188,8 @@ def _extra_text(cols: dict[str, np.ndarray], rows: np.ndarray) -> list[str]|None
     if hist: out = [o + ', "history": {' + h + "}" for o, h in zip(out, _history_text(cols, hist, rows))]
     return out
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #98909a81
 def _short_float(v: float) -> str:
     "JSON text of a float32-precision value: 7 significant digits, always a float (`2.0`, not `2`); `null` for NaN."
     if not math.isfinite(v): return "null"     # NaN (no record), or a mean beyond float32
@@ -1068,6 +1201,8 @@ def _history_text(cols: dict[str, np.ndarray], hist: list[str], rows: np.ndarray
     per = [[_json_str(c[8:]) + ": [" + ", ".join(map(_short_float, r)) + "]" for r in cols[c][rows].tolist()] for c in hist]
     return [", ".join(parts) for parts in zip(*per)]
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #95bc25eb
 def _write_item_chunk(fh, # text file to write to
                       keys: list[str], # the dataset's key table
                       cols: dict[str, np.ndarray], # host columns from `_host_columns`
@@ -1097,6 +1232,8 @@ def _write_item_chunk(fh, # text file to write to
     if extra is not None: lines = [line[:-1] + e + "}" for line, e in zip(lines, extra)]
     fh.write(",\n".join(lines))
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #261fc9bc
 def _write_stats(fh, keys: list[str], cols: dict[str, np.ndarray], batches: int, k: int, by: str|None, ascending: bool|None):
     "Write the members `summary` and `item_stats` of one state's JSON object."
     summ = _summary(cols, keys, batches, k, by, ascending)
@@ -1107,6 +1244,8 @@ def _write_stats(fh, keys: list[str], cols: dict[str, np.ndarray], batches: int,
         _write_item_chunk(fh, keys, cols, rows[start:start + _CHUNK])
     fh.write("\n}")
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #b5c5d764
 def _timestep_table(tb: Mapping[str, torch.Tensor], edges: torch.Tensor, finite: int) -> dict:
     "The bucket table of a snapshot: edges, per bucket the count, mean and population std of the loss; `unbucketed`: finite losses without a finite timestep."
     cnt, s, sq = (tb[f].cpu().numpy() for f in ("bcount", "bsum", "bsq"))
@@ -1119,6 +1258,8 @@ def _timestep_table(tb: Mapping[str, torch.Tensor], edges: torch.Tensor, finite:
 def _finite_records(st: Mapping[str, torch.Tensor]|None, size: int) -> int:
     return 0 if st is None else int(st["count"][:size].sum())
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #9aad174d
 def _check_save_root(save_root) -> Path:
     root = Path(save_root)
     try: root.mkdir(parents=True, exist_ok=True)
@@ -1126,6 +1267,8 @@ def _check_save_root(save_root) -> Path:
     if not os.access(root, os.W_OK | os.X_OK): raise OSError(f"save_root {str(save_root)!r} is not writable; pass a writable directory")
     return root
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #0635c02b
 @patch
 def save_json(self: StreamingAggregator,
               save_root: str|os.PathLike, # directory for the snapshot (created if missing), e.g. the checkpoint dir
@@ -1156,6 +1299,8 @@ def save_json(self: StreamingAggregator,
     if self.keep_window: self.reset_window()
     return path
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #bfa4c015
 @patch
 def _write_document(self: StreamingAggregator, fh, job_name: str, step: int, k: int, by: str|None, ascending: bool|None):
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -1176,7 +1321,8 @@ def _write_document(self: StreamingAggregator, fh, job_name: str, step: int, k: 
         fh.write("}")
     fh.write("\n}}\n")
 
-# %% ../../nbs/12_tracking.aggregator.ipynb #f73c6338
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #36225a17
 class _History:
     "Each tracked mean per item at every history point: the interval's record count and mean (float32, host), and the running totals."
     def __init__(self):
@@ -1185,6 +1331,8 @@ class _History:
         self.mean: dict[str, list[np.ndarray]] = {}   # quantity: per point, their mean per item (NaN: none)
         self.prev: dict[str, tuple[np.ndarray, np.ndarray]] = {}   # quantity: cumulative count and sum at the last point
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #1dad05fa
 def _totals(ds: _DatasetState) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     "Cumulative count and sum of every history quantity: the loss, then each named value (float64 host arrays)."
     out = {}
@@ -1198,6 +1346,8 @@ def _grown(a: np.ndarray, n: int, fill: float=0.0) -> np.ndarray:
     "`a` padded with `fill` to length `n` (items registered after it was taken)."
     return a if len(a) >= n else np.concatenate([a, np.full(n - len(a), fill, dtype=a.dtype)])
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #172e558e
 def _mark(ds: _DatasetState, step: int):
     "Add one history point: every quantity's interval count and mean since the previous point."
     h = ds.hist
@@ -1212,10 +1362,14 @@ def _mark(ds: _DatasetState, step: int):
         h.prev[q] = (n, s)
     h.steps.append(int(step))
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #640a2e88
 def _history_columns(h: _History, size: int) -> dict[str, np.ndarray]:
     "`history.<quantity>`: `[size, points]` float64 arrays of interval means (NaN where an item had no record)."
     return {f"history.{q}": np.stack([_grown(m.astype(np.float64), size, np.nan) for m in ms], 1) for q, ms in h.mean.items()}
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #57101084
 @patch
 def mark_history(self: StreamingAggregator,
                  step: int, # the training step the point belongs to (e.g. the end of an epoch)
@@ -1232,6 +1386,8 @@ def mark_history(self: StreamingAggregator,
         _mark(ds, step)
     self._history_steps.append(int(step))
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #37ced654
 def _pack_history(h: _History|None, n: int) -> dict|None:
     "The history as plain tensors for `state_dict` (`[points, n]` per quantity; loadable with `weights_only=True`)."
     if h is None: return None
@@ -1240,6 +1396,8 @@ def _pack_history(h: _History|None, n: int) -> dict|None:
             "prev_n": {q: torch.from_numpy(_grown(p[0], n)) for q, p in h.prev.items()},
             "prev_sum": {q: torch.from_numpy(_grown(p[1], n)) for q, p in h.prev.items()}}
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #148e376b
 def _unpack_history(d: Mapping) -> _History:
     "A `_History` from `_pack_history`'s tensors."
     h = _History()
@@ -1250,6 +1408,8 @@ def _unpack_history(d: Mapping) -> _History:
     h.prev = {q: (d["prev_n"][q].double().numpy().copy(), d["prev_sum"][q].double().numpy().copy()) for q in d["prev_n"]}
     return h
 
+
+# %% ../../nbs/12_tracking.aggregator.ipynb #97cd165c
 def _sum_histories(parts: list[tuple[_History, np.ndarray]], size: int, name: str) -> _History|None:
     "One history from parts of the stream over the same points (`(history, slots of its items)`): counts add, means are count-weighted."
     parts = [(h, s) for h, s in parts if h is not None and h.steps]
@@ -1274,3 +1434,4 @@ def _sum_histories(parts: list[tuple[_History, np.ndarray]], size: int, name: st
         out.n[q], out.mean[q] = list(n_tot.astype(np.float32)), list(mean.astype(np.float32))
         out.prev[q] = (pn, ps)
     return out
+

@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from .losses import compute_per_example_loss
 __all__ = ['ITEM_KEY_FIELDS', 'batch_item_keys', 'classification_loss', 'write_item_stats_csv', 'to_device', 'model_device',
            'evaluate_dataset']
 
-# %% ../../nbs/17_tracking.evaluate.ipynb #adb8bb7d
+# %% ../../nbs/17_tracking.evaluate.ipynb #23fbb9fa
 ITEM_KEY_FIELDS = ("paths", "path", "keys", "key", "ids", "id", "index")
 
 def _keys_list(keys) -> list:
@@ -36,6 +37,8 @@ def _keys_list(keys) -> list:
     if isinstance(keys, (str, bytes)): return [keys]
     return [k.item() if isinstance(k, Tensor) else k for k in keys]
 
+
+# %% ../../nbs/17_tracking.evaluate.ipynb #db3dff0c
 def batch_item_keys(
     batch,  # a dict batch or an `(inputs, targets[, keys])` tuple
     batch_size: int,  # number of items in the batch (used for positional keys)
@@ -51,7 +54,8 @@ def batch_item_keys(
     elif isinstance(batch, Sequence) and len(batch) >= 3: return _keys_list(batch[2])
     return list(range(start, start + batch_size))
 
-# %% ../../nbs/17_tracking.evaluate.ipynb #8ad60b14
+
+# %% ../../nbs/17_tracking.evaluate.ipynb #1d605a85
 def _field(batch: Mapping, names: tuple[str, ...], what: str):
     "The first field of `batch` among `names`."
     for n in names:
@@ -59,6 +63,8 @@ def _field(batch: Mapping, names: tuple[str, ...], what: str):
     raise KeyError(f"classification_loss: the batch has no {what} field (one of {names}); fields: {sorted(batch)}. "
                    f"Pass your own `loss_fn(model, batch, generator)`.")
 
+
+# %% ../../nbs/17_tracking.evaluate.ipynb #36475f4c
 def classification_loss(
     model: nn.Module,  # maps inputs to logits [B, C] (classes) or [B, T, V] (tokens)
     batch,  # `(inputs, targets[, keys])` or a dict with "inputs"/"input_ids" and "labels"/"targets"
@@ -71,6 +77,7 @@ def classification_loss(
     logits = model(inputs)
     kind = "token_cross_entropy" if logits.ndim == 3 and targets.ndim == 2 else "cross_entropy"
     return compute_per_example_loss(logits, targets, kind)
+
 
 # %% ../../nbs/17_tracking.evaluate.ipynb #091c773e
 def write_item_stats_csv(
@@ -85,7 +92,7 @@ def write_item_stats_csv(
         for key, s in item_stats.items(): w.writerow([csv_cell(key, "item key"), *(csv_cell(s.get(c, ""), f"field {c!r} of {key!r}") for c in fields)])
     return write_atomic(path, write, newline="")  # the csv module writes its own line endings
 
-# %% ../../nbs/17_tracking.evaluate.ipynb #e2e68543
+# %% ../../nbs/17_tracking.evaluate.ipynb #5382524d
 def to_device(batch: Any, # a tensor, or a dict / list / tuple / namedtuple of them (other values pass through)
               device: torch.device|str, # where the tensors go
              ) -> Any:
@@ -96,6 +103,8 @@ def to_device(batch: Any, # a tensor, or a dict / list / tuple / namedtuple of t
     if isinstance(batch, (list, tuple)): return type(batch)(to_device(v, device) for v in batch)
     return batch
 
+
+# %% ../../nbs/17_tracking.evaluate.ipynb #ab90853b
 def model_device(model: nn.Module, # any module
                 ) -> torch.device:
     "Device of the model's first parameter or buffer (CPU for a model without any)."
@@ -143,26 +152,36 @@ def evaluate_dataset(
     rng_devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     with eval_mode(model), torch.no_grad(), torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(seed)
-        _run(model, data, loss_fn, agg, dataset, repeats, generator, device, progress, item_key, step)
+        _run(model, data, loss_fn, agg, generator, _Pass(dataset, repeats, device, progress, item_key, step))
     if out_json is not None: _write_json(agg, out_json, job_name, step)
     if out_csv is not None: write_item_stats_csv(agg.item_stats(dataset), out_csv)
     return agg
 
 # %% ../../nbs/17_tracking.evaluate.ipynb #f17b8d79
-def _run(model, data, loss_fn, agg, dataset, repeats, generator, device, progress, item_key, step):
-    "Evaluate every batch of `data` `repeats` times and record the losses in `agg`."
+@dataclass(frozen=True)
+class _Pass:
+    "What one `evaluate_dataset` pass records and how: dataset name, repeats, device, progress bar, item-key field, step."
+    dataset: str
+    repeats: int
+    device: torch.device
+    progress: bool
+    item_key: str | None
+    step: int
+
+def _run(model, data, loss_fn, agg, generator, how: _Pass):
+    "Evaluate every batch of `data` `how.repeats` times and record the losses in `agg`."
     total = len(data) if hasattr(data, "__len__") else None
     seen = 0
-    for batch in tqdm(data, total=total, desc=f"evaluate {dataset}", disable=not progress, leave=False):
-        batch = to_device(batch, device)
-        for _ in range(repeats):
+    for batch in tqdm(data, total=total, desc=f"evaluate {how.dataset}", disable=not how.progress, leave=False):
+        batch = to_device(batch, how.device)
+        for _ in range(how.repeats):
             losses = loss_fn(model, batch, generator)
             if not isinstance(losses, Tensor) or losses.ndim != 1:
                 raise ValueError(f"`loss_fn` must return a 1-D tensor of per-item losses [B], got "
                                  f"{getattr(losses, 'shape', type(losses).__name__)}; reduce with "
                                  f"compute_per_example_loss instead of taking the mean.")
-            keys = batch_item_keys(batch, len(losses), start=seen, item_key=item_key)
+            keys = batch_item_keys(batch, len(losses), start=seen, item_key=how.item_key)
             if len(keys) != len(losses):
                 raise ValueError(f"`loss_fn` returned {len(losses)} losses for a batch with {len(keys)} items.")
-            agg.update(dataset, keys, losses.detach().float(), step=step)
+            agg.update(how.dataset, keys, losses.detach().float(), step=how.step)
         seen += len(keys)

@@ -140,13 +140,15 @@ def compute_per_example_loss(
     if counts is None: counts = torch.full_like(loss, float(l[0].numel()))
     return loss, counts
 
-# %% ../../nbs/10_tracking.losses.ipynb #5a1e0c02
+# %% ../../nbs/10_tracking.losses.ipynb #e0da6656
 def _fused_ce_ok(pred, target, loss_type: str, kwargs: dict) -> bool:
     "The plain classifier case: `[B, C]` float32/64 logits, `[B]` int64 labels, nothing but `ignore_index` given."
     return (loss_type == "cross_entropy" and not (kwargs.keys() - {"ignore_index"}) and isinstance(pred, Tensor)
             and isinstance(target, Tensor) and pred.ndim == 2 and target.ndim == 1 and target.dtype == torch.long
             and pred.dtype in _FULL_FLOATS and target.shape[0] == pred.shape[0])
 
+
+# %% ../../nbs/10_tracking.losses.ipynb #fdb7b5bf
 def loss_and_per_example(
     pred: Tensor,  # predictions, as for `compute_per_example_loss`
     target: Tensor,  # targets, as for `compute_per_example_loss`
@@ -165,12 +167,15 @@ def loss_and_per_example(
         return per.sum() / (target != kwargs.get("ignore_index", -100)).sum(), per.detach()   # F.cross_entropy's mean
     return per.mean(), per.detach()
 
-# %% ../../nbs/10_tracking.losses.ipynb #fda92b13
+
+# %% ../../nbs/10_tracking.losses.ipynb #8d016810
 class ClassificationRecord(NamedTuple):
     "Per-item loss and training-dynamics values of one classification batch."
     loss: Tensor  # [B] cross-entropy per item, differentiable
     values: dict  # detached [B] tensors `margin`, `p_gold`, `correct`
 
+
+# %% ../../nbs/10_tracking.losses.ipynb #b423d028
 def classification_record(logits: Tensor, # [B, C] class scores (C >= 2)
                           labels: Tensor, # [B] the given labels (integers in 0..C-1), possibly wrong
                          ) -> ClassificationRecord:
@@ -188,3 +193,4 @@ def classification_record(logits: Tensor, # [B, C] class scores (C >= 2)
         other = logp.detach().scatter(1, y, -torch.inf).amax(1).clamp(min=torch.finfo(g.dtype).min)   # every other class masked: a finite, huge margin
         values = {"margin": g - other, "p_gold": g.exp(), "correct": (logits.detach().argmax(1) == y[:, 0]).to(g.dtype)}
     return ClassificationRecord(-gold, values)
+

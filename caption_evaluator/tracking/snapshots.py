@@ -28,7 +28,7 @@ ITEM_SCHEMA_V1 = "caption_evaluator/item_stats@1"
 ITEM_FIELDS = ("count", "average_loss", "min_loss", "max_loss", "std_loss", "first_loss", "last_loss", "last_step", "nonfinite")
 VALUE_FIELDS = ("count", "mean", "std", "min", "max", "first", "last", "decreases")
 
-# %% ../../nbs/15_tracking.snapshots.ipynb #b3670d90
+# %% ../../nbs/15_tracking.snapshots.ipynb #9fcf4cae
 SCORES = {  # name: (path into an item's entry, True when a *low* value is suspect, what it is)
     "average_loss": ("average_loss", False, "mean training loss"),
     "tnorm_average_loss": ("tnorm_average_loss", False, "mean of loss / mean loss of the record's timestep bucket"),
@@ -41,6 +41,8 @@ SCORES = {  # name: (path into an item's entry, True when a *low* value is suspe
     "empty_gap": ("values.empty_gap.mean", False, "caption probe or training monitor: own caption's loss minus the empty caption's"),
 }
 
+
+# %% ../../nbs/15_tracking.snapshots.ipynb #1ee8c57f
 def score_path(by: str, # a name in `SCORES`, a field such as `max_loss`, `values.NAME` or `values.NAME.STAT`
               ) -> tuple[str, bool]:
     "`(path, ascending)`: where `by` lives in an item's entry and whether low values rank first by default."
@@ -54,7 +56,8 @@ def score_path(by: str, # a name in `SCORES`, a field such as `max_loss`, `value
     if len(parts) == 1: return by, False
     raise ValueError(f"by={by!r} is not a score: use a name in {sorted(SCORES)}, a field such as 'max_loss', or 'values.NAME[.STAT]'")
 
-# %% ../../nbs/15_tracking.snapshots.ipynb #49c204f2
+
+# %% ../../nbs/15_tracking.snapshots.ipynb #d61e1e77
 def _number(v) -> float:
     "`v` as a float; NaN for anything that is not a real number (None, a string, a nested object)."
     if isinstance(v, bool): return float(v)
@@ -70,6 +73,8 @@ def _at(entry: Mapping, path: str):
         entry = entry.get(part)
     return entry
 
+
+# %% ../../nbs/15_tracking.snapshots.ipynb #72db33cb
 def item_score(entry: Mapping, # one item's statistics, e.g. `doc["datasets"]["train"]["item_stats"][key]`
                by: str, # a score (see `score_path`)
               ) -> float:
@@ -79,6 +84,8 @@ def item_score(entry: Mapping, # one item's statistics, e.g. `doc["datasets"]["t
     if by == "forgetting" and _number(_at(entry, "values.correct.max")) == 0: return math.inf
     return v
 
+
+# %% ../../nbs/15_tracking.snapshots.ipynb #750e58d7
 def score_column(columns: Mapping[str, np.ndarray], # per-item arrays keyed by score path (`"average_loss"`, `"values.margin.max"` ...)
                  by: str, # a score (see `score_path`)
                 ) -> np.ndarray:
@@ -88,6 +95,7 @@ def score_column(columns: Mapping[str, np.ndarray], # per-item arrays keyed by s
     out = np.asarray(columns[path], dtype=np.float64).copy()
     if by == "forgetting" and "values.correct.max" in columns: out[np.asarray(columns["values.correct.max"]) == 0] = math.inf
     return out
+
 
 # %% ../../nbs/15_tracking.snapshots.ipynb #3aa91506
 def top_indices(scores, # one score per item (NaN: no score)
@@ -109,13 +117,15 @@ def top_indices(scores, # one score per item (NaN: no score)
     order = cand[np.argsort(key[cand], kind="stable")]
     return order if k is None else order[:k]
 
-# %% ../../nbs/15_tracking.snapshots.ipynb #40d599db
+# %% ../../nbs/15_tracking.snapshots.ipynb #41de0e40
 def default_score(item_stats: Mapping[str, Mapping], # `{key: entry}` of one dataset
                  ) -> str:
     "`tnorm_average_loss` when the items carry it (timesteps were recorded), else `average_loss`."
     first = next(iter(item_stats.values()), None)
     return "tnorm_average_loss" if isinstance(first, Mapping) and "tnorm_average_loss" in first else "average_loss"
 
+
+# %% ../../nbs/15_tracking.snapshots.ipynb #f1faa454
 def available_scores(item_stats: Mapping[str, Mapping], # `{key: entry}` of one dataset
                     ) -> list[str]:
     "Score names an item of `item_stats` carries: named scores first, then every field and value statistic."
@@ -129,12 +139,16 @@ def available_scores(item_stats: Mapping[str, Mapping], # `{key: entry}` of one 
     covered = {SCORES[n][0] for n in named}
     return named + [p for p in paths if p not in covered and _is_score_name(p)]
 
+
+# %% ../../nbs/15_tracking.snapshots.ipynb #628e6d9d
 def _is_score_name(name: str) -> bool:
     "Whether `score_path` accepts `name` (a field or value statistic whose name holds a `.` does not)."
     try: score_path(name)
     except (TypeError, ValueError): return False
     return True
 
+
+# %% ../../nbs/15_tracking.snapshots.ipynb #587937c4
 def rank_items(item_stats: Mapping[str, Mapping], # `{key: entry}` of one dataset, e.g. `doc["datasets"]["train"]["item_stats"]`
                by: str|None=None, # a score (see `score_path`); `None`: `default_score(item_stats)`
                k: int|None=None, # how many; `None`: every item with a score
@@ -150,11 +164,14 @@ def rank_items(item_stats: Mapping[str, Mapping], # `{key: entry}` of one datase
     order = top_indices(scores, k, low_first if ascending is None else ascending, first=diverged)
     return [(keys[i], float(scores[i])) for i in order]
 
-# %% ../../nbs/15_tracking.snapshots.ipynb #f123a910
+
+# %% ../../nbs/15_tracking.snapshots.ipynb #0bb88037
 def _read_json(p: Path, path) -> object:
     try: return read_json(p, "item-stats snapshot")
     except OSError as e: raise ValueError(f"path {str(path)!r} cannot be read: {e}") from None
 
+
+# %% ../../nbs/15_tracking.snapshots.ipynb #7c99e37c
 def _migrate(doc: dict, path) -> dict:
     "Bring a version-1 (or schema-less) document to version 2 in place."
     schema = doc.get("schema")
@@ -169,6 +186,8 @@ def _migrate(doc: dict, path) -> dict:
                 block["summary"].setdefault("ascending", False)
     return doc
 
+
+# %% ../../nbs/15_tracking.snapshots.ipynb #40577bec
 def load_item_stats(path: str|os.PathLike, # a snapshot (`.json` or `.json.gz`), schema version 1 or 2
                    ) -> dict:
     "Read, validate and (for version 1) migrate an item-stats snapshot; errors name the file and what is wrong."
@@ -188,7 +207,8 @@ def load_item_stats(path: str|os.PathLike, # a snapshot (`.json` or `.json.gz`),
         if bad is not None: raise ValueError(f"path {str(path)!r}: dataset {name!r}, item {bad!r} is not an object")
     return _migrate(doc, path)
 
-# %% ../../nbs/15_tracking.snapshots.ipynb #23f9eacc
+
+# %% ../../nbs/15_tracking.snapshots.ipynb #830f29a6
 SNAPSHOT_SUBFOLDERS = ("item_stats", ".item_stats")   # where run folders keep their snapshots
 
 _STEP_SUFFIX = re.compile(r"_(\d{9,})\.json(?:\.gz)?$")   # `{job}_{step:09d}.json[.gz]`
@@ -202,6 +222,8 @@ def _job_of(p: Path) -> str:
     "The job in `{job}_{step:09d}.json[.gz]` (the whole name for another name)."
     return _STEP_SUFFIX.sub("", p.name)
 
+
+# %% ../../nbs/15_tracking.snapshots.ipynb #f65259d6
 def snapshot_files(folder: str|os.PathLike, # a folder of snapshots, or a run folder with an `item_stats/` subfolder
                   ) -> list[Path]:
     "The snapshot files (`{job}_{step}.json[.gz]`) of `folder` (or of its `item_stats/` subfolder), oldest step first; temporary files left out."
@@ -212,6 +234,8 @@ def snapshot_files(folder: str|os.PathLike, # a folder of snapshots, or a run fo
         if found: return sorted(found, key=lambda p: (_step_of(p), p.name))
     return []
 
+
+# %% ../../nbs/15_tracking.snapshots.ipynb #68053218
 def latest_snapshot(folder: str|os.PathLike, # as for `snapshot_files`
                     job: str|None = None, # the job whose snapshot to take; `None`: the folder's only job
                    ) -> Path:
@@ -231,7 +255,7 @@ def latest_snapshot(folder: str|os.PathLike, # as for `snapshot_files`
     return files[-1]
 
 
-# %% ../../nbs/15_tracking.snapshots.ipynb #e042362f
+# %% ../../nbs/15_tracking.snapshots.ipynb #caf01238
 def _as_doc(x, name: str) -> dict:
     if isinstance(x, dict):
         if not isinstance(x.get("datasets"), dict): raise ValueError(f"{name} must be a snapshot from load_item_stats (no 'datasets' key)")
@@ -247,6 +271,8 @@ def _common_dataset(da: dict, db: dict, dataset: str|None) -> str:
     if dataset not in common: raise ValueError(f"dataset {dataset!r} is not in both snapshots; datasets in both: {common}")
     return dataset
 
+
+# %% ../../nbs/15_tracking.snapshots.ipynb #d4e6e22d
 def diff_item_stats(a, # earlier snapshot: a dict from `load_item_stats` or a path
                     b, # later snapshot: a dict from `load_item_stats` or a path
                     dataset: str|None=None, # dataset to compare; `None`: the only dataset both snapshots have
@@ -270,3 +296,4 @@ def diff_item_stats(a, # earlier snapshot: a dict from `load_item_stats` or a pa
     return {"dataset": dataset, "by": by, "common": int(np.isfinite(delta).sum()), "improved": entries(imp),
             "regressed": entries(reg), "only_in_a": [key for key in sa if key not in sb],
             "only_in_b": [key for key in sb if key not in sa]}
+

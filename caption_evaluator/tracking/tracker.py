@@ -21,7 +21,7 @@ from ..loggers import as_logger, log_dataset_summary, log_item_loss_histogram
 # %% auto #0
 __all__ = ['ItemLossTracker']
 
-# %% ../../nbs/16_tracking.tracker.ipynb #9c911458
+# %% ../../nbs/16_tracking.tracker.ipynb #9a06f524
 class _Unclosed:
     "Wrap a logger that has no `close` so it satisfies the `Logger` protocol (closing it is the owner's job)."
     def __init__(self, inner): self.inner = inner
@@ -29,6 +29,8 @@ class _Unclosed:
     def log_histogram(self, name, values, step): self.inner.log_histogram(name, values, step=step)
     def close(self): pass
 
+
+# %% ../../nbs/16_tracking.tracker.ipynb #acc7d103
 def _check_loggers(loggers) -> list:
     "`loggers` as a list of objects with `log_metrics` and `log_histogram`."
     if loggers is None: return []
@@ -38,6 +40,7 @@ def _check_loggers(loggers) -> list:
         lg = as_logger(lg)                                   # metrics-only loggers (Lightning's, ...) are wrapped
         out.append(lg if callable(getattr(lg, "close", None)) else _Unclosed(lg))
     return out
+
 
 # %% ../../nbs/16_tracking.tracker.ipynb #ce8f743a
 class ItemLossTracker:
@@ -72,7 +75,7 @@ class ItemLossTracker:
 
     def __repr__(self): return f"ItemLossTracker({self.job_name!r} -> {str(self.save_root)!r}, {self.aggregator!r})"
 
-# %% ../../nbs/16_tracking.tracker.ipynb #95721c4f
+# %% ../../nbs/16_tracking.tracker.ipynb #16f83d76
 @patch
 def record(self: ItemLossTracker,
             dataset: str,  # dataset name, e.g. "train"
@@ -97,6 +100,8 @@ def record(self: ItemLossTracker,
     self._pending.append((dataset, items, losses, step, extra))
     if len(self._pending) >= self.flush_every: self.flush()
 
+
+# %% ../../nbs/16_tracking.tracker.ipynb #ea318f7b
 def _checked_extra(timesteps, values, n: int) -> dict | None:
     "The record's timesteps (key `""`) and values as detached [n] tensors; shape errors now, not at the hand-over."
     if timesteps is None and not values: return None
@@ -110,6 +115,8 @@ def _checked_extra(timesteps, values, n: int) -> dict | None:
         out[name] = v.detach()
     return out
 
+
+# %% ../../nbs/16_tracking.tracker.ipynb #78261974
 @patch
 def record_classification(self: ItemLossTracker,
                           dataset: str,  # dataset name, e.g. "train"
@@ -123,6 +130,8 @@ def record_classification(self: ItemLossTracker,
     self.record(dataset, items, rec.loss, step=step, values=rec.values)
     return rec.loss
 
+
+# %% ../../nbs/16_tracking.tracker.ipynb #05c93710
 @patch
 def register(self: ItemLossTracker,
               dataset: str,  # dataset name
@@ -131,7 +140,8 @@ def register(self: ItemLossTracker,
     "Register item keys once, so `record` can take fast index tensors instead of strings."
     return self.aggregator.register_items(dataset, keys)
 
-# %% ../../nbs/16_tracking.tracker.ipynb #215de28d
+
+# %% ../../nbs/16_tracking.tracker.ipynb #b7bc156f
 def _concat(items: list):
     "Concatenate the item index tensors (or the key lists) of several records."
     if isinstance(items[0], Tensor): return torch.cat([i.reshape(-1) for i in items])
@@ -143,12 +153,16 @@ def _group_key(record) -> tuple:
     if isinstance(items, Tensor): return record[0], "tensor", extra
     return record[0], "str" if len(items) and isinstance(items[0], str) else "int", extra
 
+
+# %% ../../nbs/16_tracking.tracker.ipynb #4e0b75df
 def _group_extra(group: list) -> tuple:
     "The group's timesteps and values, each concatenated (all records of a group carry the same names)."
     if group[0][4] is None: return None, None
     cols = {name: torch.cat([r[4][name] for r in group]) for name in group[0][4]}
     return cols.pop("", None), cols or None
 
+
+# %% ../../nbs/16_tracking.tracker.ipynb #0d79254f
 def _group_steps(group: list):
     "The step of every item of a group of records (so `last_step` stays exact), or the one step they all share."
     steps = [r[3] for r in group]
@@ -162,6 +176,8 @@ def _group_steps(group: list):
     sizes = [r[2].shape[0] for r in group]
     return per_record.repeat_interleave(torch.tensor(sizes).to(dev, non_blocking=True), output_size=sum(sizes))
 
+
+# %% ../../nbs/16_tracking.tracker.ipynb #7d961468
 @patch
 def flush(self: ItemLossTracker) -> None:
     "Hand buffered records to the aggregator: one update per run of records of the same dataset."
@@ -175,10 +191,13 @@ def flush(self: ItemLossTracker) -> None:
                                step=_group_steps(group), timesteps=timesteps, values=values, batches=len(group))
         start = end
 
-# %% ../../nbs/16_tracking.tracker.ipynb #057c3d1b
+
+# %% ../../nbs/16_tracking.tracker.ipynb #52e59dce
 def _is_distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
 
+
+# %% ../../nbs/16_tracking.tracker.ipynb #7f4ac03c
 @patch
 def on_save(self: ItemLossTracker,
              step: int,  # training step of the checkpoint (the file name's number)
@@ -195,6 +214,8 @@ def on_save(self: ItemLossTracker,
     if agg is not self.aggregator and self.aggregator.keep_window: self.aggregator.reset_window()
     return path
 
+
+# %% ../../nbs/16_tracking.tracker.ipynb #c1cec6a7
 @patch
 def _log(self: ItemLossTracker, agg: StreamingAggregator, dataset: str, step: int):
     "Log `dataset`'s summary (and histogram of item averages) to every logger."
@@ -210,7 +231,8 @@ def maybe_save(self: ItemLossTracker,
     if self.save_every is None or step % self.save_every: return None
     return self.on_save(step)
 
-# %% ../../nbs/16_tracking.tracker.ipynb #33c601ef
+
+# %% ../../nbs/16_tracking.tracker.ipynb #f1d858aa
 @patch
 def state_dict(self: ItemLossTracker) -> dict:
     "Everything needed to resume: every rank's aggregator state (a collective under torch.distributed) and the snapshots written so far."
@@ -222,6 +244,8 @@ def state_dict(self: ItemLossTracker) -> dict:
         torch.distributed.all_gather_object(ranks, own)
     return {"aggregator": own, "ranks": ranks, "job_name": self.job_name, "saved": [str(p) for p in self.saved]}
 
+
+# %% ../../nbs/16_tracking.tracker.ipynb #2355198b
 def _merged(states: list) -> StreamingAggregator:
     "One aggregator holding the merge of several aggregator states."
     parts = [StreamingAggregator() for _ in states]
@@ -229,6 +253,8 @@ def _merged(states: list) -> StreamingAggregator:
     for a in parts[1:]: parts[0].merge(a)
     return parts[0]
 
+
+# %% ../../nbs/16_tracking.tracker.ipynb #a56ba75a
 @patch
 def load_state_dict(self: ItemLossTracker,
                      sd: dict,  # from `state_dict()`
@@ -243,3 +269,4 @@ def load_state_dict(self: ItemLossTracker,
     elif rank == 0: self.aggregator.load_state_dict(_merged(ranks).state_dict())
     self.saved = [Path(p) for p in sd.get("saved", [])]
     return self
+

@@ -23,7 +23,7 @@ from .run_plots import save_figure
 # %% auto #0
 __all__ = ['ItemTable', 'item_table', 'plot_item_loss_histogram', 'plot_worst_items', 'plot_item_diff']
 
-# %% ../../nbs/51_views.item_plots.ipynb #35638d9c
+# %% ../../nbs/51_views.item_plots.ipynb #1ef60242
 def _load_snapshot(snapshot: Any) -> dict:
     "A snapshot document from a path, a loaded doc, or an aggregator-like object."
     if isinstance(snapshot, (str, os.PathLike)):
@@ -40,6 +40,8 @@ def _load_snapshot(snapshot: Any) -> dict:
     raise TypeError(f"snapshot: expected a snapshot path, a loaded snapshot dict or an aggregator, "
                     f"got {type(snapshot).__name__}")
 
+
+# %% ../../nbs/51_views.item_plots.ipynb #a65e5692
 def _pick_dataset(doc: Mapping, dataset: str | None) -> str:
     names = list(doc["datasets"])
     if dataset is None:
@@ -48,7 +50,8 @@ def _pick_dataset(doc: Mapping, dataset: str | None) -> str:
     if dataset not in doc["datasets"]: raise KeyError(f"dataset: {dataset!r} not in the snapshot; choose one of {names}")
     return dataset
 
-# %% ../../nbs/51_views.item_plots.ipynb #86902a7a
+
+# %% ../../nbs/51_views.item_plots.ipynb #f8053ae8
 @dataclass
 class ItemTable:
     "Per-item statistics of one dataset of a snapshot, as parallel arrays keyed by score path."
@@ -84,8 +87,12 @@ class ItemTable:
         "`tnorm_average_loss` when the items carry it, else `average_loss`."
         return "tnorm_average_loss" if "tnorm_average_loss" in self.stats else "average_loss"
 
+
+# %% ../../nbs/51_views.item_plots.ipynb #d5d0d396
 _STATS = ("average_loss", "min_loss", "max_loss", "std_loss", "count", "last_loss", "nonfinite")
 
+
+# %% ../../nbs/51_views.item_plots.ipynb #daf16f0c
 def item_table(
     snapshot: Any,  # snapshot path (.json/.json.gz), loaded snapshot dict, or StreamingAggregator
     dataset: str | None = None,  # dataset in the snapshot; None picks the only one
@@ -104,8 +111,11 @@ def _short(key: str, n: int = 36) -> str:
     "Keep the informative end of a long item key (file names live at the end of paths)."
     return key if len(key) <= n else "…" + key[-(n - 1):]
 
+
+# %% ../../nbs/51_views.item_plots.ipynb #65a30684
 def _where(it: ItemTable) -> str:
     return f"{it.dataset}" + (f", step {it.step}" if it.step is not None else "")
+
 
 # %% ../../nbs/51_views.item_plots.ipynb #4a9b15d1
 def plot_item_loss_histogram(

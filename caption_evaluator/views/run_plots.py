@@ -28,7 +28,7 @@ from ..evaluation.results import RunRecord, discover_runs, load_run
 # %% auto #0
 __all__ = ['save_figure', 'figure_to_png', 'plot_run', 'clipped_text', 'plot_confusion_matrix', 'plot_comparison']
 
-# %% ../../nbs/50_views.run_plots.ipynb #104c8f27
+# %% ../../nbs/50_views.run_plots.ipynb #ecf58c8e
 def _strip_detailed(detailed: Mapping | None) -> dict:
     "Key detailed curves by task name, whether saved as `task` or `task_detailed`."
     out = {}
@@ -45,6 +45,8 @@ def _run_from_doc(doc: Mapping, path: Path | None = None) -> RunRecord:
     detailed.update(_strip_detailed({k: v for k, v in doc.items() if k.endswith("_detailed")}))
     return RunRecord(path, dict(doc.get("metadata") or {}), dict(doc["results"]), detailed)
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #38b26f76
 def _as_run(run: Any) -> RunRecord:
     "Accept a `RunRecord`, a path to a run (dir or results.json, read by `load_run`), or a results.json dict."
     if isinstance(run, (str, os.PathLike)): run = load_run(run)
@@ -57,7 +59,8 @@ def _as_run(run: Any) -> RunRecord:
     raise TypeError(f"run: expected a RunRecord, a run directory/results.json path or a results dict, "
                     f"got {type(run).__name__}")
 
-# %% ../../nbs/50_views.run_plots.ipynb #f41ac4d0
+
+# %% ../../nbs/50_views.run_plots.ipynb #934ab8bc
 _NUM = (int, float, np.integer, np.floating)
 
 def _is_num(x) -> bool: return isinstance(x, _NUM) and not isinstance(x, bool) and math.isfinite(float(x))
@@ -67,6 +70,8 @@ def _interval(correct: float, n: float) -> tuple[float, float] | None:
     try: return wilson_interval(correct, n)
     except ValueError: return None
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #c35d1483
 def _accuracy(entry: Any, key: str = "accuracy") -> tuple[float, float | None, float | None] | None:
     "(accuracy, ci_low, ci_high) of a task result's `key` (with its `<key>_stats`), or None when it has none."
     if not isinstance(entry, Mapping): return None
@@ -82,8 +87,12 @@ def _accuracy(entry: Any, key: str = "accuracy") -> tuple[float, float | None, f
         return (float(acc), *(ci or (None, None)))
     return float(acc), None, None
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #d759201f
 _LOSS_AT = re.compile(r"^loss_(\d+(?:\.\d+)?)(k?)$")
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #83df61b3
 def _context_losses(entry: Any) -> list[tuple[float, str, float]]:
     "[(position, key, loss)] from `loss_8k`-style keys, sorted by position (k = 1000 tokens)."
     if not isinstance(entry, Mapping): return []
@@ -93,6 +102,8 @@ def _context_losses(entry: Any) -> list[tuple[float, str, float]]:
         if m and _is_num(v): out.append((float(m[1]) * (1000 if m[2] else 1), k, float(v)))
     return sorted(out)
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #88a6966b
 def _curve(run: RunRecord, task: str) -> tuple[np.ndarray, np.ndarray] | None:
     "(positions, losses) of a task's detailed loss-by-position curve, if saved."
     entry = run.results.get(task)
@@ -103,6 +114,8 @@ def _curve(run: RunRecord, task: str) -> tuple[np.ndarray, np.ndarray] | None:
             if len(x) and len(x) == len(y): return x, y
     return None
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #4ca818ef
 def _slopes(run: RunRecord, task: str) -> dict[str, float]:
     "Named slopes of a long-context task: `overall`, `early`, ... from the result and its detailed curve."
     out, entry = {}, run.results.get(task)
@@ -114,6 +127,8 @@ def _slopes(run: RunRecord, task: str) -> dict[str, float]:
     if isinstance(sl, Mapping): out.update({k: float(v) for k, v in sl.items() if _is_num(v)})
     return out
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #86aed658
 def _tasks(run: RunRecord) -> list[str]:
     return [t for t, v in run.results.items() if t != "aggregate" and not t.endswith("_detailed")
             and isinstance(v, Mapping)]
@@ -125,6 +140,8 @@ def _long_context_tasks(run: RunRecord) -> list[str]:
     tasks = [t for t in _tasks(run) if _context_losses(run.results[t]) or _slopes(run, t) or _curve(run, t)]
     return tasks + [t for t in run.detailed if t not in tasks and _curve(run, t)]
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #b545a0e6
 @dataclass
 class _TextLM:
     "The main numbers of a text language-model task: next-token accuracy (with interval), perplexity, loss, tokens."
@@ -133,6 +150,8 @@ class _TextLM:
     loss: float | None  # mean negative log-likelihood per token, in nats
     tokens: int | None
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #93005bd9
 def _text_lm(entry: Any) -> _TextLM | None:
     "A text LM task's numbers: any result with `next_token_accuracy` or `perplexity`; None otherwise."
     if not isinstance(entry, Mapping) or not any(k in entry for k in ("next_token_accuracy", "perplexity")): return None
@@ -147,6 +166,8 @@ def _text_tasks(run: RunRecord) -> dict[str, _TextLM]:
     accs = _accuracy_tasks(run)
     return {t: x for t in _tasks(run) if t not in accs and (x := _text_lm(run.results[t])) is not None}
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #b77868a9
 def _bench_value(entry: Any) -> tuple | None:
     "The benchmark number of a task for comparisons: its accuracy, else its next-token accuracy."
     return _accuracy(entry) or _accuracy(entry, "next_token_accuracy")
@@ -157,7 +178,8 @@ def _aggregate(run: RunRecord) -> dict[str, float]:
     if not agg and (accs := _accuracy_tasks(run)): agg = {"mean_accuracy": float(np.mean([a[0] for a in accs.values()]))}
     return agg
 
-# %% ../../nbs/50_views.run_plots.ipynb #4a38103e
+
+# %% ../../nbs/50_views.run_plots.ipynb #839370f1
 _FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 
 def save_figure(fig: Figure, # any matplotlib figure
@@ -174,6 +196,8 @@ def save_figure(fig: Figure, # any matplotlib figure
     write_atomic(out, lambda f: fig.savefig(f, format=fmt, dpi=dpi), mode="wb", fsync=False)
     return fig
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #6a4a78ec
 def figure_to_png(
     fig: Figure,  # any matplotlib figure
     dpi: int = 100,  # resolution of the PNG
@@ -190,6 +214,8 @@ def _grid(n: int, ncols: int = 3, size: tuple[float, float] = (5.2, 3.8)) -> tup
     fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
     return fig, [fig.add_subplot(nrows, ncols, i + 1) for i in range(n)]
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #68e6fbe4
 def _draw_panels(panels: list, title: str, output: str | os.PathLike | None, empty: str, legend=None, **grid) -> Figure:
     "Draw the wanted `(name, wanted, draw)` panels on one grid (axes labelled `name`), title it, add `legend(fig)`, save it."
     panels = [(name, draw) for name, wanted, draw in panels if wanted]
@@ -202,12 +228,15 @@ def _draw_panels(panels: list, title: str, output: str | os.PathLike | None, emp
     fig.suptitle(title, fontsize=13)
     return save_figure(fig, output)
 
-# %% ../../nbs/50_views.run_plots.ipynb #462b38c8
+
+# %% ../../nbs/50_views.run_plots.ipynb #b00d5545
 def _yerr(h, lo, hi) -> np.ndarray:
     "Error-bar extents [2, N] below and above `h` for an interval [lo, hi]: never negative (an interval's end can sit 1 ulp inside its point estimate, e.g. Wilson at p = 1), 0 where unknown."
     h, lo, hi = (np.asarray(a, float) for a in (h, lo, hi))
     return np.clip(np.nan_to_num(np.vstack([h - lo, hi - h])), 0.0, None)
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #132e1744
 def _panel_benchmarks(ax, run: RunRecord, accs: dict) -> None:
     "Accuracy bars with Wilson 95 % intervals as error bars."
     names = list(accs)
@@ -227,10 +256,14 @@ def _panel_benchmarks(ax, run: RunRecord, accs: dict) -> None:
     ax.set_xlabel("Task")
     ax.set_ylabel("Accuracy (fraction correct)")
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #d41450a9
 def _per_class(run: RunRecord) -> dict[str, dict]:
     "{task: per_class block} for tasks that saved per-class accuracies."
     return {t: pc for t in _tasks(run) if isinstance(pc := run.results[t].get("per_class"), Mapping) and pc}
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #02c895f8
 def _panel_per_class(ax, task: str, per_class: Mapping) -> None:
     "Per-class accuracy bars with Wilson intervals; a class with no support has no bar (not a zero)."
     names = list(per_class)
@@ -249,6 +282,8 @@ def _panel_per_class(ax, task: str, per_class: Mapping) -> None:
     ax.set_xlabel("Class")
     ax.set_ylabel("Accuracy (Wilson 95% interval)")
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #28e61b91
 def _panel_long_context(ax, run: RunRecord, tasks: list[str]) -> None:
     "Loss at named context lengths (`loss_8k`, `loss_16k`, ...) per long-context task."
     for t in tasks:
@@ -261,6 +296,8 @@ def _panel_long_context(ax, run: RunRecord, tasks: list[str]) -> None:
     ax.set_ylabel("Mean loss per token")
     if len(tasks) > 1: ax.legend(fontsize=8)
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #a0f423ca
 def _panel_position(ax, run: RunRecord, tasks: list[str]) -> None:
     "Detailed loss-by-position curves, with the saved overall slope as a dashed fit line."
     for t in tasks:
@@ -275,6 +312,8 @@ def _panel_position(ax, run: RunRecord, tasks: list[str]) -> None:
     ax.set_ylabel("Mean loss per token")
     ax.legend(fontsize=8)
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #2fa9a8c5
 def _panel_slopes(ax, run: RunRecord, slopes: dict[str, dict[str, float]]) -> None:
     "Bars of every saved slope (overall, early, ...) per long-context task."
     names = [f"{t}\n{k}" if len(slopes) > 1 else k for t, s in slopes.items() for k in s]
@@ -287,6 +326,8 @@ def _panel_slopes(ax, run: RunRecord, slopes: dict[str, dict[str, float]]) -> No
     ax.set_xlabel("Slope")
     ax.set_ylabel("Loss change per token")
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #227fb183
 def _panel_text_lm(ax, text: dict[str, _TextLM]) -> None:
     "Next-token accuracy bars with Wilson 95 % intervals per text task, each annotated with its perplexity."
     names = list(text)
@@ -305,6 +346,8 @@ def _panel_text_lm(ax, text: dict[str, _TextLM]) -> None:
     ax.set_xlabel("Text task")
     ax.set_ylabel("Next-token accuracy (fraction of tokens)")
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #3113635c
 def _panel_perplexity(ax, ppl: dict[str, float]) -> None:
     "Perplexity bars per text task."
     ax.bar(np.arange(len(ppl)), list(ppl.values()), color="C5", alpha=0.85)
@@ -316,7 +359,8 @@ def _panel_perplexity(ax, ppl: dict[str, float]) -> None:
     ax.set_xlabel("Text task")
     ax.set_ylabel("Perplexity (exp of mean NLL per token)")
 
-# %% ../../nbs/50_views.run_plots.ipynb #c0f5a002
+
+# %% ../../nbs/50_views.run_plots.ipynb #40a28a05
 def _confusions(run: RunRecord) -> dict[str, np.ndarray]:
     "{task: [C, C] counts} for tasks whose detailed results hold a square `confusion_matrix`."
     out = {}
@@ -330,6 +374,8 @@ def _class_names(run: RunRecord, task: str, n: int) -> list[str]:
     pc = run.results.get(task, {}).get("per_class") if isinstance(run.results.get(task), Mapping) else None
     return [str(k) for k in pc] if isinstance(pc, Mapping) and len(pc) == n else [str(i) for i in range(n)]
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #077d3f90
 def _top_confusions(cm: np.ndarray, k: int) -> list[tuple[int, int, float]]:
     "The `k` largest off-diagonal cells as (true, predicted, count), largest first (ties: row-major order)."
     off = cm.copy()
@@ -337,6 +383,8 @@ def _top_confusions(cm: np.ndarray, k: int) -> list[tuple[int, int, float]]:
     flat = np.argsort(-off, axis=None, kind="stable")[:k]
     return [(int(i), int(j), float(off[i, j])) for i, j in zip(*np.unravel_index(flat, off.shape)) if off[i, j] > 0]
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #76e068b8
 def _panel_confusion(ax, task: str, cm: np.ndarray, names: list[str], max_classes: int = 30, k: int = 15) -> None:
     "Row-normalised confusion heat map (counts printed up to 12 classes), or the top-`k` confusions beyond `max_classes`."
     n = cm.shape[0]
@@ -362,7 +410,8 @@ def _panel_confusion(ax, task: str, cm: np.ndarray, names: list[str], max_classe
     ax.set_title(f"Confusion matrix: {task}")
     ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04).set_label("share of the true class (row)", fontsize=8)
 
-# %% ../../nbs/50_views.run_plots.ipynb #aecba315
+
+# %% ../../nbs/50_views.run_plots.ipynb #8db12b1e
 def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():
@@ -375,6 +424,8 @@ def _fmt(v: Any) -> str:
     s = str(v)
     return s if len(s) <= 40 else s[:37] + "..."
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #45b9182d
 def _text_panel(ax, title: str, lines: list[str], max_lines: int = 22) -> None:
     if len(lines) > max_lines: lines = lines[:max_lines - 1] + [f"... ({len(lines) - max_lines + 1} more)"]
     ax.axis("off")
@@ -390,6 +441,8 @@ def _config_lines(run: RunRecord) -> list[str]:
     cfg = _flatten(run.metadata.get("config") or {})
     return [f"{k}: {_fmt(v)}" for k, v in meta.items()] + [f"{k}: {_fmt(v)}" for k, v in cfg.items()]
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #d5c45d5b
 def _text_lines(t: str, x: _TextLM) -> list[str]:
     "Summary lines of a text task: perplexity, loss in nats/token, next-token accuracy with interval and tokens."
     head = [f"perplexity {x.perplexity:.2f}" if x.perplexity is not None else "",
@@ -401,6 +454,8 @@ def _text_lines(t: str, x: _TextLM) -> list[str]:
         lines.append(f"{t}.next_token_accuracy: {a:.4f}{ci}" + (f" tokens={x.tokens}" if x.tokens is not None else ""))
     return lines
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #b45a9e55
 def _summary_lines(run: RunRecord, accs: dict, lc: list[str], text: dict[str, _TextLM] | None = None) -> list[str]:
     lines = []
     for t, (a, lo, hi) in accs.items():
@@ -413,6 +468,7 @@ def _summary_lines(run: RunRecord, accs: dict, lc: list[str], text: dict[str, _T
         lines += [f"{t}.slope_{k}: {v:.3g}" for k, v in _slopes(run, t).items()]
     lines += [f"aggregate.{k}: {v:.4f}" for k, v in (run.results.get("aggregate") or {}).items() if _is_num(v)]
     return lines
+
 
 # %% ../../nbs/50_views.run_plots.ipynb #822ab257
 def plot_run(
@@ -495,7 +551,7 @@ def _as_runs(runs: Any) -> tuple[list[RunRecord], list[str]]:
     if not rs: raise ValueError("runs: no runs to compare; pass at least one run (or a directory that holds some)")
     return rs, [r.label for r in rs]
 
-# %% ../../nbs/50_views.run_plots.ipynb #afeff0d6
+# %% ../../nbs/50_views.run_plots.ipynb #03fa1229
 def _colours(runs: list[RunRecord], by_type: bool) -> tuple[np.ndarray, dict]:
     "RGBA colour per run (per run when few, per model type when many) and per model type."
     types = list(dict.fromkeys(r.model_type for r in runs))
@@ -503,6 +559,8 @@ def _colours(runs: list[RunRecord], by_type: bool) -> tuple[np.ndarray, dict]:
     if by_type: return np.array([type_col[r.model_type] for r in runs]), type_col
     return np.array([to_rgba(f"C{i % 10}") for i in range(len(runs))]), type_col
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #c4bd5daa
 def _bench_grouped(ax, tasks, table, labels, cols) -> None:
     "Grouped bars: one group per task, one bar (with interval) per run."
     n = len(labels)
@@ -513,6 +571,8 @@ def _bench_grouped(ax, tasks, table, labels, cols) -> None:
         h, lo, hi = table[:, i, 0], table[:, i, 1], table[:, i, 2]
         ax.bar(x - group / 2 + width * (i + 0.5), h, width, yerr=_yerr(h, lo, hi), capsize=2, color=tuple(cols[i]), label=labels[i])
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #f5454c6a
 def _bench_strip(ax, tasks, table, runs, cols) -> None:
     "Strip plot for many runs: a dot per run and task, its interval as a thin vertical line."
     n = table.shape[1]
@@ -525,6 +585,8 @@ def _bench_strip(ax, tasks, table, runs, cols) -> None:
     ax.add_collection(LineCollection(segs, colors=colarr[segs_ok], linewidths=0.6, alpha=0.35))
     ax.scatter(xs[ok], table[..., 0][ok], s=8, c=colarr[ok], zorder=3)
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #af50c908
 def _run_legend(fig, runs, labels, cols, type_col, many: bool, title: str) -> None:
     "One legend for the whole figure, below the panels (never on a bar): a colour per run, or per model type for many runs."
     from matplotlib.lines import Line2D
@@ -537,11 +599,14 @@ def _run_legend(fig, runs, labels, cols, type_col, many: bool, title: str) -> No
     else: handles = [Patch(color=tuple(c), label=l) for l, c in zip(labels, cols)]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(3, len(handles)), fontsize=8, title=title, title_fontsize=8)
 
-# %% ../../nbs/50_views.run_plots.ipynb #3220a2b3
+
+# %% ../../nbs/50_views.run_plots.ipynb #3e18e976
 def _bench_tasks(r: RunRecord) -> list[str]:
     "Tasks with a benchmark number: accuracy tasks, then text tasks with a next-token accuracy."
     return [*_accuracy_tasks(r), *[t for t, x in _text_tasks(r).items() if x.next_token is not None]]
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #2225d5e8
 def _panel_compare_bench(ax, runs, labels, cols, many: bool) -> None:
     tasks = list(dict.fromkeys(t for r in runs for t in _bench_tasks(r)))
     table = np.full((len(tasks), len(runs), 3), np.nan)
@@ -560,6 +625,8 @@ def _panel_compare_bench(ax, runs, labels, cols, many: bool) -> None:
     ax.set_xlabel("Task")
     ax.set_ylabel("Accuracy (fraction correct)")
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #19007403
 def _lc_series(r: RunRecord) -> list[tuple[str, np.ndarray, np.ndarray]]:
     "Each long-context task's curve: the detailed one, else the named context-length losses."
     out = []
@@ -570,6 +637,8 @@ def _lc_series(r: RunRecord) -> list[tuple[str, np.ndarray, np.ndarray]]:
         if c is not None: out.append((t, *c))
     return out
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #b1e76522
 def _panel_compare_lc(ax, runs, labels, cols, type_col, many: bool) -> None:
     series = [_lc_series(r) for r in runs]
     lc_tasks = list(dict.fromkeys(t for s in series for t, *_ in s))
@@ -597,11 +666,15 @@ def _panel_compare_lc(ax, runs, labels, cols, type_col, many: bool) -> None:
     ax.set_xlabel("Position (tokens)")
     ax.set_ylabel("Mean loss per token")
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #248534cd
 def _aggregate_repeats_one_task(runs: list[RunRecord]) -> bool:
     "Whether the only aggregate is the mean over a single benchmark task (the same number as the task's bar)."
     names = {k for r in runs for k in _aggregate(r)}
     return names <= {"paper_metrics_avg"} and all(len(_accuracy_tasks(r)) <= 1 for r in runs)
 
+
+# %% ../../nbs/50_views.run_plots.ipynb #c7fc6ef0
 def _panel_compare_agg(ax, runs, labels, cols, many: bool) -> None:
     aggs = [_aggregate(r) for r in runs]
     names = list(dict.fromkeys(k for a in aggs for k in a))
@@ -622,6 +695,7 @@ def _panel_compare_agg(ax, runs, labels, cols, many: bool) -> None:
         ax.set_xlabel("Aggregate metric")
     ax.set_title("Aggregate comparison")
     ax.set_ylabel("Value (accuracy-scale metrics: fraction)")
+
 
 # %% ../../nbs/50_views.run_plots.ipynb #9e953039
 def plot_comparison(

@@ -53,7 +53,7 @@ def metric_rows(
                      "ci_high": ci[1] if ci else None, "samples": stats.get("samples")})
     return rows
 
-# %% ../../nbs/53_views.widgets.ipynb #3744d850
+# %% ../../nbs/53_views.widgets.ipynb #cf8d2510
 def _cell(v: Any) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)): return ""
     return f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)
@@ -70,6 +70,8 @@ def html_table(
     body = "".join("<tr>" + "".join(f"<td>{escape(_cell(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows)
     return f'<table class="caption-evaluator"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
+
+# %% ../../nbs/53_views.widgets.ipynb #64abe466
 def write_rows_csv(
     path: str | Path,  # destination .csv file (its folder is created)
     rows: list[dict],  # rows to write; columns in order of first appearance
@@ -83,6 +85,8 @@ def write_rows_csv(
     p.parent.mkdir(parents=True, exist_ok=True)
     return write_text_atomic(p, buf.getvalue())
 
+
+# %% ../../nbs/53_views.widgets.ipynb #919b4e62
 def _write_json(path: str | Path, obj: Any) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +96,8 @@ def _with_suffix(path: str | Path, suffix: str) -> Path:
     p = Path(path)
     return p if p.suffix == suffix else p.with_name(p.name + suffix) if p.suffix not in (".csv", ".json") else p.with_suffix(suffix)
 
-# %% ../../nbs/53_views.widgets.ipynb #46ba3e1c
+
+# %% ../../nbs/53_views.widgets.ipynb #e14b2228
 def _show_figure(image: widgets.Image, fig: Figure | None) -> None:
     image.value = figure_to_png(fig) if fig is not None else b""
     image.layout.display = None if fig is not None else "none"
@@ -109,6 +114,8 @@ def _static(w: widgets.Widget) -> str:
         return f'<div style="display:flex;flex-wrap:wrap">{inner}</div>' if inner else ""
     return w.value if isinstance(w, widgets.HTML) else ""
 
+
+# %% ../../nbs/53_views.widgets.ipynb #04dca8c6
 class _View:
     "Base of the views: displays its `widget` (with a static HTML copy), reports in its `status`."
     widget: widgets.Widget
@@ -136,13 +143,16 @@ class _View:
             except Exception as e: self._say(f"{type(e).__name__}: {e}", error=True)
         return callback
 
-# %% ../../nbs/53_views.widgets.ipynb #50f1e910
+
+# %% ../../nbs/53_views.widgets.ipynb #b7513c0f
 def _named(objs: Any, name: str) -> dict[str, Any]:
     "A {name: object} dict from a dict or a single object."
     out = dict(objs) if isinstance(objs, Mapping) else {type(objs).__name__: objs}
     if not out: raise ValueError(f"{name}: empty; pass at least one, e.g. {{'mine': obj}}")
     return out
 
+
+# %% ../../nbs/53_views.widgets.ipynb #8e710a4b
 class _Counting:
     "Wrap a DataLoader so that iterating it advances an `IntProgress` bar by one per batch."
     def __init__(self, loader, bar: widgets.IntProgress):
@@ -155,11 +165,14 @@ class _Counting:
             yield batch
             self.bar.value += 1
 
+
+# %% ../../nbs/53_views.widgets.ipynb #2b7b6be1
 def _counting_config(cfg, bar: widgets.IntProgress):
     "Make `cfg.dataloader(...)` return a loader that ticks `bar`."
     make = cfg.dataloader
     cfg.dataloader = lambda *a, **kw: _Counting(make(*a, **kw), bar)
     return cfg
+
 
 # %% ../../nbs/53_views.widgets.ipynb #be5218b2
 class EvalView(_View):
@@ -219,7 +232,7 @@ class EvalView(_View):
         name = self._adapter_for(get_task(self.task.value))
         if name is not None: self.adapter.value = name
 
-# %% ../../nbs/53_views.widgets.ipynb #3c7de7c8
+# %% ../../nbs/53_views.widgets.ipynb #40003e4e
 @patch
 def run(self: EvalView) -> dict:
     "Evaluate the selected model on the selected task; update the table, the figure and the buttons."
@@ -239,6 +252,8 @@ def run(self: EvalView) -> dict:
     self._say(f"{self.task.value}: {len(self.rows)} metrics in {self.result.get('duration_s', 0):.1f} s")
     return self.result
 
+
+# %% ../../nbs/53_views.widgets.ipynb #9b2e8022
 @patch
 def _model_type(self: EvalView) -> str:
     "The box's model type; empty: a registered detector's answer, else the model's name in the dropdown."
@@ -251,7 +266,8 @@ def _config(self: EvalView) -> dict:
     return {**self.config, "model_name": self.model.value, "adapter": self.adapter.value,
             "eval_config": self.eval_config.to_dict() if self.eval_config is not None else None}
 
-# %% ../../nbs/53_views.widgets.ipynb #3f6b58ed
+
+# %% ../../nbs/53_views.widgets.ipynb #68a64cb1
 @patch
 def _need_result(self: EvalView) -> dict:
     if self.result is None: raise ValueError("no evaluation yet; click 'Run evaluation' (or call .run()) first")
@@ -266,6 +282,8 @@ def save(self: EvalView) -> Path:
     self._say(f"saved {self.run_dir}")
     return self.run_dir
 
+
+# %% ../../nbs/53_views.widgets.ipynb #16123cd5
 @patch
 def export_csv(self: EvalView,
                path: str | Path | None = None,  # destination; default: the `export_path` box + .csv
@@ -276,6 +294,8 @@ def export_csv(self: EvalView,
     self._say(f"wrote {out}")
     return out
 
+
+# %% ../../nbs/53_views.widgets.ipynb #d7a093eb
 @patch
 def export_json(self: EvalView,
                 path: str | Path | None = None,  # destination; default: the `export_path` box + .json
@@ -287,9 +307,12 @@ def export_json(self: EvalView,
     self._say(f"wrote {out}")
     return out
 
-# %% ../../nbs/53_views.widgets.ipynb #d325d9da
+
+# %% ../../nbs/53_views.widgets.ipynb #603dc72a
 _ALL = "(all)"
 
+
+# %% ../../nbs/53_views.widgets.ipynb #eec612e3
 class CompareView(_View):
     "Compare saved runs: filter by model type, select runs, see the comparison figure and table, export CSV."
     _static_parts = ("status", "figure", "table")
@@ -324,12 +347,15 @@ class CompareView(_View):
         "The selected runs, oldest first."
         return [self.records[k] for k in self.runs.value]
 
-# %% ../../nbs/53_views.widgets.ipynb #22eeb867
+
+# %% ../../nbs/53_views.widgets.ipynb #45d00fbd
 @patch
 def _key(self: CompareView, r: RunRecord) -> str:
     try: return str(r.run_dir.relative_to(self.root))
     except ValueError: return str(r.run_dir)
 
+
+# %% ../../nbs/53_views.widgets.ipynb #7f1ef4c2
 @patch
 def refresh(self: CompareView) -> None:
     "Re-scan `results_dir`; new runs are added to the selection, selected runs stay selected."
@@ -349,6 +375,8 @@ def refresh(self: CompareView) -> None:
     skipped = [w for w in caught if issubclass(w.category, RunLoadWarning)]
     self._say(f"{len(runs)} runs in {self.root}" + (f"; skipped {len(skipped)} unreadable file(s)" if skipped else ""))
 
+
+# %% ../../nbs/53_views.widgets.ipynb #4269f2c6
 @patch
 def _filter(self: CompareView, keep: bool = False) -> None:
     "Show the runs of the chosen model type, selecting all of them (or, on refresh, the kept selection)."
@@ -362,6 +390,8 @@ def _filter(self: CompareView, keep: bool = False) -> None:
     self._quiet = False
     self.draw()
 
+
+# %% ../../nbs/53_views.widgets.ipynb #cb2e4e0a
 @patch
 def draw(self: CompareView) -> Figure | None:
     "Draw the comparison figure and table of the selected runs."
@@ -371,6 +401,8 @@ def draw(self: CompareView) -> Figure | None:
     self.table.value = html_table(_display_rows(runs_table(sel))) if sel else "<i>no runs selected</i>"
     return self.fig
 
+
+# %% ../../nbs/53_views.widgets.ipynb #7dd4cfc5
 def _display_rows(rows: list[dict]) -> list[dict]:
     "Fold `<task>_ci_low`/`_ci_high` into the task's cell as 'value [lo, hi]'."
     out = []
@@ -383,6 +415,8 @@ def _display_rows(rows: list[dict]) -> list[dict]:
         out.append(d)
     return out
 
+
+# %% ../../nbs/53_views.widgets.ipynb #63502e7c
 @patch
 def export_csv(self: CompareView,
                path: str | Path | None = None,  # destination; default: the `export_path` box
@@ -393,7 +427,8 @@ def export_csv(self: CompareView,
     self._say(f"wrote {out} ({len(self.selected)} runs)")
     return out
 
-# %% ../../nbs/53_views.widgets.ipynb #db5fd6a1
+
+# %% ../../nbs/53_views.widgets.ipynb #3e759260
 _SORTABLE = ("average_loss", "max_loss", "min_loss", "std_loss", "last_loss", "count")
 _IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -403,6 +438,8 @@ def _lookup(source: Any, key: str) -> Any:
     if isinstance(source, Mapping): return source.get(key)
     return None
 
+
+# %% ../../nbs/53_views.widgets.ipynb #2cb5f45a
 def _to_array(img: Any) -> np.ndarray | None:
     "An image (path, array, tensor) as an H×W or H×W×C numpy array."
     if img is None: return None
@@ -417,6 +454,8 @@ def _to_array(img: Any) -> np.ndarray | None:
     if a.ndim == 3 and a.shape[-1] == 1: a = a[..., 0]
     return a if a.ndim in (2, 3) else None
 
+
+# %% ../../nbs/53_views.widgets.ipynb #db3bf583
 def thumbnail_png(
     img: Any,  # a path to an image file, or an array/tensor (H×W, H×W×C, C×H×W, or a flat square)
     size: float = 1.2,  # inches at 80 dpi
@@ -431,7 +470,8 @@ def thumbnail_png(
     ax.axis("off")
     return figure_to_png(fig, dpi=80)
 
-# %% ../../nbs/53_views.widgets.ipynb #2edbb5f6
+
+# %% ../../nbs/53_views.widgets.ipynb #61545f8b
 def _snapshot_choices(source: Any, snapshots: Any) -> dict[str, Any]:
     "{label: snapshot} offered for comparison."
     if snapshots is None and isinstance(source, (str, Path)):
@@ -442,6 +482,8 @@ def _snapshot_choices(source: Any, snapshots: Any) -> dict[str, Any]:
     if isinstance(snapshots, Mapping): return dict(snapshots)
     return {Path(s).name if isinstance(s, (str, Path)) else f"snapshot {i}": s for i, s in enumerate(snapshots or [])}
 
+
+# %% ../../nbs/53_views.widgets.ipynb #735d613e
 class ItemLossExplorer(_View):
     "Sort (by any score), filter and page through per-item statistics with thumbnails and captions; diff two snapshots; export."
     _static_parts = ("status", "gallery", "table", "diff_table", "diff_figure")
@@ -497,7 +539,8 @@ class ItemLossExplorer(_View):
             widgets.HBox([self.export_path, self.export_csv_button, self.export_json_button])])
         self._refilter()
 
-# %% ../../nbs/53_views.widgets.ipynb #5fa439c9
+
+# %% ../../nbs/53_views.widgets.ipynb #d3ffdba9
 @patch
 def _threshold(self: ItemLossExplorer) -> float | None:
     s = self.min_value.value.strip()
@@ -505,6 +548,8 @@ def _threshold(self: ItemLossExplorer) -> float | None:
     try: return float(s)
     except ValueError: raise ValueError(f"min_value: {s!r} is not a number; type e.g. 0.5, or leave it empty") from None
 
+
+# %% ../../nbs/53_views.widgets.ipynb #8239d24f
 @patch
 def indices(self: ItemLossExplorer) -> np.ndarray:
     "Indices of the items in the current view: filtered by `search`/`min_value`, sorted by `sort_by` (worst first when `descending`)."
@@ -517,6 +562,8 @@ def indices(self: ItemLossExplorer) -> np.ndarray:
         keep &= np.array([q in k.lower() or q in str(_lookup(self.captions, k) or "").lower() for k in it.keys], bool)
     return order[keep[order]]
 
+
+# %% ../../nbs/53_views.widgets.ipynb #9ba3ca5f
 @patch
 def _row(self: ItemLossExplorer, rank: int, i: int) -> dict:
     it = self.items
@@ -533,6 +580,8 @@ def view_rows(self: ItemLossExplorer) -> list[dict]:
     "Every row of the current view, in order (what the exports write)."
     return [self._row(r + 1, i) for r, i in enumerate(self.indices())]
 
+
+# %% ../../nbs/53_views.widgets.ipynb #7bc5b765
 @patch
 def page_rows(self: ItemLossExplorer) -> list[dict]:
     "The rows on the current page."
@@ -540,7 +589,8 @@ def page_rows(self: ItemLossExplorer) -> list[dict]:
     start = (self.page.value - 1) * size
     return [self._row(start + r + 1, i) for r, i in enumerate(idx[start:start + size])]
 
-# %% ../../nbs/53_views.widgets.ipynb #5a520cae
+
+# %% ../../nbs/53_views.widgets.ipynb #28e960a0
 @patch
 def _thumb(self: ItemLossExplorer, key: str) -> bytes | None:
     if key not in self._thumb_cache:
@@ -551,6 +601,8 @@ def _thumb(self: ItemLossExplorer, key: str) -> bytes | None:
         self._thumb_cache[key] = thumbnail_png(img)
     return self._thumb_cache[key]
 
+
+# %% ../../nbs/53_views.widgets.ipynb #7fcea136
 @patch
 def render(self: ItemLossExplorer) -> None:
     "Show the current page: the table, and a thumbnail with its caption for items that have an image."
@@ -572,6 +624,8 @@ def render(self: ItemLossExplorer) -> None:
     self._say(f"{self.items.dataset}: {n} of {len(self.items)} items ranked by {by} ({'lowest' if low else 'highest'} first), "
               f"page {self.page.value} of {self.page.max}")
 
+
+# %% ../../nbs/53_views.widgets.ipynb #42151c5c
 @patch
 def _refilter(self: ItemLossExplorer) -> None:
     "After a sort/filter change: recount the pages and show page 1."
@@ -585,12 +639,15 @@ def _refilter(self: ItemLossExplorer) -> None:
 def _turn(self: ItemLossExplorer, step: int) -> None:
     self.page.value = min(max(1, self.page.value + step), self.page.max)
 
-# %% ../../nbs/53_views.widgets.ipynb #b704bdc7
+
+# %% ../../nbs/53_views.widgets.ipynb #548972d3
 @patch
 def _load(self: ItemLossExplorer, label: str) -> dict:
     src = self.choices[label]
     return load_item_stats(src) if isinstance(src, (str, Path)) else src
 
+
+# %% ../../nbs/53_views.widgets.ipynb #7b233bcc
 @patch
 def compare(self: ItemLossExplorer) -> dict:
     "Items whose `sort_by` score improved / regressed most between `snapshot_a` and `snapshot_b` (table and figure)."
@@ -605,6 +662,8 @@ def compare(self: ItemLossExplorer) -> dict:
     _show_figure(self.diff_figure, self.diff_fig)
     return self.diff
 
+
+# %% ../../nbs/53_views.widgets.ipynb #930641bd
 @patch
 def export_csv(self: ItemLossExplorer,
                path: str | Path | None = None,  # destination; default: the `export_path` box + .csv
@@ -614,6 +673,8 @@ def export_csv(self: ItemLossExplorer,
     self._say(f"wrote {out}")
     return out
 
+
+# %% ../../nbs/53_views.widgets.ipynb #c28c1cc2
 @patch
 def export_json(self: ItemLossExplorer,
                 path: str | Path | None = None,  # destination; default: the `export_path` box + .json
@@ -626,3 +687,4 @@ def export_json(self: ItemLossExplorer,
                        "min_value": self._threshold(), "items": self.view_rows()})
     self._say(f"wrote {out}")
     return out
+
