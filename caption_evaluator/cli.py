@@ -36,17 +36,17 @@ def format_runs_table(runs:list, # `RunRecord`s, e.g. from `discover_runs`
 # %% ../nbs/70_cli.ipynb #8594dc1a
 def worst_items(doc:dict, # an item-stats snapshot document (from `load_item_stats`)
                 dataset:str, # which dataset of the snapshot
-                top:int=20, # how many items
+                k:int=20, # how many items
                 by:str|None=None, # score that ranks them (see `caption_evaluator.tracking.snapshots.score_path`); `None`: the snapshot's default
                 ascending:bool|None=None, # lowest first; `None`: the score's suspect direction
                ) -> list[tuple[str, float, dict]]:
-    "The `top` most suspect items of `dataset` by `by`, as `(item, score, stats)` triples."
+    "The `k` most suspect items of `dataset` by `by`, as `(item, score, stats)` triples."
     from caption_evaluator.tracking.snapshots import rank_items
     datasets = doc.get("datasets") or {}
     if dataset not in datasets:
         raise KeyError(f"dataset {dataset!r} is not in the snapshot; it has: {', '.join(datasets) or 'none'}")
     stats = datasets[dataset].get("item_stats") or {}
-    return [(key, score, stats[key]) for key, score in rank_items(stats, by=by, k=top, ascending=ascending)]
+    return [(key, score, stats[key]) for key, score in rank_items(stats, by=by, k=k, ascending=ascending)]
 
 # %% ../nbs/70_cli.ipynb #f47d638a
 def _cell(v) -> str: return "nan" if v is None or v != v else (f"{v:.4g}" if isinstance(v, float) else str(v))
@@ -55,17 +55,17 @@ def _cell(v) -> str: return "nan" if v is None or v != v else (f"{v:.4g}" if isi
 # %% ../nbs/70_cli.ipynb #7aadf53d
 def items_table(doc:dict, # an item-stats snapshot document
                 dataset:str, # which dataset
-                top:int=20, # how many items
+                k:int=20, # how many items
                 by:str|None=None, # score that ranks them; `None`: the snapshot's default
                 ascending:bool|None=None, # lowest first; `None`: the score's suspect direction
                ) -> str:
-    "A table of the `top` most suspect items of `dataset`: rank, item, the ranking score, average/min/max/std/last loss, count, last step."
+    "A table of the `k` most suspect items of `dataset`: rank, item, the ranking score, average/min/max/std/last loss, count, last step."
     from caption_evaluator.tracking.snapshots import default_score
     stats = ((doc.get("datasets") or {}).get(dataset) or {}).get("item_stats") or {}
     by = default_score(stats) if by is None else by
     loss_cols = ("average_loss", "min_loss", "max_loss", "std_loss", "last_loss", "count", "last_step")
     rows = [[i + 1, k, *([] if by == "average_loss" else [_cell(score)]), *(_cell(s.get(c)) for c in loss_cols)]
-            for i, (k, score, s) in enumerate(worst_items(doc, dataset, top, by, ascending))]
+            for i, (k, score, s) in enumerate(worst_items(doc, dataset, k, by, ascending))]
     head = ["#", "item", *([] if by == "average_loss" else [by]), "avg loss", "min", "max", "std", "last", "count", "last step"]
     return format_table(rows, head, right={0, *range(2, len(head))})
 
@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     it = sub.add_parser("items", help="most suspect items of an item-stats snapshot, ranked by any score",
                         description="The most suspect items of an item-stats snapshot (.json or .json.gz), ranked by --by.")
     it.add_argument("snapshot", metavar="SNAPSHOT", help="snapshot file written by StreamingAggregator.save_json, or a folder (its latest snapshot)")
-    it.add_argument("--top", type=positive_int, default=20, help="how many items per dataset (default 20)")
+    it.add_argument("-k", "--k", type=positive_int, default=20, help="how many items per dataset (default 20)")
+    it.add_argument("--top", dest="k", type=positive_int, help=argparse.SUPPRESS)   # the earlier name of -k
     it.add_argument("--dataset", "-d", help="only this dataset (default: every dataset in the snapshot)")
     it.add_argument("--by", metavar="SCORE", help="score that ranks the items: average_loss, tnorm_average_loss, aum, confidence, "
                     "variability, correctness, forgetting, swap_margin, a field (max_loss) or values.NAME[.STAT] "
@@ -226,7 +227,7 @@ def cmd_items(args:argparse.Namespace, # parsed arguments of `build_parser`
         head = f"{name}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
         print(("\n" if i else "") + f"{head}  (job {doc.get('job', '?')}, step {doc.get('step', '?')})")
         print(_ranking_line(stats, args.by, args.ascending))
-        print(items_table(doc, name, args.top, args.by, args.ascending))
+        print(items_table(doc, name, args.k, args.by, args.ascending))
     return 0
 
 

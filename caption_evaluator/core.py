@@ -206,11 +206,12 @@ def format_table(rows:list[list], # the cells, row by row (converted with `str`)
                  headers:list[str], # one header per column
                  right:set[int]=frozenset(), # indices of right-aligned (numeric) columns
                 ) -> str:
-    "Rows as an aligned plain-text table with a header rule."
+    "Rows as an aligned plain-text table with a header rule (none under a column whose header is empty)."
     cells = [list(map(str, headers))] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     def _line(r): return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-    return "\n".join([_line(cells[0]), "  ".join("-" * w for w in widths)] + [_line(r) for r in cells[1:]])
+    rule = "  ".join(("-" if h else " ") * w for h, w in zip(cells[0], widths)).rstrip()   # no rule under an unnamed column (a marker)
+    return "\n".join([_line(cells[0]), rule] + [_line(r) for r in cells[1:]])
 
 # %% ../nbs/00_core.ipynb #7d4dfec1
 def positive_int(text:str, # a command-line value

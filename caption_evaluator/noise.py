@@ -12,6 +12,7 @@ from typing import Collection, Mapping, Sequence
 import numpy as np
 import torch
 
+from .core import format_table
 from .tracking.snapshots import item_score, score_path
 
 # %% auto #0
@@ -75,20 +76,39 @@ def average_ranks(x: np.ndarray, # 1-D scores
 
 
 # %% ../nbs/02_noise.ipynb #dfcf415a
-def auroc(scores: Sequence[float] | np.ndarray, # higher means "more likely positive"
+def auroc(scores: Sequence[float] | np.ndarray, # higher means "more likely positive" (±inf allowed, NaN not)
           positive: Sequence[bool] | np.ndarray, # True for the positives (e.g. corrupted items)
+          weights: Sequence[float] | np.ndarray | None = None, # a non-negative weight per item; `None`: every item counts 1
          ) -> float:
-    "Area under the ROC curve of ranking by `scores`, by the Mann–Whitney rank formula (ties count 1/2)."
+    "Area under the ROC curve of ranking by `scores`: the share of (positive, negative) pairs ordered right, ties counting 1/2, each pair weighted by its two items' `weights`."
     scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
     if scores.shape != positive.shape or scores.ndim != 1:
         raise ValueError(f"scores and positive must be 1-D and of equal length, got {scores.shape} and {positive.shape}")
-    if not np.isfinite(scores).all(): raise ValueError("scores must be finite; drop or impute NaN/inf first")
+    if np.isnan(scores).any(): raise ValueError("scores must not be NaN; drop or impute the items without a score first")
     n_pos = int(positive.sum()); n_neg = positive.size - n_pos
     if n_pos == 0 or n_neg == 0:
         raise ValueError(f"positive needs both classes to define AUROC, got {n_pos} positives and {n_neg} negatives")
-    rank_sum = average_ranks(scores)[positive].sum()
+    if weights is not None: return _weighted_auroc(scores, positive, _auroc_weights(weights, positive))
+    rank_sum = average_ranks(scores)[positive].sum()     # Mann–Whitney: exact in float64, one rounding
     return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
+
+# %% ../nbs/02_noise.ipynb #6cfce507
+def _auroc_weights(weights, positive: np.ndarray) -> np.ndarray:
+    "`weights` checked: finite, non-negative, one per item, some weight on each side."
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != positive.shape: raise ValueError(f"weights must hold one weight per score, got shape {w.shape} for {positive.shape[0]} scores")
+    if not (np.isfinite(w).all() and (w >= 0).all()): raise ValueError("weights must be finite and non-negative")
+    if not (w[positive].sum() > 0 and w[~positive].sum() > 0): raise ValueError("weights must give both the positives and the negatives some weight")
+    return w
+
+def _weighted_auroc(scores: np.ndarray, positive: np.ndarray, w: np.ndarray) -> float:
+    "Each positive's weighted share of negatives below it (ties 1/2), averaged with the positives' weights."
+    order = np.argsort(scores[~positive], kind="stable")
+    neg, cum = scores[~positive][order], np.concatenate([[0.0], np.cumsum(w[~positive][order])])
+    pos, wp = scores[positive], w[positive]
+    below = cum[np.searchsorted(neg, pos, "left")] + cum[np.searchsorted(neg, pos, "right")]
+    return float((below / (2 * cum[-1]) * wp).sum() / wp.sum())
 
 # %% ../nbs/02_noise.ipynb #2a301bf2
 def label_noise_report(scores: Mapping[str, float], # per-item score, higher = more suspect, e.g. {key: average_loss}
@@ -141,9 +161,7 @@ def format_detection_table(table: Mapping[str, Mapping], # from `detection_table
                           ) -> str:
     "One line per score: AUROC, precision@k and recall@k, the best AUROC marked."
     best = max(table, key=lambda s: table[s]["auroc"])
-    w = max(14, *(len(s) + 2 for s in table))
-    lines = [f"{'score':<{w}}{'AUROC':>8}{'precision@k':>13}{'recall@k':>10}"]
-    for s, r in table.items():
-        lines.append(f"{s:<{w}}{r['auroc']:>8.4f}{r['precision_at_k']:>13.3f}{r['recall_at_k']:>10.3f}" + ("   <- best" if s == best else ""))
-    return "\n".join(lines)
+    rows = [[s, f"{r['auroc']:.4f}", f"{r['precision_at_k']:.3f}", f"{r['recall_at_k']:.3f}", "<- best" if s == best else ""]
+            for s, r in table.items()]
+    return format_table(rows, ["score", "AUROC", "precision@k", "recall@k", ""], right={1, 2, 3})
 

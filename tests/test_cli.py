@@ -82,7 +82,7 @@ def test_installed_script_matches_module():
 
 
 @pytest.mark.parametrize("args", [[], ["frobnicate"], ["plot"], ["plot", "--run", "a", "--compare", "b"],
-                                  ["runs"], ["items", "x.json", "--top", "0"], ["demo", "--epochs", "many"]])
+                                  ["runs"], ["items", "x.json", "-k", "0"], ["demo", "--epochs", "many"]])
 def test_usage_errors_exit_2(args):
     code, out, err = cli(*args)
     assert code == 2
@@ -185,7 +185,7 @@ def test_plot_unreadable_inputs_exit_1(results_dir, tmp_path):
 
 def test_items_worst_first(snapshot):
     pytest.importorskip("caption_evaluator.tracking.aggregator")
-    code, out, err = cli("items", snapshot, "--top", "3", "--dataset", "train")
+    code, out, err = cli("items", snapshot, "-k", "3", "--dataset", "train")
     assert code == 0, err
     lines = out.strip().splitlines()
     assert lines[0].startswith("train:") and "step 120" in lines[0]
@@ -251,7 +251,7 @@ def test_items_of_a_folder_opens_its_latest_snapshot(snapshot, tmp_path):
     (run / "item_stats" / ".job_000000500.json.ab12cd34.tmp").write_text("{half")
     (run / "demo_summary.json").write_text("{}")
     for folder in (run, run / "item_stats"):
-        code, out, err = cli("items", folder, "--top", "1")
+        code, out, err = cli("items", folder, "-k", "1")
         assert code == 0, err
         assert str(run / "item_stats" / "job_000000120.json") in err and out.startswith("train:"), (out, err)   # the note on stderr, the table alone on stdout
     code, _, err = cli("items", tmp_path / "missing_folder")
@@ -277,7 +277,7 @@ def test_output_cut_short_by_the_reader_is_not_an_error(snapshot, tmp_path):
     doc["datasets"] = {"train": {**doc["datasets"]["train"], "item_stats": {f"img/{i:05d}.png": row for i in range(20_000)}}}
     big = tmp_path / "big_000000001.json"
     big.write_text(json.dumps(doc))
-    p = subprocess.run(f'"{sys.executable}" -m caption_evaluator.cli items "{big}" --top 20000 | head -c 10', shell=True,
+    p = subprocess.run(f'"{sys.executable}" -m caption_evaluator.cli items "{big}" -k 20000 | head -c 10', shell=True,
                        capture_output=True, text=True, timeout=120)
     assert len(p.stdout) == 10
     assert p.stderr == "", p.stderr
@@ -305,7 +305,7 @@ def test_caption_demo_runs(tmp_path):
     assert run_dir.parent == out_dir and run_dir.is_dir()
     assert {p.name for p in run_dir.glob("*.png")} == {"worst_captions.png", "loss_by_timestep.png", "caption_scores.png"}
     snapshot = next(run_dir.glob("captions_*.json"))
-    code, out, err = cli("items", snapshot, "--dataset", "probe", "--by", "swap_margin", "--top", "3")
+    code, out, err = cli("items", snapshot, "--dataset", "probe", "--by", "swap_margin", "-k", "3")
     assert code == 0 and "ranked by swap_margin (highest first)" in out, err
 
 

@@ -115,7 +115,7 @@ def test_snapshot_reader(originals, tmp_path_factory, data, which):
     bad.write_bytes(data.draw(mutations(originals[which])))
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli_main(["items", str(bad), "--top", "3"])
+        code = cli_main(["items", str(bad), "-k", "3"])
     assert code == 0 or (code == 1 and bad.name in err.getvalue() and len(err.getvalue().strip().splitlines()) == 1), err.getvalue()
     try: doc = load_item_stats(bad)
     except (ValueError, FileNotFoundError) as e:

@@ -74,7 +74,7 @@ def feed(target, stream, tracker=False):
 
 def check(stats, stream, agg=None, tmp=None):
     tnorm, seqs = reference(stream)
-    if agg is not None and agg._data["train"].tb is not None:     # the bucket table, read back from a snapshot
+    if agg is not None and agg._data["train"].edges is not None:     # the bucket table, read back from a snapshot
         table = load_item_stats(agg.save_json(tmp, "check", 1))["datasets"]["train"]["timesteps"]
         timed = [(l, t) for _, ls, _, ts, _ in stream if ts is not None for l, t in zip(ls, ts) if math.isfinite(l) and math.isfinite(t)]
         finite = sum(math.isfinite(l) for _, ls, *_ in stream for l in ls)

@@ -59,7 +59,7 @@ def test_probe_matches_one_by_one_unet_calls(trained):
     L = (raw / per_t).mean(2)
     best = L[:, 2:].argmin(1)
     torch.testing.assert_close(r.empty_gap, L[:, 0] - L[:, 1], atol=1e-4, rtol=1e-4)
-    assert r.best_alternative.tolist() == best.tolist()
+    assert r.best_alternative_index.tolist() == best.tolist()
     own2 = torch.tensor([sum(loss(i, conds[i], 1, j) / per_t[j] for j in range(2)) / 2 for i in range(12)])
     alt2 = torch.tensor([sum(loss(i, alts[i, best[i]], 1, j) / per_t[j] for j in range(2)) / 2 for i in range(12)])
     swap = (L[:, 0] + own2) / 2 - (L[:, 2:].gather(1, best[:, None])[:, 0] + alt2) / 2

@@ -11,11 +11,14 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from ..core import eval_mode
-from .probe import _modules_behind, _auto_timesteps, _check_int, _check_schedule, _finite_mean, _item_ids, _pair_losses, _pick_timesteps
+from ..core import eval_mode, format_table
+from ..noise import auroc
+from ..tracking.snapshots import top_indices
+from .probe import _modules_behind, _auto_timesteps, _check_int, _check_schedule, _finite_mean, _noise_ids, _pair_losses, _pick_timesteps
 
 # %% auto #0
 __all__ = ['word_swaps', 'other_captions', 'plant_wrong_words', 'CaptionProbe', 'probe_caption_edits']
@@ -124,22 +127,23 @@ class CaptionProbe:
         "The calibration as a text table, one row per tag."
         yes = lambda flag: "likely" if flag is None else "yes" if flag else "no"
         planted = any(c["planted"] for c in self.calibration.values())
-        rows = [f"{'tag':<16} {'items':>6} {'beat rate':>9} {'median margin':>13} {'expected AUROC':>14}"
-                + (f" {'planted':>7} {'planted AUROC':>13}" if planted else "") + "  trusted  verifiable"]
-        for t, c in self.calibration.items():
-            rows.append(f"{t:<16} {c['items']:>6} {c['beat_rate']:>9.3f} {c['median_margin']:>13.3f} {c['expected_auroc']:>14.3f}"
-                        + (f" {c['planted']:>7} {c['planted_auroc']:>13.3f}" if planted else "") + f"  {yes(c['trusted']):<7}  {yes(c['verifiable'])}")
+        head = ["tag", "items", "beat rate", "median margin", "expected AUROC"] + (["planted", "planted AUROC"] if planted else []) + ["trusted", "verifiable"]
+        rows = [[t, c["items"], f"{c['beat_rate']:.3f}", f"{c['median_margin']:.3f}", f"{c['expected_auroc']:.3f}"]
+                + ([c["planted"], f"{c['planted_auroc']:.3f}"] if planted else []) + [yes(c["trusted"]), yes(c["verifiable"])]
+                for t, c in self.calibration.items()]
+        text = format_table(rows, head, right=set(range(1, len(head) - 2)))
         if any(c["verifiable"] is None for c in self.calibration.values()):
-            rows.append("likely: the label-free estimate passes min_auroc; plant wrong words before training (plant_wrong_words) to confirm")
-        return "\n".join(rows)
+            text += "\nlikely: the label-free estimate passes min_auroc; plant wrong words before training (plant_wrong_words) to confirm"
+        return text
 
     def format_worst(self, k: int = 10, # rows
                      keys: Sequence[str]|None = None, # item keys to show (default: the item index)
                     ) -> str:
-        "The `k` most suspect captions with the edit the model prefers."
-        order = torch.nan_to_num(self.swap_margin, nan=-float("inf")).argsort(descending=True)[:k].tolist()
+        "The `k` most suspect captions with the edit the model prefers, ranked by `swap_margin` (`top_indices`)."
         name = (lambda i: keys[i]) if keys is not None else str
-        return "\n".join(f"{self.swap_margin[i].item():+.3f}  {name(i)}  {self.captions[i]!r} -> {self.best_alternative[i]!r} ({self.best_tag[i]})" for i in order)
+        rows = [[f"{self.swap_margin[i].item():+.3f}", name(i), repr(self.captions[i]), repr(self.best_alternative[i]), self.best_tag[i]]
+                for i in top_indices(self.swap_margin.double().cpu().numpy(), k)]
+        return format_table(rows, ["swap margin", "item", "caption", "preferred caption", "tag"], right={0})
 
 
 # %% ../../nbs/31_captions.edits.ipynb #4e379c9e
@@ -148,12 +152,12 @@ def _check_share(name: str, v) -> float:
         raise ValueError(f"{name} must be a share between 0 and 1, got {v!r}")
     return float(v)
 
-def _weighted_auroc(negatives: Tensor, positives: Tensor, weights: Tensor) -> float:
-    "P(positive > negative) + ½·P(tie), each positive weighted; NaN when either side is empty."
+def _margin_auroc(negatives: Tensor, positives: Tensor, weights: Tensor) -> float:
+    "`auroc` of the `positives` (each weighted) against the `negatives`; NaN when either side is empty."
     if not len(negatives) or not len(positives): return float("nan")
-    neg = negatives.sort().values
-    below = (torch.searchsorted(neg, positives, right=False) + torch.searchsorted(neg, positives, right=True)).to(weights.dtype)
-    return float((below / (2 * len(neg)) * weights).sum() / weights.sum())
+    scores = torch.cat([negatives, positives]).double().cpu().numpy()
+    positive = np.arange(len(scores)) >= len(negatives)
+    return auroc(scores, positive, np.concatenate([np.ones(len(negatives)), weights.double().cpu().numpy()]))
 
 
 # %% ../../nbs/31_captions.edits.ipynb #f703eb32
@@ -174,7 +178,7 @@ def _expected_auroc(margin: Tensor, own: Tensor, alt_loss: Tensor, owner: Tensor
 # %% ../../nbs/31_captions.edits.ipynb #cd5bf37e
 def _corrected_auroc(reference: Tensor, wrong: Tensor, weights: Tensor) -> float:
     "AUROC of wrong-caption margins against the reference margins, corrected for the reference's own wrong captions (which pull it towards ½)."
-    observed = _weighted_auroc(reference, wrong, weights)
+    observed = _margin_auroc(reference, wrong, weights)
     if not observed > 0.5: return observed                      # NaN, or a tag whose edits win: nothing pulls it towards ½ from above
     share = _wrong_share(reference, wrong, weights)
     return min(max((observed - share / 2) / (1 - share), 0.0), 1.0)
@@ -337,7 +341,7 @@ def probe_caption_edits(denoise: Callable, # `denoise(x_t, t, cond) -> predictio
                         batch_size: int = 256, # image–caption pairs per model call
                         encode_batch: int = 256, # captions per `encode` call
                         seed: int = 0, # seed of the per-item noise
-                        items: Sequence[int]|None = None, # each item's id for its noise (e.g. its dataset index); default 0..N-1
+                        ids: Sequence[int]|None = None, # each item's noise id (e.g. its dataset index); default 0..N-1
                         progress: bool = True, # show a progress bar
                        ) -> CaptionProbe:
     "Probe each item's caption against edited alternatives at the same noisy input, with per-tag margins, calibration and a suggested fix."
@@ -350,7 +354,7 @@ def probe_caption_edits(denoise: Callable, # `denoise(x_t, t, cond) -> predictio
     _check_planted_tags(planted, alts)
     strings, item, cond, alt_of, flat = _layout(captions, alts, empty_caption)
     dev, n = latents.device, len(captions)
-    ids = _item_ids(items, n)
+    ids = _noise_ids(ids, n)
     bank = _encode_bank(encode, strings, encode_batch, dev)
     abar = alphas_cumprod.to(dev, torch.float32)
     with eval_mode(*_modules_behind(denoise)), torch.no_grad():

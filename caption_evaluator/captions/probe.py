@@ -103,11 +103,11 @@ class ProbeResult:
     own_loss: Tensor # [N] normalised loss under the own caption (every draw)
     empty_gap: Tensor # [N] own − empty (normalised, screening draws); negative: the caption helps
     swap_margin: Tensor # [N] own − best alternative (normalised, every draw); positive: an alternative explains the image better
-    best_alternative: Tensor # [N] index (into the K alternatives) of the lowest-loss alternative at screening
+    best_alternative_index: Tensor # [N] index (into the K alternatives) of the lowest-loss alternative at screening
     posterior: Tensor # [N, 1 + K] softmax(−scale·loss) over {own, alternatives} (screening draws)
     losses: Tensor # [N, 2 + K] normalised losses at screening: own, empty, alternatives
     timesteps: list # the probed timesteps
-    forward_passes: int # model evaluations per item: (2 + K)·timesteps·noise_draws + 2·timesteps·refine_draws
+    forward_passes: float # model evaluations per item: (2 + K)·timesteps·noise_draws + 2·timesteps·refine_draws
 
     def values(self) -> dict[str, Tensor]:
         "The per-item scores as `StreamingAggregator.update(values=...)` takes them (ranked by `--by swap_margin`)."
@@ -138,13 +138,13 @@ def _check_schedule(abar, prediction_type, noise_draws, refine_draws, batch_size
 
 
 # %% ../../nbs/30_captions.probe.ipynb #74005164
-def _item_ids(items, n: int) -> list[int]|None:
+def _noise_ids(ids, n: int) -> list[int]|None:
     "The noise ids of the N items, checked (None: 0..N-1)."
-    if items is None: return None
-    ids = [int(i) for i in items]
-    if len(ids) != n or len(set(ids)) != n or any(i < 0 for i in ids):
-        raise ValueError(f"items must give {n} distinct non-negative ids, one per latent (e.g. dataset indices), got {len(ids)} ids")
-    return ids
+    if ids is None: return None
+    out = [int(i) for i in ids]
+    if len(out) != n or len(set(out)) != n or any(i < 0 for i in out):
+        raise ValueError(f"ids must give {n} distinct non-negative noise ids, one per latent (e.g. dataset indices), got {len(out)} ids")
+    return out
 
 
 # %% ../../nbs/30_captions.probe.ipynb #1033fd26
@@ -199,7 +199,7 @@ def probe_captions(denoise: Callable, # `denoise(x_t, t, cond) -> prediction`: t
                    prediction_type: str = "epsilon", # what `denoise` predicts: "epsilon", "v_prediction" or "sample"
                    batch_size: int = 256, # image–caption pairs per model call
                    seed: int = 0, # seed of the per-item noise
-                   items: Sequence[int]|None = None, # each item's id for its noise (e.g. its dataset index); default 0..N-1
+                   ids: Sequence[int]|None = None, # each item's noise id (e.g. its dataset index); default 0..N-1
                    posterior_scale: float = 10.0, # λ of the caption posterior softmax(−λ·normalised loss)
                    progress: bool = True, # show a progress bar
                   ) -> ProbeResult:
@@ -207,11 +207,11 @@ def probe_captions(denoise: Callable, # `denoise(x_t, t, cond) -> prediction`: t
     kw = dict(timesteps=timesteps, n_timesteps=n_timesteps, noise_draws=noise_draws, refine_draws=refine_draws,
               prediction_type=prediction_type, batch_size=batch_size, seed=seed, posterior_scale=posterior_scale, progress=progress)
     if not isinstance(latents, Tensor) and conds is None and alternatives is None and hasattr(latents, "__iter__"):
-        if items is not None: raise ValueError("items: a DataLoader's batches carry their ids in 'index'; pass items only with tensors")
+        if ids is not None: raise ValueError("ids: a DataLoader's batches carry their noise ids in 'index'; pass ids only with tensors")
         return probe_caption_batches(denoise, latents, empty_cond, alphas_cumprod, **kw)
     _check_items(latents, conds, empty_cond, alternatives)
     _check_schedule(alphas_cumprod, prediction_type, noise_draws, refine_draws, batch_size)
-    ids = list(range(latents.shape[0])) if items is None else _item_ids(items, latents.shape[0])
+    ids = list(range(latents.shape[0])) if ids is None else _noise_ids(ids, latents.shape[0])
     one = [(latents, conds, alternatives, ids)]
     return _probe(denoise, lambda: iter(one), empty_cond, alphas_cumprod, total=latents.shape[0], **kw)
 
@@ -226,7 +226,7 @@ def probe_caption_batches(denoise: Callable, # `denoise(x_t, t, cond) -> predict
     "`probe_captions` over batches of dicts: only one batch of latents and conditionings is held at a time; same scores as one call on everything."
     if isinstance(batches, Tensor) or not hasattr(batches, "__iter__"):
         raise TypeError(f"batches must be a DataLoader (or list) of dicts with 'latents', 'conds' and 'alternatives', got {type(batches).__name__}")
-    opts = {k: p.default for k, p in inspect.signature(probe_captions).parameters.items() if p.kind is p.KEYWORD_ONLY and k != "items"}
+    opts = {k: p.default for k, p in inspect.signature(probe_captions).parameters.items() if p.kind is p.KEYWORD_ONLY and k != "ids"}
     unknown = sorted(set(kwargs) - set(opts))
     if unknown: raise TypeError(f"probe_caption_batches got unknown arguments {unknown}; it takes {sorted(opts)}")
     opts.update(kwargs)
@@ -252,7 +252,7 @@ def _dict_batches(batches, empty_cond, ordered: bool = True):
             raise ValueError("batches come from a shuffling DataLoader: give each item's id in an 'index' field (its dataset index), "
                              "so both passes and the noise find the same item")
         index = b.get("index")
-        try: ids = list(range(start, start + n)) if index is None else _item_ids(index.tolist() if isinstance(index, Tensor) else index, n)
+        try: ids = list(range(start, start + n)) if index is None else _noise_ids(index.tolist() if isinstance(index, Tensor) else index, n)
         except ValueError as e: raise ValueError(f"batch {i}, 'index': {e}") from None
         if seen & set(ids): raise ValueError(f"batch {i}, 'index': ids {sorted(seen & set(ids))[:5]} were in an earlier batch; give every item its own id")
         seen |= set(ids); start += n
@@ -295,7 +295,7 @@ def _probe(denoise, batches: Callable, empty_cond, abar, *, timesteps, n_timeste
     post = torch.softmax(-posterior_scale * torch.cat([L[:, :1], alt], 1), 1)
     swap = torch.where(same.all(1), torch.nan, own_all - best_all)
     return ProbeResult(own_all, L[:, 0] - L[:, 1], swap, best, post, L, list(ts),
-                       (2 + k) * len(ts) * noise_draws + 2 * len(ts) * refine_draws)
+                       float((2 + k) * len(ts) * noise_draws + 2 * len(ts) * refine_draws))
 
 
 # %% ../../nbs/30_captions.probe.ipynb #42afb382

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 
 from ..core import shell_command
@@ -25,7 +24,7 @@ from ..noise import detection_table, format_detection_table
 from ..captions.denoiser import ddpm_alphas_cumprod, train_caption_denoiser
 from ..views.run_plots import save_figure
 from ..core import new_run_dir, write_json_atomic
-from ..tracking.snapshots import load_item_stats
+from ..tracking.snapshots import load_item_stats, top_indices
 
 # %% auto #0
 __all__ = ['CaptionDemoResult', 'plot_worst_captions', 'plot_loss_by_timestep', 'plot_caption_scores', 'run_caption_demo']
@@ -60,7 +59,7 @@ def plot_worst_captions(data: CaptionedDataset, # the items
                         k: int = 12, # how many captions
                        ) -> Path:
     "The `k` most suspect captions as a grid of images, each with its own caption, the caption the model prefers and whether it was wrong."
-    order = torch.nan_to_num(probe.swap_margin, nan=-float("inf")).argsort(descending=True)[:k].tolist()
+    order = top_indices(probe.swap_margin.double().cpu().numpy(), k).tolist()
     cols = min(6, k); rows = -(-len(order) // cols)
     fig = Figure(figsize=(2.2 * cols, 2.6 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
@@ -184,7 +183,7 @@ def _report(r: CaptionDemoResult, noise: float, kind: str, planted: int, say):
     say("\nWhich score finds the wrong captions:\n" + format_detection_table(r.detection))
     say("\nWhat the probe can verify (beat rate: share of items where an edit beats the caption; expected AUROC: estimated without labels "
         "from simulated wrong words; planted AUROC: measured on the planted ones, which decides 'verifiable'):\n" + r.probe.format_calibration())
-    say("\nMost suspect captions (swap margin, key, caption -> the caption the model prefers):\n" + r.probe.format_worst(8, keys=r.data.keys))
+    say("\nMost suspect captions (the caption the model prefers: a suggested fix):\n" + r.probe.format_worst(8, keys=r.data.keys))
     say(f"\nRun folder: {r.run_dir}")
     for name, p in r.figures.items(): say(f"  figure: {p}")
     say(f"Next, the most suspect captions from a shell: {shell_command('caption-eval')} items {r.snapshot} --dataset probe --by swap_margin\n"

@@ -18,7 +18,7 @@ from typing import Collection, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..core import new_run_dir, shell_command, to_jsonable, write_json_atomic
+from ..core import format_table, new_run_dir, shell_command, to_jsonable, write_json_atomic
 from .options import add_demo_arguments
 from ..noise import CONFUSABLE_DIGITS, DEMO_SCORES, NOISE_KINDS, suspect_values, corrupt_labels, detection_table, format_detection_table
 from ..loggers import ConsoleLogger, TensorBoardLogger
@@ -154,8 +154,8 @@ def _worst_rows(stats: Mapping, data: DemoData, k: int, by: str) -> list[tuple]:
             for key, score in rank_items(stats, by=by, k=k)]
 
 def _print_worst(rows: list[tuple], by: str, say):
-    say(f"{'item':<14}{by:>14}{'label':>7}{'true':>6}  corrupted")
-    for key, score, given, true, bad in rows: say(f"{key:<14}{score:>14.3f}{given:>7}{true:>6}  {'yes' if bad else ''}")
+    table = [[key, f"{score:.3f}", given, true, "yes" if bad else ""] for key, score, given, true, bad in rows]
+    say(format_table(table, ["item", by, "label", "true", "corrupted"], right={1, 2, 3}))
 
 # %% ../../nbs/61_demos.label_noise.ipynb #5dbdb5ee
 def plot_label_noise(item_stats: Mapping[str, Mapping], # `{key: entry}` of the training items (snapshot or aggregator)
@@ -224,12 +224,12 @@ def _flat_detection(table: Mapping[str, Mapping]) -> dict:
 
 
 # %% ../../nbs/61_demos.label_noise.ipynb #7e68c1c7
-def _check_demo_args(noise: float, epochs: int, noise_kind: str, rank_by: str):
+def _check_demo_args(noise: float, epochs: int, noise_kind: str, by: str):
     "Refuse bad `run_demo` arguments by name before anything is written."
     if not 0 <= noise < 1: raise ValueError(f"noise must be a share in [0, 1), got {noise!r}")
     if not isinstance(epochs, int) or epochs < 1: raise ValueError(f"epochs must be a positive int, got {epochs!r}")
     if noise_kind not in NOISE_KINDS: raise ValueError(f"noise_kind must be one of {NOISE_KINDS}, got {noise_kind!r}")
-    score_path(rank_by)
+    score_path(by)
 
 @dataclass(frozen=True)
 class _Schedule:
@@ -274,14 +274,14 @@ def run_demo(output_dir: str | os.PathLike = "demo_output", # parent folder; eac
              batch_size: int = 64, # training mini-batch size
              lr: float = 3e-3, # Adam learning rate
              hidden: int = 64, # hidden units of the MLP
-             top: int = 10, # how many worst items to print
+             k: int = 10, # how many of the most suspect items to print
              verbose: bool = True, # print progress and the report
              tensorboard: bool = True, # log to TensorBoard when it is installed (console otherwise)
              noise_kind: str = "uniform", # "uniform" (any other class) or "classcond" (each digit to its look-alike, `CONFUSABLE_DIGITS`)
-             rank_by: str = "aum", # score that ranks the printed worst items and the worst-items figure
+             by: str = "aum", # score that ranks the printed items and the worst-items figure
             ) -> DemoResult:
     "Train on digits with corrupted labels, track per-item loss, validate, save, plot; report what was flagged."
-    _check_demo_args(noise, epochs, noise_kind, rank_by)
+    _check_demo_args(noise, epochs, noise_kind, by)
     say = print if verbose else (lambda *a, **k: None)
     start, notes = time.perf_counter(), []
     router, results, run_plots, item_plots = (_optional(m, notes) for m in (
@@ -303,11 +303,11 @@ def run_demo(output_dir: str | os.PathLike = "demo_output", # parent folder; eac
     stats = tracker.aggregator.item_stats("train")
     detection = detection_table(stats, data.corrupted_keys) if len(data.corrupted) else None
     if detection is None: notes.append("no labels were corrupted (noise rounds to 0 items): nothing to detect")
-    worst = _worst_rows(stats, data, top, rank_by)
+    worst = _worst_rows(stats, data, k, by)
     cfg = {"job": "demo", "seed": seed, "noise": noise, "noise_kind": noise_kind, "epochs": epochs, "batch_size": batch_size, "lr": lr,
            "hidden": hidden, "train_items": len(data.keys), "corrupted_items": len(data.corrupted)}
     results_dir = _save_run(results, run_dir, model, val, detection, cfg, step) if results and val else None
-    figures = _make_figures(run_plots, item_plots, results_dir, snapshots[-1], run_dir / "figures", notes, rank_by) if run_plots and item_plots else {}
+    figures = _make_figures(run_plots, item_plots, results_dir, snapshots[-1], run_dir / "figures", notes, by) if run_plots and item_plots else {}
     if detection:
         (run_dir / "figures").mkdir(exist_ok=True)
         figures["label_noise"] = run_dir / "figures" / "label_noise.png"
@@ -315,13 +315,13 @@ def run_demo(output_dir: str | os.PathLike = "demo_output", # parent folder; eac
     seconds = time.perf_counter() - start
     summary = _write_json(run_dir / "demo_summary.json", {
         "detection": detection, "validation": val["metrics"] if val else None, "history": history,
-        "ranked_by": rank_by, "worst": [dict(zip(("key", "score", "given_label", "true_label", "corrupted"), r)) for r in worst],
+        "ranked_by": by, "worst": [dict(zip(("key", "score", "given_label", "true_label", "corrupted"), r)) for r in worst],
         "paths": {"snapshots": [str(p) for p in snapshots], "corrupted_labels": str(record),
                   "results": str(results_dir) if results_dir else None, "tensorboard": str(tb_dir) if tb_dir else None,
                   "figures": {k: str(v) for k, v in figures.items()}},
         "notes": notes, "seconds": seconds})
     result = DemoResult(run_dir, snapshots, record, summary, results_dir, tb_dir, figures, detection,
-                        val["metrics"] if val else None, worst, history, notes, seconds, rank_by)
+                        val["metrics"] if val else None, worst, history, notes, seconds, by)
     _report(result, say)
     return result
 

@@ -14,7 +14,7 @@ import torch
 from fastcore.basics import patch
 from torch import Tensor
 
-from .aggregator import StreamingAggregator
+from .aggregator import StreamingAggregator, checked_columns
 from .losses import classification_record
 from ..loggers import as_logger, log_dataset_summary, log_item_loss_histogram
 
@@ -57,7 +57,7 @@ class ItemLossTracker:
                  flush_every: int = 64,  # hand records to the aggregator in groups of this many (exact; see "Batching records")
                  timestep_range: tuple[float, float] | None = None,  # range of the timesteps `record` may get, e.g. `(0, 1000)` (for a new aggregator)
                  timestep_buckets: int | Sequence[float] = 10,  # buckets over `timestep_range`, or their edges (for a new aggregator)
-                 rank_by: str | None = None,  # score that ranks each summary's worst items; `None`: `tnorm_average_loss` with timesteps, else `average_loss`
+                 by: str | None = None,  # score that ranks each summary's worst items; `None`: `tnorm_average_loss` with timesteps, else `average_loss`
                 ):
         if save_every is not None and not (isinstance(save_every, int) and save_every > 0):
             raise ValueError(f"`save_every` must be a positive int or None, got {save_every!r}.")
@@ -67,7 +67,7 @@ class ItemLossTracker:
         if aggregator is not None and timestep_range is not None:
             raise ValueError("give `timestep_range` to the StreamingAggregator you pass as `aggregator`, not to the tracker")
         self.aggregator = aggregator if aggregator is not None else StreamingAggregator(timestep_range=timestep_range, timestep_buckets=timestep_buckets)
-        self.rank_by = rank_by
+        self.by = by
         self.loggers, self.save_every, self.gzip, self.k, self.histogram = _check_loggers(loggers), save_every, gzip, k, histogram
         self.saved: list[Path] = []  # snapshots written by this tracker, oldest first
         self.flush_every, self._pending = flush_every, []
@@ -94,26 +94,9 @@ def record(self: ItemLossTracker,
                          f"for {n} `items`.")
     if not (step is None or isinstance(step, (int, Tensor)) and not isinstance(step, bool)):
         raise TypeError(f"`step` must be an int, a tensor or None, got {type(step).__name__}.")
-    if timesteps is not None and self.aggregator.timestep_edges is None:
-        raise ValueError("timesteps need declared buckets: ItemLossTracker(..., timestep_range=(0, 1000)) (or the range of your t / sigma)")
-    extra = None if timesteps is None and values is None else _checked_extra(timesteps, values, n)
+    extra = None if timesteps is None and not values else checked_columns(timesteps, values, n, self.aggregator.timestep_edges)   # errors now, not at the hand-over
     self._pending.append((dataset, items, losses, step, extra))
     if len(self._pending) >= self.flush_every: self.flush()
-
-
-# %% ../../nbs/16_tracking.tracker.ipynb #ea318f7b
-def _checked_extra(timesteps, values, n: int) -> dict | None:
-    "The record's timesteps (key `""`) and values as detached [n] tensors; shape errors now, not at the hand-over."
-    if timesteps is None and not values: return None
-    if values is not None and not isinstance(values, dict): raise TypeError(f"`values` must be a dict of name: tensor [B], got {type(values).__name__}.")
-    out = {"": timesteps} if timesteps is not None else {}
-    out.update(values or {})
-    for name, v in out.items():
-        what = "`timesteps`" if name == "" else f"`values[{name!r}]`"
-        if not isinstance(v, Tensor): raise TypeError(f"{what} must be a tensor [B], got {type(v).__name__}.")
-        if v.ndim != 1 or v.shape[0] != n: raise ValueError(f"{what} must have shape [{n}] (one per loss), got {tuple(v.shape)}.")
-        out[name] = v.detach()
-    return out
 
 
 # %% ../../nbs/16_tracking.tracker.ipynb #78261974
@@ -149,7 +132,7 @@ def _concat(items: list):
 
 def _group_key(record) -> tuple:
     "Records can share one update when they have the same dataset, kind of items (tensor, str keys, ints) and extra columns."
-    items, extra = record[1], tuple(record[4] or ())
+    items, extra = record[1], () if record[4] is None else (record[4][0] is not None, tuple(record[4][1]))
     if isinstance(items, Tensor): return record[0], "tensor", extra
     return record[0], "str" if len(items) and isinstance(items[0], str) else "int", extra
 
@@ -158,8 +141,8 @@ def _group_key(record) -> tuple:
 def _group_extra(group: list) -> tuple:
     "The group's timesteps and values, each concatenated (all records of a group carry the same names)."
     if group[0][4] is None: return None, None
-    cols = {name: torch.cat([r[4][name] for r in group]) for name in group[0][4]}
-    return cols.pop("", None), cols or None
+    t = None if group[0][4][0] is None else torch.cat([r[4][0] for r in group])
+    return t, {name: torch.cat([r[4][1][name] for r in group]) for name in group[0][4][1]} or None
 
 
 # %% ../../nbs/16_tracking.tracker.ipynb #0d79254f
@@ -208,7 +191,7 @@ def on_save(self: ItemLossTracker,
     agg = self.aggregator.sync() if _is_distributed() else self.aggregator
     path = None
     if not _is_distributed() or torch.distributed.get_rank() == 0:
-        path = agg.save_json(self.save_root, self.job_name, step, gzip=self.gzip, k=self.k, by=self.rank_by)
+        path = agg.save_json(self.save_root, self.job_name, step, gzip=self.gzip, k=self.k, by=self.by)
         if not self.saved or self.saved[-1] != path: self.saved.append(path)
         for ds in agg.datasets: self._log(agg, ds, step)
     if agg is not self.aggregator and self.aggregator.keep_window: self.aggregator.reset_window()
@@ -220,7 +203,7 @@ def on_save(self: ItemLossTracker,
 def _log(self: ItemLossTracker, agg: StreamingAggregator, dataset: str, step: int):
     "Log `dataset`'s summary (and histogram of item averages) to every logger."
     if not self.loggers: return
-    log_dataset_summary(self.loggers, agg.dataset_summary(dataset, k=self.k, by=self.rank_by), step=step, dataset=dataset)
+    log_dataset_summary(self.loggers, agg.dataset_summary(dataset, k=self.k, by=self.by), step=step, dataset=dataset)
     if self.histogram: log_item_loss_histogram(self.loggers, agg.item_stats(dataset), step=step, dataset=dataset)
 
 @patch
