@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +18,8 @@ from torch import Tensor
 from ..core import eval_mode, format_table
 from ..noise import auroc
 from ..tracking.snapshots import top_indices
-from .probe import _modules_behind, _auto_timesteps, _check_int, _check_schedule, _finite_mean, _noise_ids, _pair_losses, _pick_timesteps
+from .probe import (_Items, _Pairs, _Settings, _auto_timesteps, _check_int, _finite_mean, _modules_behind, _noise_ids,
+                                              _pair_losses, _pick_timesteps, _settings)
 
 # %% auto #0
 __all__ = ['word_swaps', 'other_captions', 'plant_wrong_words', 'CaptionProbe', 'probe_caption_edits']
@@ -346,35 +347,49 @@ def probe_caption_edits(denoise: Callable, # `denoise(x_t, t, cond) -> predictio
                        ) -> CaptionProbe:
     "Probe each item's caption against edited alternatives at the same noisy input, with per-tag margins, calibration and a suggested fix."
     _check_edit_args(latents, captions, clean, planted)
-    _check_schedule(alphas_cumprod, prediction_type, noise_draws, refine_draws, batch_size)
+    s = _settings(alphas_cumprod, timesteps=timesteps, n_timesteps=n_timesteps, noise_draws=noise_draws, refine_draws=refine_draws,
+                  prediction_type=prediction_type, batch_size=batch_size, seed=seed, progress=progress)
     _check_int("min_planted", min_planted, 1)
     limits = _check_share("max_beat_rate", max_beat_rate), _check_share("min_auroc", min_auroc), min_planted
     captions = list(captions)
     alts = _alternative_lists(captions, alternatives)
     _check_planted_tags(planted, alts)
     strings, item, cond, alt_of, flat = _layout(captions, alts, empty_caption)
-    dev, n = latents.device, len(captions)
-    ids = _noise_ids(ids, n)
-    bank = _encode_bank(encode, strings, encode_batch, dev)
-    abar = alphas_cumprod.to(dev, torch.float32)
+    dev = latents.device
+    items = _Items(latents, _encode_bank(encode, strings, encode_batch, dev), _noise_ids(ids, len(captions)))
     with eval_mode(*_modules_behind(denoise)), torch.no_grad():
-        ts = _pick_timesteps(timesteps, n_timesteps, abar, lambda: _auto_timesteps(
-            denoise, latents, bank, item, cond.to(dev), _own_pairs(alt_of), abar, prediction_type, n_timesteps, seed, batch_size, ids))
-        return _edit_stages(denoise, latents, bank, captions, item, cond, alt_of, flat, abar, ts, noise_draws,
-                            refine_draws, prediction_type, batch_size, seed, progress, (clean, planted), limits, ids)
+        ts = _pick_timesteps(s.timesteps, s.n_timesteps, s.abar, lambda: _auto_timesteps(denoise, items, _Pairs(item, cond.to(dev)), _own_pairs(alt_of), s))
+        return _edit_stages(denoise, items, _Layout(captions, item, cond, alt_of, flat), s, ts, (clean, planted), limits)
 
+
+# %% ../../nbs/31_captions.edits.ipynb #9ee8b78f
+class _Layout(NamedTuple):
+    "The stage-1 pairs of an edit probe: the captions, each pair's item and string slot, its alternative (−1: own or empty), every alternative (item, caption, tag)."
+    captions: list
+    item: Tensor
+    cond: Tensor
+    alt_of: Tensor
+    flat: list
+
+class _Screen(NamedTuple):
+    "What screening found, normalised: the own loss [N], each trusted tag's best edit [N, tags] (−1: none) and its loss, the per-timestep scales."
+    own: Tensor
+    best: Tensor
+    best_loss: Tensor
+    scale_t: Tensor
 
 # %% ../../nbs/31_captions.edits.ipynb #5a931b6b
-def _edit_stages(denoise, latents, bank, captions, item, cond, alt_of, flat, abar, ts, draws, refine, prediction_type,
-                 batch_size, seed, progress, marks, limits, ids) -> CaptionProbe:
+def _edit_stages(denoise, items: _Items, lay: _Layout, s: _Settings, ts: Sequence[int], marks: tuple, limits: tuple) -> CaptionProbe:
+    "Screening every pair, calibration of the tags, refining the trusted tags' best edits; the `CaptionProbe`."
     from tqdm.auto import tqdm
-    dev, n = latents.device, len(captions)
-    fixed = torch.nonzero(alt_of == -1).flatten()                          # each item's own and empty pairs, in that order
-    own_rows, empty_rows, alt_rows = (r.to(dev) for r in (fixed[0::2], fixed[1::2], torch.nonzero(alt_of >= 0).flatten()))
-    owner = torch.tensor([o for o, _, _ in flat], device=dev)
-    masks = _tag_masks([t for _, _, t in flat], dev)
-    with tqdm(total=len(item), desc="probing captions", unit="pair", disable=not progress) as bar:
-        raw = _pair_losses(denoise, latents, bank, item, cond.to(dev), abar, ts, range(draws), prediction_type, batch_size, seed, bar, ids)
+    dev, n = items.latents.device, len(lay.captions)
+    fixed = torch.nonzero(lay.alt_of == -1).flatten()                      # each item's own and empty pairs, in that order
+    own_rows, empty_rows, alt_rows = (r.to(dev) for r in (fixed[0::2], fixed[1::2], torch.nonzero(lay.alt_of >= 0).flatten()))
+    owner = torch.tensor([o for o, _, _ in lay.flat], device=dev)
+    masks = _tag_masks([t for _, _, t in lay.flat], dev)
+    cond = lay.cond.to(dev)
+    with tqdm(total=len(lay.item), desc="probing captions", unit="pair", disable=not s.progress) as bar:
+        raw = _pair_losses(denoise, items, _Pairs(lay.item, cond), s, ts, range(s.noise_draws), bar)
         scale_t = _finite_mean(raw[own_rows], (0, 1)).clamp(min=1e-12)      # a NaN/inf loss poisons only its own item
         Lp = (raw / scale_t).mean((1, 2))
         own, empty, alt_loss = Lp[own_rows], Lp[empty_rows], Lp[alt_rows]
@@ -382,22 +397,21 @@ def _edit_stages(denoise, latents, bank, captions, item, cond, alt_of, flat, aba
         reference, planted = _reference(*marks, n, dev)
         calibration = _calibrate(margins, own, alt_loss, owner, masks, reference, planted, limits)
         trusted = [t for t, c in calibration.items() if c["trusted"]] or list(calibration)
-        best = torch.stack([_best_trusted(alt_loss, owner, masks[t], n) for t in trusted], 1)
-        has = best >= 0                                                     # [N, trusted tags]
-        own_all, best_all = own, torch.where(has, alt_loss[best.clamp(min=0)], torch.nan)
-        if refine:
+        best = torch.stack([_best_trusted(alt_loss, owner, masks[t], n) for t in trusted], 1)   # [N, trusted tags], −1: none
+        screen = _Screen(own, best, torch.where(best >= 0, alt_loss[best.clamp(min=0)], torch.nan), scale_t)
+        own_all, best_all = own, screen.best_loss
+        if s.refine_draws:
             bar.total += n * (1 + len(trusted)); bar.refresh()
-            own_all, best_all = _refine(denoise, latents, bank, cond.to(dev), own_rows, alt_rows, best, has, own, best_all, scale_t,
-                                        abar, ts, draws, refine, prediction_type, batch_size, seed, bar, ids)
+            own_all, best_all = _refine(denoise, items, cond, (own_rows, alt_rows), screen, s, ts, bar)
     for j, t in enumerate(trusted): margins[t] = own_all - best_all[:, j]   # refined margins of the trusted tags
     low, j = torch.nan_to_num(best_all, nan=float("inf")).min(1)
     swap = torch.where(low.isinf(), torch.nan, own_all - low)
     suspicion = _suspicion([margins[t] for t in trusted], reference)
     picks = best.gather(1, j[:, None])[:, 0].tolist()                      # host read after the loops
-    passes = (len(item) * draws + (1 + len(trusted)) * n * refine) * len(ts) / n
-    return CaptionProbe(captions, own_all, own - empty, swap, suspicion, [flat[a][1] if a >= 0 else None for a in picks],
-                        [flat[a][2] if a >= 0 else None for a in picks], margins, calibration, flat, alt_loss, list(ts), passes)
-
+    passes = (len(lay.item) * s.noise_draws + (1 + len(trusted)) * n * s.refine_draws) * len(ts) / n
+    fixes = [(lay.flat[a][1], lay.flat[a][2]) if a >= 0 else (None, None) for a in picks]
+    return CaptionProbe(lay.captions, own_all, own - empty, swap, suspicion, [f for f, _ in fixes], [t for _, t in fixes],
+                        margins, calibration, lay.flat, alt_loss, list(ts), passes)
 
 # %% ../../nbs/31_captions.edits.ipynb #d37b0495
 def _reference(clean, planted, n: int, dev) -> tuple[Tensor, list]:
@@ -424,16 +438,23 @@ def _suspicion(margins: list[Tensor], reference: Tensor) -> Tensor:
 
 
 # %% ../../nbs/31_captions.edits.ipynb #b7278ee2
-def _refine(denoise, latents, bank, cond, own_rows, alt_rows, best, has, own, best_screen, scale_t, abar, ts, draws, refine,
-            prediction_type, batch_size, seed, bar, ids) -> tuple[Tensor, Tensor]:
+def _refine(denoise, # `denoise(x_t, t, cond) -> prediction`
+            items: _Items, # latents, conditioning bank, noise ids
+            cond: Tensor, # each stage-1 pair's bank slot (on the latents' device)
+            rows: tuple[Tensor, Tensor], # the stage-1 rows of each item's own pair and of every alternative
+            screen: _Screen, # what screening found
+            s: _Settings, # the probe's settings
+            ts: Sequence[int], # the timesteps
+            bar, # the progress bar
+           ) -> tuple[Tensor, Tensor]:
     "More draws for each item's own caption and its best edit of every trusted tag; both averaged with the screening draws."
-    n, m = best.shape
+    own_rows, alt_rows = rows
+    n, m = screen.best.shape
+    has = screen.best >= 0
     own_slot = cond[own_rows]
-    alt_slot = torch.where(has, cond[alt_rows][best.clamp(min=0)], own_slot[:, None])   # a missing edit re-scores the own caption, unused
+    alt_slot = torch.where(has, cond[alt_rows][screen.best.clamp(min=0)], own_slot[:, None])   # a missing edit re-scores the own caption, unused
     pair = torch.cat([own_slot[:, None], alt_slot], 1).flatten()
-    raw2 = _pair_losses(denoise, latents, bank, torch.arange(n).repeat_interleave(1 + m), pair, abar, ts,
-                        range(draws, draws + refine), prediction_type, batch_size, seed, bar, ids)
-    r2 = (raw2 / scale_t).mean(2).reshape(n, 1 + m, refine).sum(2)
-    total = draws + refine
-    return (own * draws + r2[:, 0]) / total, torch.where(has, (best_screen * draws + r2[:, 1:]) / total, torch.nan)
-
+    draws, total = s.noise_draws, s.noise_draws + s.refine_draws
+    raw2 = _pair_losses(denoise, items, _Pairs(torch.arange(n).repeat_interleave(1 + m), pair), s, ts, range(draws, total), bar)
+    r2 = (raw2 / screen.scale_t).mean(2).reshape(n, 1 + m, s.refine_draws).sum(2)
+    return (screen.own * draws + r2[:, 0]) / total, torch.where(has, (screen.best_loss * draws + r2[:, 1:]) / total, torch.nan)

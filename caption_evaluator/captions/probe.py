@@ -7,9 +7,10 @@ Docs: https://caption-evaluator.github.io/caption_evaluator/captions.probe.html.
 # %% ../../nbs/30_captions.probe.ipynb #76210f99
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -50,25 +51,68 @@ def _target(x0: Tensor, eps: Tensor, sa: Tensor, sb: Tensor, prediction_type: st
 def _mse(pred: Tensor, target: Tensor) -> Tensor:
     return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
 
+# %% ../../nbs/30_captions.probe.ipynb #e9669433
+@dataclass(frozen=True)
+class _Settings:
+    "The probe's settings, checked once (`_settings`): what every stage reads."
+    abar: Tensor # [T] the schedule's cumulative alphas (float32)
+    timesteps: str|tuple # "auto" or the explicit timesteps
+    n_timesteps: int # how many timesteps "auto" picks
+    noise_draws: int # screening draws (every caption)
+    refine_draws: int # refining draws (own caption and the best alternatives)
+    prediction_type: str # what `denoise` predicts
+    batch_size: int # image–caption pairs per model call
+    seed: int # seed of the per-item noise
+    progress: bool # show a progress bar
+    posterior_scale: float = 10.0 # λ of the caption posterior softmax(−λ·normalised loss)
+
+class _Items(NamedTuple):
+    "The items of a model pass: clean latents [N, ...], the conditioning bank its pairs index, each item's noise id (`None`: its position)."
+    latents: Tensor
+    bank: Tensor
+    ids: Sequence[int]|None
+
+class _Pairs(NamedTuple):
+    "Each pair's item (sorted, on the CPU) and conditioning slot in the bank (on the latents' device)."
+    item: Tensor
+    cond: Tensor
+
+# %% ../../nbs/30_captions.probe.ipynb #24b215b5
+def _settings(alphas_cumprod: Tensor, # [T] the schedule's cumulative alphas
+              **kw, # the probe's keyword settings, as `_Settings` names them
+             ) -> _Settings:
+    "The probe's settings after every check, the schedule in float32."
+    _check_schedule(alphas_cumprod, kw["prediction_type"], kw["noise_draws"], kw["refine_draws"], kw["batch_size"])
+    ts = kw["timesteps"]
+    return _Settings(alphas_cumprod.to(torch.float32), **(kw | {"timesteps": ts if isinstance(ts, str) else tuple(ts)}))
+
 # %% ../../nbs/30_captions.probe.ipynb #6e9ab38d
-def _pair_losses(denoise, latents: Tensor, bank: Tensor, pair_item: Tensor, pair_cond: Tensor, abar: Tensor, ts: Sequence[int],
-                 draws: range, prediction_type: str, batch_size: int, seed: int, bar=None, ids: Sequence[int]|None = None) -> Tensor:
-    "Losses `[P, len(draws), len(ts)]` of pairs (item `pair_item[p]`, conditioning `bank[pair_cond[p]]`); `pair_item` sorted, on the CPU; `ids[i]` seeds item i's noise."
-    dev, P = latents.device, pair_item.shape[0]
+def _pair_losses(denoise, # `denoise(x_t, t, cond) -> prediction`
+                 items: _Items, # the latents, their conditioning bank and noise ids
+                 pairs: _Pairs, # which item and which conditioning each pair scores
+                 s: _Settings, # schedule, target, seed and model-call batch
+                 ts: Sequence[int], # the timesteps
+                 draws: range, # the noise draws
+                 bar=None, # a progress bar to advance by the pairs done
+                ) -> Tensor:
+    "Losses `[P, len(draws), len(ts)]` of the pairs; the pairs of an item adjacent, items seeded by their noise ids."
+    latents, bank, ids = items
+    dev, P = latents.device, pairs.item.shape[0]
+    abar = s.abar.to(dev, torch.float32)
     out = torch.empty(P, len(draws), len(ts), device=dev)
-    for s in range(0, P, batch_size):
-        e = min(P, s + batch_size)
-        uniq, inv = torch.unique_consecutive(pair_item[s:e], return_inverse=True)
-        eps = torch.stack([probe_noise(seed, u if ids is None else ids[u], latents.shape[1:], draws, len(ts)) for u in uniq.tolist()])
+    for a in range(0, P, s.batch_size):
+        e = min(P, a + s.batch_size)
+        uniq, inv = torch.unique_consecutive(pairs.item[a:e], return_inverse=True)
+        eps = torch.stack([probe_noise(s.seed, u if ids is None else ids[u], latents.shape[1:], draws, len(ts)) for u in uniq.tolist()])
         eps, x0, inv = eps.to(dev, latents.dtype), latents[uniq.to(dev)], inv.to(dev)
-        cond = bank[pair_cond[s:e]]
+        cond = bank[pairs.cond[a:e]]
         for d in range(len(draws)):
             for j, t in enumerate(ts):
                 tt = torch.full((len(uniq),), t, device=dev, dtype=torch.long)
                 x_t, sa, sb = _noisy(x0, eps[:, d, j], abar[tt])
-                target = _target(x0, eps[:, d, j], sa, sb, prediction_type)
-                out[s:e, d, j] = _mse(denoise(x_t[inv], tt[inv], cond), target[inv])
-        if bar is not None: bar.update(e - s)
+                target = _target(x0, eps[:, d, j], sa, sb, s.prediction_type)
+                out[a:e, d, j] = _mse(denoise(x_t[inv], tt[inv], cond), target[inv])
+        if bar is not None: bar.update(e - a)
     return out
 
 # %% ../../nbs/30_captions.probe.ipynb #ed715c74
@@ -82,17 +126,17 @@ def _candidate_timesteps(n_train: int, grid: int = 10) -> list[int]:
 
 
 # %% ../../nbs/30_captions.probe.ipynb #1ed05b13
-def _auto_timesteps(denoise, latents, bank, pair_item, pair_cond, is_own, abar, prediction_type, n_timesteps, seed, batch_size, ids=None, sample=64) -> list[int]:
+def _auto_timesteps(denoise, items: _Items, pairs: _Pairs, is_own: Tensor, s: _Settings, sample: int = 64) -> list[int]:
     "The `n_timesteps` candidates where the own caption beats the other captions most (relative to its loss), on the first `sample` items."
-    cand = _candidate_timesteps(abar.shape[0])
-    m = int(torch.searchsorted(pair_item, torch.tensor(min(sample, int(pair_item[-1]) + 1))))
-    raw = _pair_losses(denoise, latents, bank, pair_item[:m], pair_cond[:m], abar, cand, range(1), prediction_type, batch_size, seed + 1, ids=ids)[:, 0]
+    cand = _candidate_timesteps(s.abar.shape[0])
+    m = int(torch.searchsorted(pairs.item, torch.tensor(min(sample, int(pairs.item[-1]) + 1))))
+    raw = _pair_losses(denoise, items, _Pairs(pairs.item[:m], pairs.cond[:m]), dataclasses.replace(s, seed=s.seed + 1), cand, range(1))[:, 0]
     own_at = torch.cumsum(is_own[:m].long(), 0) - 1                         # the own pair of each pair's item (listed first)
     own_rows = torch.nonzero(is_own[:m]).flatten()
     own = raw[own_rows.to(raw.device)]
     other = ~is_own[:m].to(raw.device)
     gain = _finite_mean(raw[other] - own[own_at.to(raw.device)[other]], 0) / _finite_mean(own, 0).clamp(min=1e-12)
-    order = gain.argsort(descending=True)[:n_timesteps].sort().values        # one host read, before the probe loop
+    order = gain.argsort(descending=True)[:s.n_timesteps].sort().values        # one host read, before the probe loop
     return [cand[i] for i in order.tolist()]
 
 
@@ -210,10 +254,10 @@ def probe_captions(denoise: Callable, # `denoise(x_t, t, cond) -> prediction`: t
         if ids is not None: raise ValueError("ids: a DataLoader's batches carry their noise ids in 'index'; pass ids only with tensors")
         return probe_caption_batches(denoise, latents, empty_cond, alphas_cumprod, **kw)
     _check_items(latents, conds, empty_cond, alternatives)
-    _check_schedule(alphas_cumprod, prediction_type, noise_draws, refine_draws, batch_size)
+    s = _settings(alphas_cumprod, **kw)
     ids = list(range(latents.shape[0])) if ids is None else _noise_ids(ids, latents.shape[0])
     one = [(latents, conds, alternatives, ids)]
-    return _probe(denoise, lambda: iter(one), empty_cond, alphas_cumprod, total=latents.shape[0], **kw)
+    return _probe(denoise, lambda: iter(one), empty_cond, s, latents.shape[0])
 
 
 # %% ../../nbs/30_captions.probe.ipynb #5ebe0cab
@@ -230,10 +274,10 @@ def probe_caption_batches(denoise: Callable, # `denoise(x_t, t, cond) -> predict
     unknown = sorted(set(kwargs) - set(opts))
     if unknown: raise TypeError(f"probe_caption_batches got unknown arguments {unknown}; it takes {sorted(opts)}")
     opts.update(kwargs)
-    _check_schedule(alphas_cumprod, opts["prediction_type"], opts["noise_draws"], opts["refine_draws"], opts["batch_size"])
+    s = _settings(alphas_cumprod, **opts)
     total = len(batches.dataset) if hasattr(batches, "dataset") and hasattr(batches.dataset, "__len__") else None
     ordered = not isinstance(batches, torch.utils.data.DataLoader) or isinstance(batches.sampler, torch.utils.data.SequentialSampler)
-    return _probe(denoise, lambda: _dict_batches(batches, empty_cond, ordered), empty_cond, alphas_cumprod, total=total, **opts)
+    return _probe(denoise, lambda: _dict_batches(batches, empty_cond, ordered), empty_cond, s, total)
 
 
 # %% ../../nbs/30_captions.probe.ipynb #c225ebab
@@ -260,19 +304,16 @@ def _dict_batches(batches, empty_cond, ordered: bool = True):
 
 
 # %% ../../nbs/30_captions.probe.ipynb #e945c1a0
-def _probe(denoise, batches: Callable, empty_cond, abar, *, timesteps, n_timesteps, noise_draws, refine_draws, prediction_type,
-           batch_size, seed, posterior_scale, progress, total) -> ProbeResult:
+def _probe(denoise, batches: Callable, empty_cond: Tensor, s: _Settings, total: int|None) -> ProbeResult:
     "The two stages over `batches()`: screening every caption, global per-timestep scales, refining two (items matched by id)."
     from tqdm.auto import tqdm
     screened, order = [], []
-    with eval_mode(*_modules_behind(denoise)), torch.no_grad(), tqdm(total=None if total is None else total * (1 + bool(refine_draws)), desc="probing captions",
-                                                     unit="item", disable=not progress) as bar:
-        ts = _pick_timesteps(timesteps, n_timesteps, abar, lambda: _auto_on_first(denoise, batches, empty_cond, abar, prediction_type,
-                                                                                n_timesteps, seed, batch_size))
+    with eval_mode(*_modules_behind(denoise)), torch.no_grad(), tqdm(total=None if total is None else total * (1 + bool(s.refine_draws)), desc="probing captions",
+                                                     unit="item", disable=not s.progress) as bar:
+        ts = _pick_timesteps(s.timesteps, s.n_timesteps, s.abar, lambda: _auto_on_first(denoise, batches, empty_cond, s))
         for x, c, a, ids in batches():
             bank, item, slot, same = _batch_bank(x, c, empty_cond, a)
-            raw = _pair_losses(denoise, x, bank, item, slot.to(x.device), abar.to(x.device, torch.float32), ts, range(noise_draws),
-                               prediction_type, batch_size, seed, None, ids)
+            raw = _pair_losses(denoise, _Items(x, bank, ids), _Pairs(item, slot.to(x.device)), s, ts, range(s.noise_draws))
             screened.append((raw, same, x.shape[0], a.shape[1])); bar.update(x.shape[0])
             order += list(ids)
         if not screened: raise ValueError("batches yielded no batch; pass at least one item to probe")
@@ -287,19 +328,19 @@ def _probe(denoise, batches: Callable, empty_cond, abar, *, timesteps, n_timeste
         alt = L[:, 2:].masked_fill(same, float("inf"))                       # the own caption does not compete with itself
         best = alt.argmin(1)
         own_all, best_all = L[:, 0], alt.gather(1, best[:, None])[:, 0]
-        if refine_draws:
-            r2 = _refine(denoise, batches, empty_cond, abar, best, ts, noise_draws, refine_draws, prediction_type, batch_size, seed, bar, order)
-            r2 = (r2.to(dev) / scale_t).mean(2).reshape(n, 2, refine_draws)
-            own_all = (own_all * noise_draws + r2[:, 0].sum(1)) / (noise_draws + refine_draws)
-            best_all = (best_all * noise_draws + r2[:, 1].sum(1)) / (noise_draws + refine_draws)
-    post = torch.softmax(-posterior_scale * torch.cat([L[:, :1], alt], 1), 1)
+        if s.refine_draws:
+            r2 = _refine(denoise, batches, empty_cond, s, best, ts, bar, order)
+            r2 = (r2.to(dev) / scale_t).mean(2).reshape(n, 2, s.refine_draws)
+            own_all = (own_all * s.noise_draws + r2[:, 0].sum(1)) / (s.noise_draws + s.refine_draws)
+            best_all = (best_all * s.noise_draws + r2[:, 1].sum(1)) / (s.noise_draws + s.refine_draws)
+    post = torch.softmax(-s.posterior_scale * torch.cat([L[:, :1], alt], 1), 1)
     swap = torch.where(same.all(1), torch.nan, own_all - best_all)
     return ProbeResult(own_all, L[:, 0] - L[:, 1], swap, best, post, L, list(ts),
-                       float((2 + k) * len(ts) * noise_draws + 2 * len(ts) * refine_draws))
+                       float((2 + k) * len(ts) * s.noise_draws + 2 * len(ts) * s.refine_draws))
 
 
 # %% ../../nbs/30_captions.probe.ipynb #42afb382
-def _auto_on_first(denoise, batches, empty_cond, abar, prediction_type, n_timesteps, seed, batch_size, sample: int = 64) -> list[int]:
+def _auto_on_first(denoise, batches: Callable, empty_cond: Tensor, s: _Settings, sample: int = 64) -> list[int]:
     "`_auto_timesteps` on the first `sample` items, gathered across batches: the choice does not depend on the batch size."
     parts, got = [], 0
     for x, c, a, ids in batches():
@@ -311,8 +352,7 @@ def _auto_on_first(denoise, batches, empty_cond, abar, prediction_type, n_timest
     ids = [i for p in parts for i in p[3]]
     bank, item, slot, _ = _batch_bank(x, c, empty_cond, a)
     is_own = (slot < x.shape[0]) & (slot == item)
-    return _auto_timesteps(denoise, x, bank, item, slot.to(x.device), is_own, abar.to(x.device, torch.float32), prediction_type,
-                           n_timesteps, seed, batch_size, ids, sample)
+    return _auto_timesteps(denoise, _Items(x, bank, ids), _Pairs(item, slot.to(x.device)), is_own, s, sample)
 
 
 # %% ../../nbs/30_captions.probe.ipynb #42d0bbcb
@@ -326,7 +366,7 @@ def _batch_bank(x, c, empty_cond, a):
 
 
 # %% ../../nbs/30_captions.probe.ipynb #0346d4d5
-def _refine(denoise, batches, empty_cond, abar, best, ts, draws, refine, prediction_type, batch_size, seed, bar, order: list) -> Tensor:
+def _refine(denoise, batches: Callable, empty_cond: Tensor, s: _Settings, best: Tensor, ts: Sequence[int], bar, order: list) -> Tensor:
     "Raw losses [2N, refine, T] of each item's own caption and its best alternative at the refining draws; items found by id, in any order."
     row_of, n = {i: r for r, i in enumerate(order)}, len(order)
     out, done = None, torch.zeros(n, dtype=torch.bool)
@@ -340,8 +380,8 @@ def _refine(denoise, batches, empty_cond, abar, best, ts, draws, refine, predict
         bank, *_ = _batch_bank(x, c, empty_cond, a)
         b = best[rows].to(x.device)
         pair = torch.stack([torch.arange(m, device=x.device), m + 1 + torch.arange(m, device=x.device) * k + b], 1).flatten()
-        r = _pair_losses(denoise, x, bank, torch.arange(m).repeat_interleave(2), pair, abar.to(x.device, torch.float32), ts,
-                         range(draws, draws + refine), prediction_type, batch_size, seed, None, ids)
+        r = _pair_losses(denoise, _Items(x, bank, ids), _Pairs(torch.arange(m).repeat_interleave(2), pair), s, ts,
+                         range(s.noise_draws, s.noise_draws + s.refine_draws))
         if out is None: out = torch.empty(n, 2, *r.shape[1:], device=r.device, dtype=r.dtype)
         out[torch.tensor(rows, device=r.device)] = r.reshape(m, 2, *r.shape[1:])
         done[rows] = True; bar.update(m)
