@@ -75,3 +75,32 @@ def test_probe_is_deterministic_across_batch_sizes(trained):
     b = probe_captions(denoise, x0, conds, torch.zeros(3, 8), alts, sched.alphas_cumprod, batch_size=64, progress=False)
     assert a.timesteps == b.timesteps
     torch.testing.assert_close(a.swap_margin, b.swap_margin, atol=1e-5, rtol=1e-5)
+
+
+def test_flow_probe_matches_scale_noise_and_the_sd3_training_target(trained):
+    "A flow-matching schedule read from diffusers' scheduler: x_t from its `scale_noise`, the target `noise - model_input` of"
+    "diffusers' SD3 training script, the model timestep `scheduler.timesteps[index]`; the UNet's output object read as is."
+    unet, _, x0, conds = trained
+    flow = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    empty, alts = torch.zeros(3, 8), conds.roll(1, 0)[:, None]
+    denoise = lambda x_t, t, c: unet(x_t, t, encoder_hidden_states=c)     # a UNet2DConditionOutput, not a tensor
+    ts = [250, 800]
+    r = probe_captions(denoise, x0, conds, empty, alts, flow, timesteps=ts, refine_draws=0, batch_size=5, progress=False)
+    def loss(i, cond, j):
+        eps = probe_noise(0, i, x0.shape[1:], 1, len(ts))[0, j]
+        t = flow.timesteps[1000 - ts[j]][None]                             # training timestep ts[j] as diffusers numbers it
+        with torch.no_grad():
+            unet.eval()
+            pred = unet(flow.scale_noise(x0[i:i + 1], t, eps[None]), t, encoder_hidden_states=cond[None]).sample
+            unet.train()
+        return float((pred[0] - (eps - x0[i])).pow(2).mean())
+    raw = torch.tensor([[[loss(i, c, j) for j in range(2)] for c in (conds[i], empty, alts[i, 0])] for i in range(12)])
+    torch.testing.assert_close(r.losses, (raw / raw[:, 0].mean(0)).mean(2), atol=1e-4, rtol=1e-4)
+
+
+def test_a_sigma_table_is_not_taken_for_alphas_cumprod(trained):
+    unet, _, x0, conds = trained
+    denoise = lambda x_t, t, c: unet(x_t, t, encoder_hidden_states=c).sample
+    with pytest.raises(ValueError, match="flow-matching"):
+        probe_captions(denoise, x0, conds, torch.zeros(3, 8), conds.flip(0)[:, None], diffusers.FlowMatchEulerDiscreteScheduler().sigmas,
+                       progress=False)

@@ -326,7 +326,7 @@ def probe_caption_edits(denoise: Callable, # `denoise(x_t, t, cond) -> predictio
                         latents: Tensor, # [N, ...] clean latents (or images) of the items
                         captions: Sequence[str], # each item's caption
                         alternatives, # edit strategy: `edit(caption) -> list[str | (str, tag)]`, or one such list per item
-                        alphas_cumprod: Tensor, # [T] the noise schedule's cumulative alphas
+                        schedule, # the model's noise schedule, as for `probe_captions` (a scheduler, a schedule, or `alphas_cumprod`)
                         *,
                         empty_caption: str = "", # the caption whose conditioning means "no caption"
                         clean: Sequence[bool]|None = None, # items known to be clean, the calibration's reference (default: all items)
@@ -338,7 +338,7 @@ def probe_caption_edits(denoise: Callable, # `denoise(x_t, t, cond) -> predictio
                         n_timesteps: int = 2, # how many timesteps "auto" picks
                         noise_draws: int = 1, # screening draws (every caption)
                         refine_draws: int = 2, # refining draws (own caption and the best edit of each trusted tag)
-                        prediction_type: str = "epsilon", # "epsilon", "v_prediction" or "sample"
+                        prediction_type: str|None = None, # with an `alphas_cumprod` tensor: "epsilon" (default), "v_prediction" or "sample"
                         batch_size: int = 256, # image–caption pairs per model call
                         encode_batch: int = 256, # captions per `encode` call
                         seed: int = 0, # seed of the per-item noise
@@ -347,8 +347,8 @@ def probe_caption_edits(denoise: Callable, # `denoise(x_t, t, cond) -> predictio
                        ) -> CaptionProbe:
     "Probe each item's caption against edited alternatives at the same noisy input, with per-tag margins, calibration and a suggested fix."
     _check_edit_args(latents, captions, clean, planted)
-    s = _settings(alphas_cumprod, timesteps=timesteps, n_timesteps=n_timesteps, noise_draws=noise_draws, refine_draws=refine_draws,
-                  prediction_type=prediction_type, batch_size=batch_size, seed=seed, progress=progress)
+    s = _settings(schedule, prediction_type, timesteps=timesteps, n_timesteps=n_timesteps, noise_draws=noise_draws, refine_draws=refine_draws,
+                  batch_size=batch_size, seed=seed, progress=progress)
     _check_int("min_planted", min_planted, 1)
     limits = _check_share("max_beat_rate", max_beat_rate), _check_share("min_auroc", min_auroc), min_planted
     captions = list(captions)
@@ -358,7 +358,7 @@ def probe_caption_edits(denoise: Callable, # `denoise(x_t, t, cond) -> predictio
     dev = latents.device
     items = _Items(latents, _encode_bank(encode, strings, encode_batch, dev), _noise_ids(ids, len(captions)))
     with eval_mode(*_modules_behind(denoise)), torch.no_grad():
-        ts = _pick_timesteps(s.timesteps, s.n_timesteps, s.abar, lambda: _auto_timesteps(denoise, items, _Pairs(item, cond.to(dev)), _own_pairs(alt_of), s))
+        ts = _pick_timesteps(s.timesteps, s.n_timesteps, s.schedule, lambda: _auto_timesteps(denoise, items, _Pairs(item, cond.to(dev)), _own_pairs(alt_of), s))
         return _edit_stages(denoise, items, _Layout(captions, item, cond, alt_of, flat), s, ts, (clean, planted), limits)
 
 

@@ -16,9 +16,10 @@ import torch
 from torch import Tensor
 
 from ..core import eval_mode
+from .schedules import DDPMSchedule, FlowSchedule, as_schedule
 
 # %% auto #0
-__all__ = ['PREDICTION_TYPES', 'probe_noise', 'ProbeResult', 'probe_captions', 'probe_caption_batches']
+__all__ = ['probe_noise', 'ProbeResult', 'probe_captions', 'probe_caption_batches']
 
 # %% ../../nbs/30_captions.probe.ipynb #1a0e5974
 def probe_noise(seed: int, # the probe's seed
@@ -35,18 +36,12 @@ def probe_noise(seed: int, # the probe's seed
     return torch.stack(out)
 
 # %% ../../nbs/30_captions.probe.ipynb #1842728c
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-
-def _noisy(x0: Tensor, eps: Tensor, abar: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    "`(x_t, sqrt(abar), sqrt(1 - abar))` with `abar` broadcast over the latent's dimensions."
-    a = abar.reshape(-1, *([1] * (x0.ndim - 1)))
-    sa, sb = a.sqrt().to(x0.dtype), (1 - a).sqrt().to(x0.dtype)   # a half-precision model gets half-precision inputs
-    return sa * x0 + sb * eps, sa, sb
-
-def _target(x0: Tensor, eps: Tensor, sa: Tensor, sb: Tensor, prediction_type: str) -> Tensor:
-    if prediction_type == "epsilon": return eps
-    if prediction_type == "sample": return x0
-    return sa * eps - sb * x0
+def _prediction(out) -> Tensor:
+    "The prediction in a model's output: the tensor itself, a diffusers output's `sample`, or a tuple's first element."
+    if isinstance(out, Tensor): return out
+    if isinstance(getattr(out, "sample", None), Tensor): return out.sample
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor): return out[0]
+    raise TypeError(f"denoise returned {type(out).__name__}; it must return the prediction tensor (or a diffusers output / tuple holding it)")
 
 def _mse(pred: Tensor, target: Tensor) -> Tensor:
     return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
@@ -55,12 +50,11 @@ def _mse(pred: Tensor, target: Tensor) -> Tensor:
 @dataclass(frozen=True)
 class _Settings:
     "The probe's settings, checked once (`_settings`): what every stage reads."
-    abar: Tensor # [T] the schedule's cumulative alphas (float32)
+    schedule: DDPMSchedule|FlowSchedule # how items are noised, what the model predicts, its timestep input
     timesteps: str|tuple # "auto" or the explicit timesteps
     n_timesteps: int # how many timesteps "auto" picks
     noise_draws: int # screening draws (every caption)
     refine_draws: int # refining draws (own caption and the best alternatives)
-    prediction_type: str # what `denoise` predicts
     batch_size: int # image–caption pairs per model call
     seed: int # seed of the per-item noise
     progress: bool # show a progress bar
@@ -78,13 +72,14 @@ class _Pairs(NamedTuple):
     cond: Tensor
 
 # %% ../../nbs/30_captions.probe.ipynb #24b215b5
-def _settings(alphas_cumprod: Tensor, # [T] the schedule's cumulative alphas
-              **kw, # the probe's keyword settings, as `_Settings` names them
+def _settings(schedule, # a schedule, a diffusers scheduler or an `alphas_cumprod` tensor (see `as_schedule`)
+              prediction_type: str|None, # with a tensor: what the model predicts
+              **kw, # the probe's other keyword settings, as `_Settings` names them
              ) -> _Settings:
-    "The probe's settings after every check, the schedule in float32."
-    _check_schedule(alphas_cumprod, kw["prediction_type"], kw["noise_draws"], kw["refine_draws"], kw["batch_size"])
+    "The probe's settings after every check."
+    _check_int("noise_draws", kw["noise_draws"], 1); _check_int("refine_draws", kw["refine_draws"], 0); _check_int("batch_size", kw["batch_size"], 1)
     ts = kw["timesteps"]
-    return _Settings(alphas_cumprod.to(torch.float32), **(kw | {"timesteps": ts if isinstance(ts, str) else tuple(ts)}))
+    return _Settings(as_schedule(schedule, prediction_type), **(kw | {"timesteps": ts if isinstance(ts, str) else tuple(ts)}))
 
 # %% ../../nbs/30_captions.probe.ipynb #6e9ab38d
 def _pair_losses(denoise, # `denoise(x_t, t, cond) -> prediction`
@@ -98,7 +93,7 @@ def _pair_losses(denoise, # `denoise(x_t, t, cond) -> prediction`
     "Losses `[P, len(draws), len(ts)]` of the pairs; the pairs of an item adjacent, items seeded by their noise ids."
     latents, bank, ids = items
     dev, P = latents.device, pairs.item.shape[0]
-    abar = s.abar.to(dev, torch.float32)
+    sch = s.schedule.to(dev)
     out = torch.empty(P, len(draws), len(ts), device=dev)
     for a in range(0, P, s.batch_size):
         e = min(P, a + s.batch_size)
@@ -109,9 +104,8 @@ def _pair_losses(denoise, # `denoise(x_t, t, cond) -> prediction`
         for d in range(len(draws)):
             for j, t in enumerate(ts):
                 tt = torch.full((len(uniq),), t, device=dev, dtype=torch.long)
-                x_t, sa, sb = _noisy(x0, eps[:, d, j], abar[tt])
-                target = _target(x0, eps[:, d, j], sa, sb, s.prediction_type)
-                out[a:e, d, j] = _mse(denoise(x_t[inv], tt[inv], cond), target[inv])
+                x_t, target = sch.noisy(x0, eps[:, d, j], tt)
+                out[a:e, d, j] = _mse(_prediction(denoise(x_t[inv], sch.model_timestep(tt)[inv], cond)), target[inv])
         if bar is not None: bar.update(e - a)
     return out
 
@@ -120,15 +114,12 @@ def _finite_mean(x: Tensor, dim) -> Tensor:
     "Mean over `dim` of the finite entries only (NaN where none is finite)."
     return torch.where(torch.isfinite(x), x, torch.nan).nanmean(dim)
 
-def _candidate_timesteps(n_train: int, grid: int = 10) -> list[int]:
-    "Evenly spaced timesteps over the schedule, the very ends left out."
-    return [int(round(v)) for v in torch.linspace(0.05 * (n_train - 1), 0.95 * (n_train - 1), grid).tolist()]
 
 
 # %% ../../nbs/30_captions.probe.ipynb #1ed05b13
 def _auto_timesteps(denoise, items: _Items, pairs: _Pairs, is_own: Tensor, s: _Settings, sample: int = 64) -> list[int]:
     "The `n_timesteps` candidates where the own caption beats the other captions most (relative to its loss), on the first `sample` items."
-    cand = _candidate_timesteps(s.abar.shape[0])
+    cand = s.schedule.candidates()
     m = int(torch.searchsorted(pairs.item, torch.tensor(min(sample, int(pairs.item[-1]) + 1))))
     raw = _pair_losses(denoise, items, _Pairs(pairs.item[:m], pairs.cond[:m]), dataclasses.replace(s, seed=s.seed + 1), cand, range(1))[:, 0]
     own_at = torch.cumsum(is_own[:m].long(), 0) - 1                         # the own pair of each pair's item (listed first)
@@ -175,10 +166,6 @@ def _check_items(latents, conds, empty_cond, alternatives):
     if not isinstance(alternatives, Tensor) or alternatives.ndim != conds.ndim + 1 or alternatives.shape[0] != n or tuple(alternatives.shape[2:]) != tuple(conds.shape[1:]) or alternatives.shape[1] < 1:
         raise ValueError(f"alternatives must be a tensor [N, K, ...] of K >= 1 conditionings per item shaped like conds {tuple(conds.shape[1:])}, got {getattr(alternatives, 'shape', None)}")
 
-def _check_schedule(abar, prediction_type, noise_draws, refine_draws, batch_size):
-    if not isinstance(abar, Tensor) or abar.ndim != 1: raise ValueError("alphas_cumprod must be the scheduler's 1-D tensor of cumulative alphas (e.g. DDPMScheduler().alphas_cumprod)")
-    if prediction_type not in PREDICTION_TYPES: raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
-    _check_int("noise_draws", noise_draws, 1); _check_int("refine_draws", refine_draws, 0); _check_int("batch_size", batch_size, 1)
 
 
 # %% ../../nbs/30_captions.probe.ipynb #74005164
@@ -217,14 +204,15 @@ def _filled(cell) -> bool:
 
 
 # %% ../../nbs/30_captions.probe.ipynb #fa1413cc
-def _pick_timesteps(timesteps, n_timesteps, abar, auto) -> list[int]:
+def _pick_timesteps(timesteps, n_timesteps, schedule, auto) -> list[int]:
     if isinstance(timesteps, str):
         if timesteps != "auto": raise ValueError(f"timesteps must be 'auto' or a list of ints, got {timesteps!r}")
         _check_int("n_timesteps", n_timesteps, 1)
         if n_timesteps > 10: raise ValueError(f"n_timesteps: 'auto' chooses among 10 candidate timesteps, got {n_timesteps}; pass explicit timesteps for more")
         return auto()
     ts = [int(t) for t in timesteps]
-    if not ts or any(not 0 <= t < abar.shape[0] for t in ts): raise ValueError(f"timesteps must be in 0..{abar.shape[0] - 1}, got {ts}")
+    lo, hi = schedule.timestep_range
+    if not ts or any(not lo <= t <= hi for t in ts): raise ValueError(f"timesteps must be training timesteps in {lo}..{hi}, got {ts}")
     return ts
 
 
@@ -234,13 +222,13 @@ def probe_captions(denoise: Callable, # `denoise(x_t, t, cond) -> prediction`: t
                    conds: Tensor|None, # [N, ...] each item's own caption conditioning (e.g. text-encoder states); None with a DataLoader
                    empty_cond: Tensor, # [...] the empty caption's conditioning
                    alternatives: Tensor|None, # [N, K, ...] K alternative conditionings per item (other class words, edits, ...); None with a DataLoader
-                   alphas_cumprod: Tensor, # [T] the noise schedule's cumulative alphas (`scheduler.alphas_cumprod`)
+                   schedule, # the model's noise schedule: its diffusers scheduler, a DDPMSchedule/FlowSchedule, or `alphas_cumprod` (see `as_schedule`)
                    *,
                    timesteps: str|Sequence[int] = "auto", # "auto" (label-free choice of informative timesteps) or explicit timesteps
                    n_timesteps: int = 2, # how many timesteps "auto" picks
                    noise_draws: int = 1, # screening noise draws per timestep (every caption)
                    refine_draws: int = 2, # refining draws per timestep (own caption and best alternative only)
-                   prediction_type: str = "epsilon", # what `denoise` predicts: "epsilon", "v_prediction" or "sample"
+                   prediction_type: str|None = None, # with an `alphas_cumprod` tensor: "epsilon" (default), "v_prediction" or "sample"
                    batch_size: int = 256, # image–caption pairs per model call
                    seed: int = 0, # seed of the per-item noise
                    ids: Sequence[int]|None = None, # each item's noise id (e.g. its dataset index); default 0..N-1
@@ -252,9 +240,9 @@ def probe_captions(denoise: Callable, # `denoise(x_t, t, cond) -> prediction`: t
               prediction_type=prediction_type, batch_size=batch_size, seed=seed, posterior_scale=posterior_scale, progress=progress)
     if not isinstance(latents, Tensor) and conds is None and alternatives is None and hasattr(latents, "__iter__"):
         if ids is not None: raise ValueError("ids: a DataLoader's batches carry their noise ids in 'index'; pass ids only with tensors")
-        return probe_caption_batches(denoise, latents, empty_cond, alphas_cumprod, **kw)
+        return probe_caption_batches(denoise, latents, empty_cond, schedule, **kw)
     _check_items(latents, conds, empty_cond, alternatives)
-    s = _settings(alphas_cumprod, **kw)
+    s = _settings(schedule, **kw)
     ids = list(range(latents.shape[0])) if ids is None else _noise_ids(ids, latents.shape[0])
     one = [(latents, conds, alternatives, ids)]
     return _probe(denoise, lambda: iter(one), empty_cond, s, latents.shape[0])
@@ -264,7 +252,7 @@ def probe_captions(denoise: Callable, # `denoise(x_t, t, cond) -> prediction`: t
 def probe_caption_batches(denoise: Callable, # `denoise(x_t, t, cond) -> prediction`, as for `probe_captions`
                           batches, # an iterable you can iterate twice (a DataLoader, a list) of dicts: "latents" [B, ...], "conds" [B, ...], "alternatives" [B, K, ...], optional "index" [B]
                           empty_cond: Tensor, # [...] the empty caption's conditioning
-                          alphas_cumprod: Tensor, # [T] the noise schedule's cumulative alphas
+                          schedule, # the model's noise schedule, as for `probe_captions`
                           **kwargs, # `probe_captions`' keyword arguments (timesteps, noise_draws, refine_draws, prediction_type, batch_size, seed, ...)
                          ) -> ProbeResult:
     "`probe_captions` over batches of dicts: only one batch of latents and conditionings is held at a time; same scores as one call on everything."
@@ -274,7 +262,7 @@ def probe_caption_batches(denoise: Callable, # `denoise(x_t, t, cond) -> predict
     unknown = sorted(set(kwargs) - set(opts))
     if unknown: raise TypeError(f"probe_caption_batches got unknown arguments {unknown}; it takes {sorted(opts)}")
     opts.update(kwargs)
-    s = _settings(alphas_cumprod, **opts)
+    s = _settings(schedule, **opts)
     total = len(batches.dataset) if hasattr(batches, "dataset") and hasattr(batches.dataset, "__len__") else None
     ordered = not isinstance(batches, torch.utils.data.DataLoader) or isinstance(batches.sampler, torch.utils.data.SequentialSampler)
     return _probe(denoise, lambda: _dict_batches(batches, empty_cond, ordered), empty_cond, s, total)
@@ -310,7 +298,7 @@ def _probe(denoise, batches: Callable, empty_cond: Tensor, s: _Settings, total: 
     screened, order = [], []
     with eval_mode(*_modules_behind(denoise)), torch.no_grad(), tqdm(total=None if total is None else total * (1 + bool(s.refine_draws)), desc="probing captions",
                                                      unit="item", disable=not s.progress) as bar:
-        ts = _pick_timesteps(s.timesteps, s.n_timesteps, s.abar, lambda: _auto_on_first(denoise, batches, empty_cond, s))
+        ts = _pick_timesteps(s.timesteps, s.n_timesteps, s.schedule, lambda: _auto_on_first(denoise, batches, empty_cond, s))
         for x, c, a, ids in batches():
             bank, item, slot, same = _batch_bank(x, c, empty_cond, a)
             raw = _pair_losses(denoise, _Items(x, bank, ids), _Pairs(item, slot.to(x.device)), s, ts, range(s.noise_draws))
