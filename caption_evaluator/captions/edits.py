@@ -252,15 +252,19 @@ def _check_planted_tags(planted, alts):
     unknown = sorted({p for p in planted if p is not None} - known)
     if unknown: raise ValueError(f"planted: tag(s) {unknown} are not tags of any alternative (tags: {sorted(known)}); plant with the vocabulary the edits use")
 
-def _encode_bank(encode, strings: list[str], batch: int, device) -> Tensor:
+def _encode_bank(encode, strings: list[str], batch: int, device) -> Tensor|tuple:
+    "Every distinct caption's conditioning, encoded `batch` at a time: one tensor, or a tuple of tensors (embeddings, pooled, ...)."
     parts = []
     for s in range(0, len(strings), batch):
         chunk = strings[s:s + batch]
         z = encode(chunk)
-        if not isinstance(z, Tensor) or z.shape[0] != len(chunk): raise ValueError(f"encode must return a tensor with one row per caption ({len(chunk)}), got {getattr(z, 'shape', type(z).__name__)}")
-        parts.append(z.to(device))
-    return torch.cat(parts)
-
+        members = (z,) if isinstance(z, Tensor) else tuple(z) if isinstance(z, (tuple, list)) else ()
+        if not members or not all(isinstance(m, Tensor) and m.ndim and m.shape[0] == len(chunk) for m in members):
+            raise ValueError(f"encode must return a tensor (or a tuple of tensors) with one row per caption ({len(chunk)}), got "
+                             f"{[getattr(m, 'shape', type(m).__name__) for m in members] or type(z).__name__}")
+        parts.append(tuple(m.to(device) for m in members))
+    cat = tuple(torch.cat(m) for m in zip(*parts))
+    return cat[0] if isinstance(z, Tensor) else cat
 
 # %% ../../nbs/31_captions.edits.ipynb #90c2c0c8
 def _check_edit_args(latents, captions, clean, planted):
@@ -322,7 +326,7 @@ def _best_trusted(alt_loss: Tensor, owner: Tensor, trusted: Tensor, n: int) -> T
 
 # %% ../../nbs/31_captions.edits.ipynb #e1a9818a
 def probe_caption_edits(denoise: Callable, # `denoise(x_t, t, cond) -> prediction`: the model call
-                        encode: Callable, # `encode(list[str]) -> Tensor [n, ...]`: caption strings to conditionings (each distinct string once)
+                        encode: Callable, # `encode(list[str]) -> Tensor [n, ...]` (or a tuple of them): caption strings to conditionings, each distinct string once
                         latents: Tensor, # [N, ...] clean latents (or images) of the items
                         captions: Sequence[str], # each item's caption
                         alternatives, # edit strategy: `edit(caption) -> list[str | (str, tag)]`, or one such list per item

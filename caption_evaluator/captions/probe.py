@@ -63,8 +63,12 @@ class _Settings:
 class _Items(NamedTuple):
     "The items of a model pass: clean latents [N, ...], the conditioning bank its pairs index, each item's noise id (`None`: its position)."
     latents: Tensor
-    bank: Tensor
+    bank: Tensor|tuple # one conditioning per row; a tuple of such tensors for models conditioned on several (embeddings, pooled, ...)
     ids: Sequence[int]|None
+
+def _cond_rows(bank: Tensor|tuple, idx: Tensor) -> Tensor|tuple:
+    "Rows `idx` of a conditioning bank, a tensor or a tuple of tensors (each indexed alike)."
+    return bank[idx] if isinstance(bank, Tensor) else tuple(b[idx] for b in bank)
 
 class _Pairs(NamedTuple):
     "Each pair's item (sorted, on the CPU) and conditioning slot in the bank (on the latents' device)."
@@ -100,7 +104,7 @@ def _pair_losses(denoise, # `denoise(x_t, t, cond) -> prediction`
         uniq, inv = torch.unique_consecutive(pairs.item[a:e], return_inverse=True)
         eps = torch.stack([probe_noise(s.seed, u if ids is None else ids[u], latents.shape[1:], draws, len(ts)) for u in uniq.tolist()])
         eps, x0, inv = eps.to(dev, latents.dtype), latents[uniq.to(dev)], inv.to(dev)
-        cond = bank[pairs.cond[a:e]]
+        cond = _cond_rows(bank, pairs.cond[a:e])
         for d in range(len(draws)):
             for j, t in enumerate(ts):
                 tt = torch.full((len(uniq),), t, device=dev, dtype=torch.long)
