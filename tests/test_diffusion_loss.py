@@ -55,7 +55,7 @@ def test_matches_ai_toolkit(b, loss_type, masked, prior, gamma, seed):
     prior_loss = torch.rand(b, generator=g) if prior else None
     ref_vec, ref_loss = ai_toolkit_reference(pred, target, t, sched, loss_type, mask, mult, prior_loss, gamma)
     w = min_snr_weights(t, sched.alphas_cumprod, gamma, style="ai-toolkit") if gamma else None
-    got = diffusion_per_sample_loss(pred, target, loss_type=loss_type, mask=mask, loss_multiplier=mult, prior_loss=prior_loss, snr_weights=w)
+    got = diffusion_per_sample_loss(pred, target, loss_type=loss_type, mask=mask, loss_multiplier=mult, prior_loss=prior_loss, weights=w)
     torch.testing.assert_close(got, ref_vec, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got.mean(), ref_loss, rtol=1e-5, atol=1e-6)
 
@@ -72,7 +72,7 @@ def test_matches_diffusers_min_snr(prediction_type):
     loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=list(range(1, 4))) * mse_loss_weights
     w = min_snr_weights(t, sched.alphas_cumprod, 5.0, prediction_type=prediction_type)
     torch.testing.assert_close(w, mse_loss_weights)
-    got = diffusion_per_sample_loss(pred, target, snr_weights=w, style="diffusers")
+    got = diffusion_per_sample_loss(pred, target, weights=w, style="diffusers")
     torch.testing.assert_close(got.mean(), loss.mean())
 
 
@@ -92,7 +92,7 @@ def test_real_unet_training_is_tracked_exactly(tmp_path):
         t = torch.randint(0, 1000, (4,), generator=g)
         eps = torch.randn(4, 1, 8, 8, generator=g)
         pred = unet(sched.add_noise(x0[idx], eps, t), t, encoder_hidden_states=cond[idx]).sample
-        per = diffusion_per_sample_loss(pred, eps, snr_weights=min_snr_weights(t, sched.alphas_cumprod, 5.0))
+        per = diffusion_per_sample_loss(pred, eps, weights=min_snr_weights(t, sched.alphas_cumprod, 5.0))
         loss = per.mean()
         brute = (F.mse_loss(pred, eps, reduction="none").mean((1, 2, 3)) * min_snr_weights(t, sched.alphas_cumprod, 5.0)).mean()
         torch.testing.assert_close(loss, brute)
@@ -122,3 +122,31 @@ def test_ai_toolkit_recording_and_snapshot_folder(tmp_path):
     assert max(picked, key=os.path.getctime).endswith(".safetensors")
     with pytest.raises(ValueError, match="single_item_batching"):
         record_ai_toolkit_batch(tracker, batch, torch.tensor([0.1]), torch.tensor([10]))
+
+
+@pytest.mark.parametrize("scheme", ["sigma_sqrt", "cosmap", "logit_normal"])
+def test_flow_step_matches_diffusers_sd3_script(scheme, tmp_path):
+    "One training step of a tiny SD3 transformer as diffusers' train_dreambooth_lora_sd3.py computes it: sigmas from the"
+    "scheduler copy's table, x_t = (1 - σ) x0 + σ ε, target noise - model_input, weighting from compute_loss_weighting_for_sd3."
+    from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
+    from caption_evaluator.captions.schedules import as_schedule
+    from caption_evaluator.captions.tiny_pipelines import tiny_pipeline
+    from caption_evaluator.integrations.diffusion_loss import flow_loss_weights
+    pipe = diffusers.DiffusionPipeline.from_pretrained(tiny_pipeline("sd3", tmp_path / "sd3"))
+    sched = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g)
+    emb, pooled = torch.randn(4, 7, 64, generator=g), torch.randn(4, 64, generator=g)
+    u = compute_density_for_timestep_sampling(weighting_scheme=scheme, batch_size=4, logit_mean=0.0, logit_std=1.0, mode_scale=1.29)
+    indices = (u * sched.config.num_train_timesteps).long()
+    timesteps = sched.timesteps[indices]
+    sigmas = sched.sigmas[indices].flatten()
+    x_t = (1.0 - sigmas[:, None, None, None]) * x0 + sigmas[:, None, None, None] * noise
+    with torch.no_grad():
+        pred = pipe.transformer(hidden_states=x_t, timestep=timesteps, encoder_hidden_states=emb, pooled_projections=pooled).sample
+    weighting = compute_loss_weighting_for_sd3(weighting_scheme=scheme, sigmas=sigmas[:, None, None, None])
+    script = torch.mean((weighting.float() * (pred.float() - (noise - x0).float()) ** 2).reshape(4, -1), 1).mean()
+    ours_t = 1000 - indices                                                  # the same draws as training timesteps 1..T of FlowSchedule
+    _, target = as_schedule(sched).noisy(x0, noise, ours_t)
+    per = diffusion_per_sample_loss(pred, target, weights=flow_loss_weights(sigmas, scheme), style="diffusers")
+    torch.testing.assert_close(per.mean(), script, atol=1e-6, rtol=1e-5)

@@ -1,4 +1,4 @@
-"""The per-sample training loss of a diffusion trainer, reduced exactly as diffusers' scripts and ai-toolkit's `SDTrainer` reduce it, with min-SNR weights, masks and pseudo-Huber, and the one-line ai-toolkit recording patch.
+"""The per-sample training loss of a diffusion trainer, reduced exactly as diffusers' scripts and ai-toolkit's `SDTrainer` reduce it, with min-SNR and flow-matching weights, masks and pseudo-Huber, and the one-line ai-toolkit recording patch.
 
 Docs: https://caption-evaluator.github.io/caption_evaluator/integrations.diffusion_loss.html.md"""
 
@@ -7,6 +7,7 @@ Docs: https://caption-evaluator.github.io/caption_evaluator/integrations.diffusi
 # %% ../../nbs/40_integrations.diffusion_loss.ipynb #41119c14
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -14,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['STYLES', 'DIFFUSION_LOSS_TYPES', 'AI_TOOLKIT_SNAPSHOT_DIR', 'snr', 'min_snr_weights', 'diffusion_per_sample_loss',
-           'ai_toolkit_snapshot_dir', 'record_ai_toolkit_batch']
+__all__ = ['STYLES', 'DIFFUSION_LOSS_TYPES', 'FLOW_WEIGHTINGS', 'AI_TOOLKIT_SNAPSHOT_DIR', 'snr', 'min_snr_weights',
+           'diffusion_per_sample_loss', 'flow_loss_weights', 'ai_toolkit_snapshot_dir', 'record_ai_toolkit_batch']
 
 # %% ../../nbs/40_integrations.diffusion_loss.ipynb #9f9c5649
 STYLES = ("ai-toolkit", "diffusers")
@@ -72,7 +73,7 @@ def diffusion_per_sample_loss(pred: Tensor, # [B, ...] the model's prediction
                               mask: Tensor|None = None, # [B, ...] broadcastable loss mask (ai-toolkit style): normalised by its batch mean
                               loss_multiplier: Tensor|float|None = None, # [B] per-item multipliers (ai-toolkit's dataset `loss_multiplier`)
                               prior_loss: Tensor|None = None, # [B] prior-preservation loss added per sample (ai-toolkit style)
-                              snr_weights: Tensor|None = None, # [B] e.g. `min_snr_weights(...)`
+                              weights: Tensor|None = None, # [B] per-sample loss weights: `min_snr_weights(...)`, `flow_loss_weights(...)`, a trainer's timestep weights
                               style: str = "ai-toolkit", # "ai-toolkit" or "diffusers" (no mask or prior terms)
                              ) -> Tensor:
     "Per-sample training losses `[B]` whose mean is the trainer's loss, reduced as ai-toolkit or diffusers reduce them."
@@ -88,9 +89,22 @@ def diffusion_per_sample_loss(pred: Tensor, # [B, ...] the model's prediction
     l = l.reshape(b, -1).mean(1)
     if loss_multiplier is not None: l = l * _per_item("loss_multiplier", loss_multiplier, b, l.device)
     if prior_loss is not None: l = l + _per_item("prior_loss", prior_loss, b, l.device)
-    if snr_weights is not None: l = l * _per_item("snr_weights", snr_weights, b, l.device)
+    if weights is not None: l = l * _per_item("weights", weights, b, l.device)
     return l
 
+
+# %% ../../nbs/40_integrations.diffusion_loss.ipynb #d06ba586
+FLOW_WEIGHTINGS = ("sigma_sqrt", "cosmap", "logit_normal", "mode", "none")
+
+def flow_loss_weights(sigmas: Tensor, # [B] each sample's σ (the noise level it was trained at)
+                      weighting_scheme: str = "none", # diffusers' `--weighting_scheme`: "sigma_sqrt", "cosmap", or a sampling-only scheme (weight 1)
+                     ) -> Tensor:
+    "Per-sample loss weights `[B]` of diffusers' flow-matching scripts, as `compute_loss_weighting_for_sd3` computes them."
+    if weighting_scheme not in FLOW_WEIGHTINGS: raise ValueError(f"weighting_scheme must be one of {FLOW_WEIGHTINGS}, got {weighting_scheme!r}")
+    s = sigmas.reshape(-1)
+    if weighting_scheme == "sigma_sqrt": return (s ** -2.0).float()
+    if weighting_scheme == "cosmap": return 2 / (math.pi * (1 - 2 * s + 2 * s ** 2))
+    return torch.ones_like(s)
 
 # %% ../../nbs/40_integrations.diffusion_loss.ipynb #40be9aea
 AI_TOOLKIT_SNAPSHOT_DIR = ".item_stats"   # inside ai-toolkit's save_root: no `{name}*` resume glob, no `{job}_*` cleanup matches it
