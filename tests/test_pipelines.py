@@ -8,7 +8,7 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 
 from caption_evaluator.captions.pipelines import pipeline_parts, probe_pipeline
-from caption_evaluator.captions.probe import probe_noise
+from caption_evaluator.captions.engine import probe_noise
 from caption_evaluator.captions.tiny_pipelines import PIPELINE_FAMILIES, tiny_pipeline
 
 CAPTIONS = ["a red disc", "a blue disc", "a red square"]

@@ -7,7 +7,8 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 
 from caption_evaluator.captions.denoiser import ddpm_alphas_cumprod
-from caption_evaluator.captions.probe import probe_captions, probe_noise
+from caption_evaluator.captions.engine import probe_noise
+from caption_evaluator.captions.probe import probe_captions
 
 
 def tiny_unet():
