@@ -37,7 +37,7 @@ def edits(caption: str) -> list[str]:
 
 def load(family: str, root: Path, device: str, dtype):
     from diffusers import DiffusionPipeline
-    return DiffusionPipeline.from_pretrained(tiny_pipeline(family, root / family), torch_dtype=dtype).to(device)
+    return DiffusionPipeline.from_pretrained(tiny_pipeline(family, root / family), dtype=dtype).to(device)
 
 
 def timed(fn, clock) -> float:

@@ -64,10 +64,9 @@ def oracle_loss(fam, pipe, x0, eps, t, caption, guidance):
     return float((pred - target).pow(2).mean())
 
 
-def test_each_pair_loss_equals_diffusers_one_by_one(family_pipe):
-    fam, pipe = family_pipe
+def check_against_oracle(fam, pipe, guidance=3.5):
+    "probe_pipeline's normalised screening losses against the one-by-one oracle, for every own caption and every edit."
     images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))        # RGB in [0, 1]
-    guidance = 3.5
     r = probe_pipeline(pipe, images, CAPTIONS, SWAP, timesteps=TS, refine_draws=0, guidance=guidance, max_sequence_length=16,
                        batch_size=3, progress=False)
     lat = oracle_latents(pipe, images)
@@ -79,6 +78,43 @@ def test_each_pair_loss_equals_diffusers_one_by_one(family_pipe):
     torch.testing.assert_close(r.own_loss, (own / scale).mean(1), atol=1e-4, rtol=1e-4)
     alt = torch.tensor([raw(i, cap) for i, cap, _ in r.alternatives])
     torch.testing.assert_close(r.alternative_losses, (alt / scale).mean(1), atol=1e-4, rtol=1e-4)
+    return r
+
+
+def test_each_pair_loss_equals_diffusers_one_by_one(family_pipe):
+    check_against_oracle(*family_pipe)
+
+
+def test_a_loaded_lora_is_probed_as_loaded(tmp_path):
+    "A LoRA saved with `save_lora_weights` and loaded with `load_lora_weights`: the probe runs the adapted UNet, as the oracle does."
+    peft = pytest.importorskip("peft")
+    from peft.utils import get_peft_model_state_dict
+    folder = tiny_pipeline("sd15", tmp_path / "sd15", seed=1)
+    trainer = diffusers.DiffusionPipeline.from_pretrained(folder)
+    torch.manual_seed(0)
+    trainer.unet.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    for n, p in trainer.unet.named_parameters():
+        if "lora_B" in n: p.data.normal_(0, 0.5)                                   # a trained LoRA, not the identity it starts as
+    diffusers.StableDiffusionPipeline.save_lora_weights(tmp_path / "lora", unet_lora_layers=get_peft_model_state_dict(trainer.unet))
+    pipe, base = diffusers.DiffusionPipeline.from_pretrained(folder), diffusers.DiffusionPipeline.from_pretrained(folder)
+    pipe.load_lora_weights(tmp_path / "lora")
+    with_lora = check_against_oracle("sd15", pipe)
+    without = probe_pipeline(base, torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(2)), CAPTIONS, SWAP, timesteps=TS,
+                             refine_draws=0, progress=False)
+    assert not torch.allclose(with_lora.alternative_losses, without.alternative_losses, atol=1e-3)
+
+
+def test_half_precision_pipeline_is_probed_in_its_dtype(tmp_path):
+    "A bfloat16 pipeline (as `dtype=torch.bfloat16` loads it) is probed in bfloat16 and left so; its scores follow float32's."
+    folder = tiny_pipeline("flux", tmp_path / "flux", seed=1)
+    images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    kw = dict(timesteps=TS, refine_draws=0, max_sequence_length=16, progress=False)
+    full = probe_pipeline(diffusers.DiffusionPipeline.from_pretrained(folder), images, CAPTIONS, SWAP, **kw)
+    half_pipe = diffusers.DiffusionPipeline.from_pretrained(folder, dtype=torch.bfloat16)
+    half = probe_pipeline(half_pipe, images, CAPTIONS, SWAP, **kw)
+    assert next(half_pipe.transformer.parameters()).dtype == torch.bfloat16
+    assert torch.isfinite(half.alternative_losses).all()
+    torch.testing.assert_close(half.alternative_losses.float(), full.alternative_losses, atol=0.05, rtol=0.05)
 
 
 def test_modes_and_weights_are_left_as_they_were(family_pipe):
