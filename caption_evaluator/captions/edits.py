@@ -19,7 +19,7 @@ from ..core import eval_mode, format_table
 from ..noise import auroc
 from ..tracking.snapshots import top_indices
 from .engine import (ProbeGrid, ProbeItems, ProbePairs, ProbeSettings, auto_timesteps, check_count, denoiser_modules,
-                                               finite_mean, noise_ids, pair_losses, pick_timesteps, probe_settings)
+                                               noise_ids, pair_losses, pick_timesteps, probe_settings, refined_means, screen_means)
 
 # %% auto #0
 __all__ = ['word_swaps', 'other_captions', 'plant_wrong_words', 'CaptionProbe', 'probe_caption_edits']
@@ -415,8 +415,7 @@ def _edit_stages(denoise, items: ProbeItems, lay: _Layout, s: ProbeSettings, ts:
     cond = lay.cond.to(dev)
     with tqdm(total=len(lay.item), desc="probing captions", unit="pair", disable=not s.progress) as bar:
         raw = pair_losses(denoise, items, ProbePairs(lay.item, cond), s, ProbeGrid(ts, range(s.noise_draws)), bar)
-        scale_t = finite_mean(raw[own_rows], (0, 1)).clamp(min=1e-12)      # a NaN/inf loss poisons only its own item
-        Lp = (raw / scale_t).mean((1, 2))
+        scale_t, Lp = screen_means(raw, own_rows)
         own, empty, alt_loss = Lp[own_rows], Lp[empty_rows], Lp[alt_rows]
         margins = _tag_margins(own, alt_loss, owner, masks, n)
         reference, planted = _reference(calib.clean, calib.planted, n, dev)
@@ -479,5 +478,5 @@ def _refine(denoise, # `denoise(x_t, t, cond) -> prediction`
     pair = torch.cat([own_slot[:, None], alt_slot], 1).flatten()
     draws, total = s.noise_draws, s.noise_draws + s.refine_draws
     raw2 = pair_losses(denoise, items, ProbePairs(torch.arange(n).repeat_interleave(1 + m), pair), s, ProbeGrid(screen.timesteps, range(draws, total)), bar)
-    r2 = (raw2 / screen.scale_t).mean(2).reshape(n, 1 + m, s.refine_draws).sum(2)
-    return (screen.own * draws + r2[:, 0]) / total, torch.where(has, (screen.best_loss * draws + r2[:, 1:]) / total, torch.nan)
+    both = refined_means(torch.cat([screen.own[:, None], screen.best_loss], 1), raw2, screen.scale_t, s)
+    return both[:, 0], torch.where(has, both[:, 1:], torch.nan)

@@ -18,7 +18,8 @@ from .schedules import DDPMSchedule, FlowSchedule, as_schedule
 
 # %% auto #0
 __all__ = ['probe_noise', 'ProbeSettings', 'ProbeItems', 'ProbeGrid', 'ProbePairs', 'probe_settings', 'pair_losses',
-           'finite_mean', 'auto_timesteps', 'check_count', 'noise_ids', 'denoiser_modules', 'pick_timesteps']
+           'finite_mean', 'auto_timesteps', 'check_count', 'noise_ids', 'denoiser_modules', 'pick_timesteps',
+           'screen_means', 'refined_means']
 
 # %% ../../nbs/31_captions.engine.ipynb #1a0e5974
 def probe_noise(seed: int, # the probe's seed
@@ -211,3 +212,22 @@ def pick_timesteps(s: ProbeSettings, # the probe's settings: `timesteps` ("auto"
     if not ts or any(not lo <= t <= hi for t in ts): raise ValueError(f"timesteps must be training timesteps in {lo}..{hi}, got {ts}")
     return ts
 
+
+# %% ../../nbs/31_captions.engine.ipynb #0febaad8
+def screen_means(raw: Tensor, # [P, draws, timesteps] screening losses of every pair
+                 own_rows: Tensor, # the rows of the items' own-caption pairs
+                ) -> tuple[Tensor, Tensor]:
+    "`(per-timestep scales, each pair's normalised mean)`: the scale is the finite mean own-caption loss of each timestep."
+    scale_t = finite_mean(raw[own_rows], (0, 1)).clamp(min=1e-12)
+    return scale_t, (raw / scale_t).mean((1, 2))
+
+# %% ../../nbs/31_captions.engine.ipynb #2c9e4c97
+def refined_means(screened: Tensor, # [N, k] screening means of each item's refined pairs (own caption first)
+                  raw: Tensor, # [N·k, refine_draws, timesteps] their refining losses, item by item
+                  scale_t: Tensor, # the per-timestep scales of screening
+                  s: ProbeSettings, # the probe's settings (`noise_draws`, `refine_draws`)
+                 ) -> Tensor:
+    "Means over every draw `[N, k]`: the screening means and the refining draws, each draw weighted alike."
+    n, k = screened.shape
+    more = (raw / scale_t).mean(2).reshape(n, k, s.refine_draws).sum(2)
+    return (screened * s.noise_draws + more) / (s.noise_draws + s.refine_draws)

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from ..core import eval_mode
-from .engine import (ProbeGrid, ProbeItems, ProbePairs, ProbeSettings, denoiser_modules, finite_mean,
-                                               noise_ids, pair_losses, pick_timesteps, probe_settings, auto_timesteps)
+from .engine import (ProbeGrid, ProbeItems, ProbePairs, ProbeSettings, denoiser_modules,
+                                               noise_ids, pair_losses, pick_timesteps, probe_settings, auto_timesteps, refined_means, screen_means)
 
 # %% auto #0
 __all__ = ['ProbeResult', 'probe_captions', 'probe_caption_batches']
@@ -148,16 +148,14 @@ def _probe(denoise, batches: Callable, empty_cond: Tensor, s: ProbeSettings, tot
         raw, same = torch.cat([r for r, *_ in screened]), torch.cat([s.to(screened[0][0].device) for _, s, *_ in screened])
         n, dev = same.shape[0], raw.device
         own_rows = torch.arange(n, device=dev) * (2 + k)
-        scale_t = finite_mean(raw[own_rows], (0, 1)).clamp(min=1e-12)      # a NaN/inf loss poisons only its own item
-        L = (raw / scale_t).mean((1, 2)).reshape(n, 2 + k)                   # screening means
+        scale_t, means = screen_means(raw, own_rows)
+        L = means.reshape(n, 2 + k)                                          # screening means
         alt = L[:, 2:].masked_fill(same, float("inf"))                       # the own caption does not compete with itself
         best = alt.argmin(1)
         own_all, best_all = L[:, 0], alt.gather(1, best[:, None])[:, 0]
         if s.refine_draws:
             r2 = _refine(denoise, _Source(batches, empty_cond), s, ts, _Chosen(best, order), bar)
-            r2 = (r2.to(dev) / scale_t).mean(2).reshape(n, 2, s.refine_draws)
-            own_all = (own_all * s.noise_draws + r2[:, 0].sum(1)) / (s.noise_draws + s.refine_draws)
-            best_all = (best_all * s.noise_draws + r2[:, 1].sum(1)) / (s.noise_draws + s.refine_draws)
+            own_all, best_all = refined_means(torch.stack([own_all, best_all], 1), r2.to(dev), scale_t, s).unbind(1)
     post = torch.softmax(-s.posterior_scale * torch.cat([L[:, :1], alt], 1), 1)
     swap = torch.where(same.all(1), torch.nan, own_all - best_all)
     return ProbeResult(own_all, L[:, 0] - L[:, 1], swap, best, post, L, list(ts),
