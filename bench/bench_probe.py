@@ -1,6 +1,6 @@
 """Benchmark: image–caption pairs per second through `probe_pipeline`, against the bare denoiser forward (the floor).
 
-For each tiny pipeline family (`tiny_pipeline`: SD 1.5, SDXL, SD3, FLUX; real diffusers classes, random weights), 32
+For each tiny pipeline family (`tiny_pipeline`: SD 1.5, SDXL, SD3, FLUX; real diffusers classes, random weights), 64
 images of 16×16 with captions and 3 edits each are probed with the default draws (2 timesteps, 1 screening and
 2 refining draws). The floor is the pipeline's own denoiser call (`pipeline_parts(pipe).denoise`) over the same
 model batches (the same number of rows in the same sizes), on inputs prepared beforehand: no noise, no targets, no losses,
@@ -24,7 +24,7 @@ from caption_evaluator.captions.edits import probe_caption_edits
 from caption_evaluator.captions.pipelines import pipeline_parts, probe_pipeline
 from caption_evaluator.captions.tiny_pipelines import PIPELINE_FAMILIES, tiny_pipeline
 
-N, BATCH = 32, 64
+N, BATCH = 64, 64
 COLOURS, SHAPES = ("red", "green", "blue", "white"), ("disc", "square")
 RESULTS = Path(__file__).parent / "results" / "probe.md"
 

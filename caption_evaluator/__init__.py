@@ -27,6 +27,8 @@ if _TYPE_CHECKING:
     from .captions.edits import probe_caption_edits, word_swaps
     from .captions.data import captioned_digits, captioned_shapes
     from .captions.denoiser import train_caption_denoiser
+    from .captions.schedules import as_schedule
+    from .captions.pipelines import probe_pipeline
 
 from importlib import import_module as _import_module
 
@@ -52,6 +54,8 @@ _ROOT_NAMES = {
     "captions.edits": ["probe_caption_edits", "word_swaps"],
     "captions.data": ["captioned_digits", "captioned_shapes"],
     "captions.denoiser": ["train_caption_denoiser"],
+    "captions.schedules": ["as_schedule"],
+    "captions.pipelines": ["probe_pipeline"],
 }
 _MODULE_OF = {name: module for module, names in _ROOT_NAMES.items() for name in names}
 __all__ = list(_MODULE_OF)
