@@ -144,6 +144,10 @@ def auto_timesteps(denoise, # `denoise(x_t, t, cond) -> prediction`
     own = raw[own_rows.to(raw.device)]
     other = ~is_own[:m].to(raw.device)
     gain = finite_mean(raw[other] - own[own_at.to(raw.device)[other]], 0) / finite_mean(own, 0).clamp(min=1e-12)
+    gain = torch.nan_to_num(gain, nan=-float("inf"))                       # a candidate without finite losses is never chosen
+    if not bool(torch.isfinite(gain).any()):
+        raise ValueError("timesteps='auto' found no candidate timestep with finite losses (every own or alternative loss was NaN/inf, "
+                         "or no item has an alternative); check the model's outputs, or pass explicit timesteps")
     order = gain.argsort(descending=True)[:s.n_timesteps].sort().values        # one host read, before the probe loop
     return [cand[i] for i in order.tolist()]
 
@@ -219,6 +223,10 @@ def screen_means(raw: Tensor, # [P, draws, timesteps] screening losses of every 
                 ) -> tuple[Tensor, Tensor]:
     "`(per-timestep scales, each pair's normalised mean)`: the scale is the finite mean own-caption loss of each timestep."
     scale_t = finite_mean(raw[own_rows], (0, 1)).clamp(min=1e-12)
+    if not bool(torch.isfinite(scale_t).all()):
+        bad = torch.nonzero(~torch.isfinite(scale_t)).flatten().tolist()
+        raise ValueError(f"every own-caption loss at timestep position(s) {bad} was NaN/inf, so no item can be scored there; "
+                         "the model diverges at those timesteps: pass other timesteps, or check its dtype and inputs")
     return scale_t, (raw / scale_t).mean((1, 2))
 
 # %% ../../nbs/31_captions.engine.ipynb #2c9e4c97

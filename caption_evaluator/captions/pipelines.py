@@ -43,15 +43,36 @@ def _family(pipe) -> str:
 def _text_encoders(pipe) -> list:
     return [m for m in (getattr(pipe, n, None) for n in ("text_encoder", "text_encoder_2", "text_encoder_3")) if m is not None]
 
+# %% ../../nbs/37_captions.pipelines.ipynb #16079b1b
+def _latents(out) -> Tensor:
+    "The latents of a VAE's encode output: its distribution's mode (deterministic), or the latents of a VAE without one (`AutoencoderTiny`)."
+    dist = getattr(out, "latent_dist", None)
+    return dist.mode() if dist is not None else out.latents
+
+def _scaled(z: Tensor, config) -> Tensor:
+    "Latents as training feeds them: `(z − latents_mean)·scaling_factor/latents_std` where the VAE has those, else `(z − shift_factor)·scaling_factor`."
+    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+    if mean is not None and std is not None:
+        shape = (1, -1) + (1,) * (z.ndim - 2)
+        return (z - torch.tensor(mean, device=z.device).view(shape)) * config.scaling_factor / torch.tensor(std, device=z.device).view(shape)
+    return (z - (getattr(config, "shift_factor", None) or 0.0)) * config.scaling_factor
+
+# %% ../../nbs/37_captions.pipelines.ipynb #72bd087f
+class _upcast:
+    "Run a float16 VAE that asks for it (`force_upcast`, as SDXL's does) in float32, as diffusers' pipelines do, and give its dtype back."
+    def __init__(self, vae): self.vae, self.dtype = vae, vae.dtype
+    def __enter__(self):
+        if self.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False): self.vae.to(dtype=torch.float32)
+    def __exit__(self, *exc): self.vae.to(dtype=self.dtype)
+
 # %% ../../nbs/37_captions.pipelines.ipynb #9b1f349e
 def _image_encoder(pipe, denoiser) -> Callable:
     "`encode_images(images, height=None, width=None)`: the VAE's latent mode, shifted and scaled as training does, in the denoiser's dtype."
     vae = pipe.vae
     def encode_images(images, height: int|None=None, width: int|None=None) -> Tensor:
-        x = pipe.image_processor.preprocess(images, height, width).to(pipe._execution_device, vae.dtype)
-        with eval_mode(vae), torch.no_grad(): z = vae.encode(x).latent_dist.mode()
-        shift = getattr(vae.config, "shift_factor", None) or 0.0
-        return ((z - shift) * vae.config.scaling_factor).to(denoiser.dtype)
+        x = pipe.image_processor.preprocess(images, height, width).to(pipe._execution_device)
+        with eval_mode(vae), torch.no_grad(), _upcast(vae): z = _latents(vae.encode(x.to(vae.dtype)))
+        return _scaled(z.float(), vae.config).to(denoiser.dtype)
     return encode_images
 
 # %% ../../nbs/37_captions.pipelines.ipynb #471bbe31
@@ -86,8 +107,8 @@ def _transformer_denoiser(pipe, family: str, guidance: float) -> Callable:
     "SD3's transformer call (timestep 1000·σ), or FLUX's (timestep σ, packed latents with position ids, the guidance input)."
     tr = pipe.transformer
     def denoise(x_t: Tensor, t: Tensor, cond: tuple) -> Tensor:
-        t = t.to(x_t.dtype)
-        if family == "sd3": return tr(hidden_states=x_t, timestep=t, encoder_hidden_states=cond[0], pooled_projections=cond[1]).sample
+        if family == "sd3": return tr(hidden_states=x_t, timestep=t, encoder_hidden_states=cond[0], pooled_projections=cond[1]).sample  # float32, as SD3's __call__
+        t = (t * 1000).to(x_t.dtype) / 1000                 # FLUX's __call__: the scheduler's timestep in the latents' dtype, then / 1000
         b, c, h, w = x_t.shape
         g = torch.full((b,), guidance, device=x_t.device, dtype=torch.float32) if tr.config.guidance_embeds else None
         out = tr(hidden_states=pipe._pack_latents(x_t, b, c, h, w), timestep=t, guidance=g, pooled_projections=cond[1],
@@ -105,7 +126,8 @@ def pipeline_parts(pipe, # a loaded diffusers StableDiffusion, StableDiffusionXL
     fam = _family(pipe)
     unet_like = fam in ("sd15", "sdxl")
     denoise = _unet_denoiser(pipe, fam) if unet_like else _transformer_denoiser(pipe, fam, float(guidance))
-    scale = None if unet_like else (1000.0 if fam == "sd3" else 1.0)
+    n_train = float(pipe.scheduler.config.num_train_timesteps)   # SD3 takes the scheduler's timestep σ·T, FLUX that over 1000
+    scale = None if unet_like else (n_train if fam == "sd3" else n_train / 1000)
     schedule = as_schedule(pipe.scheduler) if unet_like else as_schedule(pipe.scheduler, timestep_scale=scale)
     model = pipe.unet if unet_like else pipe.transformer
     return PipelineParts(fam, denoise, _prompt_encoder(pipe, fam, max_sequence_length), _image_encoder(pipe, model), schedule)

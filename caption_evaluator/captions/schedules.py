@@ -169,7 +169,7 @@ def candidates(self,
               ) -> list[int]:
     "`grid` evenly spaced training timesteps (σ from about 0.05 to 0.95 before any shift), where \"auto\" chooses."
     n = self.sigmas.shape[0]
-    return [int(round(v)) for v in torch.linspace(0.05 * n, 0.95 * n, grid).tolist()]
+    return list(dict.fromkeys(min(n, max(1, int(round(v)))) for v in torch.linspace(0.05 * n, 0.95 * n, grid).tolist()))   # 1..T, once each
 
 @patch_to(FlowSchedule)
 def to(self,
@@ -192,11 +192,23 @@ def as_schedule(schedule, # a DDPMSchedule/FlowSchedule, a diffusers scheduler, 
         return DDPMSchedule(schedule, prediction_type or "epsilon")
     return _from_scheduler(schedule, prediction_type, timestep_scale)
 
+# %% ../../nbs/30_captions.schedules.ipynb #d84e8893
+def _refuse_unsupported(sched, config):
+    "Refuse schedulers whose training process neither schedule expresses, naming what to pass instead."
+    name = type(sched).__name__
+    if config.get("use_flow_sigmas") or config.get("prediction_type") == "flow_prediction":
+        raise ValueError(f"{name} is configured for flow matching (use_flow_sigmas / flow_prediction): pass "
+                         f"FlowSchedule.uniform({config.get('num_train_timesteps', 1000)}, shift={config.get('flow_shift', 1.0)}) as the schedule")
+    if config.get("timestep_type") == "continuous" or "EDM" in name or config.get("sigma_data") is not None:
+        raise ValueError(f"{name} uses continuous (EDM-style) timesteps and preconditioning, which the probe does not model; "
+                         "pass a DDPMSchedule or FlowSchedule only if the model was trained with one")
+
 # %% ../../nbs/30_captions.schedules.ipynb #bf45ebfa
 def _from_scheduler(sched, prediction_type: str|None, timestep_scale: float) -> DDPMSchedule|FlowSchedule:
     "A diffusers scheduler's training schedule: `alphas_cumprod` with its prediction type, or a flow scheduler's initial σ table."
     config = getattr(sched, "config", None)
     if config is None: raise TypeError(f"schedule must be a DDPMSchedule, a FlowSchedule, a diffusers scheduler or an alphas_cumprod tensor, got {type(sched).__name__}")
+    _refuse_unsupported(sched, config)
     if getattr(sched, "alphas_cumprod", None) is not None:
         return DDPMSchedule(torch.as_tensor(sched.alphas_cumprod), prediction_type or config.get("prediction_type", "epsilon"))
     if not hasattr(sched, "scale_noise") or "num_train_timesteps" not in config:

@@ -113,8 +113,8 @@ def tiny_pipeline(family: str, # one of `PIPELINE_FAMILIES`: "sd15", "sdxl", "sd
                  ) -> Path:
     "Build a random tiny diffusers pipeline of `family` offline and `save_pretrained` it to `folder`; returns the folder."
     if family not in PIPELINE_FAMILIES: raise ValueError(f"family must be one of {PIPELINE_FAMILIES}, got {family!r}")
-    torch.manual_seed(seed)
-    with tempfile.TemporaryDirectory() as tok:
+    with torch.random.fork_rng(), tempfile.TemporaryDirectory() as tok:   # the caller's random state is left as it was
+        torch.manual_seed(seed)
         pipe = (_sd_pipeline if family in ("sd15", "sdxl") else _flow_pipeline)(family, Path(tok))
         pipe.save_pretrained(folder)
     return Path(folder)
