@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 SUM    := $(shell cat pyproject.toml constraints-dev.txt 2>/dev/null | cksum | cut -d' ' -f1)
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints-dev.txt
 
-.PHONY: demo lab test install docs bench clean
+.PHONY: demo lab test install docs bench clean aitk
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,20 @@ $(VENV)/.dev-$(SUM): | $(BIN)/python
 
 install: $(VENV)/.dev-$(SUM)
 
+## ai-toolkit's own environment (its pinned requirements, from ../shared/aitk-harness), apart from .venv, with this
+## library installed in it: tests/test_ai_toolkit.py runs ai-toolkit's trainer there. Skipped where ../shared lacks it.
+AITK_VENV    := .aitk-venv
+AITK_HARNESS := ../shared/aitk-harness
+AITK_SUM     := $(shell cat $(AITK_HARNESS)/req-min.txt $(AITK_HARNESS)/constraints.txt 2>/dev/null | cksum | cut -d' ' -f1)
+$(AITK_VENV)/.ok-$(AITK_SUM):
+	@if [ -f $(AITK_HARNESS)/req-min.txt ]; then \
+	  $(PYTHON) -m venv $(AITK_VENV) && \
+	  $(AITK_VENV)/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0 fastcore \
+	    -r $(AITK_HARNESS)/req-min.txt -c $(AITK_HARNESS)/constraints.txt && \
+	  rm -f $(AITK_VENV)/.ok-* && touch $@; \
+	else echo "no $(AITK_HARNESS): the ai-toolkit test will be skipped"; fi
+aitk: $(AITK_VENV)/.ok-$(AITK_SUM)
+
 ## The main job: train a caption model on captioned digits with wrong captions, track and probe every caption.
 demo: $(VENV)/.runtime-$(SUM)
 	$(BIN)/caption-eval demo $(DEMO_ARGS)
@@ -37,7 +51,7 @@ lab: $(VENV)/.lab-$(SUM)
 	$(BIN)/jupyter lab nbs/tutorials
 
 ## The whole test suite: notebooks clean and exported, every lesson, every pytest.
-test: $(VENV)/.dev-$(SUM)
+test: $(VENV)/.dev-$(SUM) $(AITK_VENV)/.ok-$(AITK_SUM)
 	@export OMP_NUM_THREADS=1 PATH="$(CURDIR)/$(BIN):$$PATH"; failed=""; \
 	python .ci/check_sync.py                || failed="$$failed sync"; \
 	nbdev-test --n-workers 2 --timing       || failed="$$failed nbdev-test"; \
@@ -52,4 +66,4 @@ bench: $(VENV)/.dev-$(SUM)
 	for f in bench/bench_*.py; do $(BIN)/python $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) _proc _docs _site build dist *.egg-info
+	rm -rf $(VENV) $(AITK_VENV) _proc _docs _site build dist *.egg-info

@@ -19,7 +19,7 @@ from .demos.options import add_caption_demo_arguments
 
 # %% auto #0
 __all__ = ['format_runs_table', 'worst_items', 'items_table', 'build_parser', 'CLIError', 'UsageError', 'cmd_plot', 'cmd_runs',
-           'cmd_items', 'cmd_demo', 'main']
+           'cmd_items', 'cmd_demo', 'cmd_ai_toolkit', 'main']
 
 # %% ../nbs/70_cli.ipynb #cf101408
 def format_runs_table(runs:list, # `RunRecord`s, e.g. from `discover_runs`
@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
                         description="captions: train a text-conditioned denoiser on captioned digits with wrong captions, track, probe and "
                                     "report; labels: train a digits classifier with corrupted labels. Everything goes to a new folder under OUTPUT_DIR.")
     add_caption_demo_arguments(dm)
+    ak = sub.add_parser("ai-toolkit", help="ai-toolkit integration: install the item-tracking extension",
+                        description="Put caption_evaluator's extension into an ai-toolkit checkout (extensions/caption_eval/).")
+    ak.add_argument("action", choices=("install",), help="install: write the extension's discovery package")
+    ak.add_argument("path", metavar="PATH", help="the ai-toolkit checkout (the folder holding run.py)")
     return p
 
 # %% ../nbs/70_cli.ipynb #7c167c03
@@ -253,7 +257,16 @@ def cmd_demo(args:argparse.Namespace, # parsed arguments of `build_parser`
 
 
 # %% ../nbs/70_cli.ipynb #e4e89d24
-_COMMANDS = {"plot": cmd_plot, "runs": cmd_runs, "items": cmd_items, "demo": cmd_demo}
+def cmd_ai_toolkit(args:argparse.Namespace, # parsed arguments of `build_parser`
+                  ) -> int:
+    "`caption-eval ai-toolkit install PATH`: put the caption_eval extension into an ai-toolkit checkout."
+    from caption_evaluator.integrations.ai_toolkit import AI_TOOLKIT_UID, install_extension
+    pkg = install_extension(args.path)
+    print(f"installed {pkg}\nin your ai-toolkit config, use `type: {AI_TOOLKIT_UID}` where it says `type: sd_trainer` "
+          "(same keys); snapshots go to <training_folder>/<name>/.item_stats/")
+    return 0
+
+_COMMANDS = {"plot": cmd_plot, "runs": cmd_runs, "items": cmd_items, "demo": cmd_demo, "ai-toolkit": cmd_ai_toolkit}
 
 # %% ../nbs/70_cli.ipynb #5442e58f
 def main(argv:list[str]|None=None, # arguments without the program name (default: `sys.argv[1:]`)

@@ -1,0 +1,51 @@
+"""Run ai-toolkit's own trainer (in ai-toolkit's environment) with the caption_eval extension installed the way a
+user installs it, on a tiny SD 1.5 model and four captioned images; print what the test checks as JSON.
+Usage: python tests/aitk_job.py AI_TOOLKIT_SRC HARNESS_DIR WORK_DIR"""
+import json, os, shutil, sys
+from pathlib import Path
+
+src, harness, work = (Path(a) for a in sys.argv[1:4])
+sys.path.insert(0, str(harness))
+import aitk_cpu_shims  # noqa: F401  (CPU wheels of torchvision/torchaudio: declare what their compiled parts would)
+import numpy as np
+from PIL import Image
+
+from caption_evaluator.captions.tiny_pipelines import tiny_pipeline
+from caption_evaluator.integrations.ai_toolkit import AI_TOOLKIT_UID, install_extension
+
+aitk = work / "ai-toolkit"
+shutil.copytree(src, aitk, ignore=shutil.ignore_patterns(".git"))
+install_extension(aitk)
+model, data, out = tiny_pipeline("sd15", work / "model"), work / "data", work / "output"
+data.mkdir()
+rng = np.random.default_rng(0)
+for i, cap in enumerate(["a red disc", "a blue square", "a green disc", "a white square"]):
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(data / f"img{i}.png")
+    (data / f"img{i}.txt").write_text(cap)
+
+os.chdir(aitk); sys.path.insert(0, str(aitk))
+import jobs  # noqa: F401  (jobs/__init__ re-exports ExtensionJob, shadowing the submodule's name)
+EJ = sys.modules["jobs.ExtensionJob"]
+discovered = EJ.get_all_extensions_process_dict()[AI_TOOLKIT_UID]          # found in extensions/caption_eval, as in a user's run
+returned = []
+class Oracle(discovered):
+    "The same process, noting the loss ai-toolkit itself returns at each step (the test's expected values)."
+    def calculate_loss(self, noise_pred, noise, noisy_latents, timesteps, batch, *args, **kwargs):
+        loss = super().calculate_loss(noise_pred, noise, noisy_latents, timesteps, batch, *args, **kwargs)
+        returned.append([int(self.step_num), [str(f.path) for f in batch.file_items], float(loss)])
+        return loss
+all_processes = EJ.get_all_extensions_process_dict
+EJ.get_all_extensions_process_dict = lambda: {**all_processes(), AI_TOOLKIT_UID: Oracle}
+
+process = {"type": AI_TOOLKIT_UID, "training_folder": str(out), "device": "cpu", "network": {"type": "lora", "linear": 4, "linear_alpha": 4},
+           "save": {"dtype": "float32", "save_every": 3, "max_step_saves_to_keep": 2},
+           "datasets": [{"folder_path": str(data), "caption_ext": "txt", "caption_dropout_rate": 0.0, "resolution": [64]}],
+           "train": {"batch_size": 2, "steps": 6, "gradient_accumulation_steps": 1, "train_unet": True, "train_text_encoder": False,
+                     "noise_scheduler": "ddpm", "optimizer": "adamw", "lr": 1e-4, "dtype": "fp32", "min_snr_gamma": 5.0,
+                     "disable_sampling": True, "skip_first_sample": True},
+           "model": {"name_or_path": str(model), "arch": "sd1", "dtype": "float32"},
+           "sample": {"sampler": "ddpm", "sample_every": 1000, "width": 64, "height": 64, "prompts": ["a red disc"], "neg": "",
+                      "seed": 42, "guidance_scale": 4.0, "sample_steps": 2}}
+from toolkit.job import run_job
+run_job({"job": "extension", "config": {"name": "tiny_lora", "process": [process]}, "meta": {"name": "[name]", "version": "1.0"}})
+print("AITK_RESULT " + json.dumps({"returned": returned, "folder": str(out / "tiny_lora")}))

@@ -1,0 +1,47 @@
+"""The caption_eval extension inside ai-toolkit's own trainer (ostris/ai-toolkit at the pinned commit in
+../shared/vendor), run in ai-toolkit's own environment (`make aitk` builds it; the test skips without it).
+Expected values are the losses ai-toolkit itself returns at each step."""
+import json, os, subprocess, sys
+from pathlib import Path
+
+import pytest
+
+from caption_evaluator.tracking.snapshots import load_item_stats
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+PYTHON = Path(os.environ.get("AITK_PYTHON", ROOT / ".aitk-venv" / "bin" / "python"))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    if not (PYTHON.exists() and (SHARED / "vendor" / "ai-toolkit").is_dir()):
+        pytest.skip("ai-toolkit's environment is not built (make aitk) or ../shared/vendor/ai-toolkit is missing")
+    work = tmp_path_factory.mktemp("aitk")
+    p = subprocess.run([str(PYTHON), str(ROOT / "tests" / "aitk_job.py"), str(SHARED / "vendor" / "ai-toolkit"), str(SHARED / "aitk-harness"),
+                        str(work)], capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
+    line = next(l for l in p.stdout.splitlines() if l.startswith("AITK_RESULT "))
+    return json.loads(line[len("AITK_RESULT "):])
+
+
+def test_every_items_loss_is_what_ai_toolkit_reduced(run):
+    folder = Path(run["folder"])
+    assert (folder / "tiny_lora.safetensors").exists()                          # ai-toolkit's own run completed and saved
+    snaps = sorted((folder / ".item_stats").glob("tiny_lora_*.json"))
+    assert snaps, sorted(p.name for p in folder.rglob("*"))
+    stats = load_item_stats(snaps[-1])["datasets"]["train"]["item_stats"]
+    seen = {}
+    for _, paths, _ in run["returned"]:
+        for path in paths: seen[path] = seen.get(path, 0) + 1
+    assert {k: s["count"] for k, s in stats.items()} == seen                    # every image of every step, keyed by its path
+    total = sum(s["count"] * s["average_loss"] for s in stats.values())
+    expected = sum(len(paths) * loss for _, paths, loss in run["returned"])     # each step's mean is ai-toolkit's loss
+    assert abs(total - expected) <= 1e-5 * abs(expected), (total, expected)
+    assert all(s["values"]["caption_dropped"]["mean"] == 0.0 for s in stats.values())   # no caption dropout configured
+
+
+def test_snapshots_are_not_taken_for_weights(run):
+    folder = Path(run["folder"])
+    assert not list(folder.glob("tiny_lora_*.json"))                            # nothing next to the checkpoints ai-toolkit globs
+    assert all(p.suffix == ".json" for p in (folder / ".item_stats").iterdir())
