@@ -1,10 +1,11 @@
 """Run ai-toolkit's own trainer (in ai-toolkit's environment) with the caption_eval extension installed the way a
 user installs it, on a tiny SD 1.5 model and four captioned images; print what the test checks as JSON.
-Usage: python tests/aitk_job.py AI_TOOLKIT_SRC HARNESS_DIR WORK_DIR"""
+Usage: python tests/aitk_job.py AI_TOOLKIT_SRC HARNESS_DIR WORK_DIR [resume]  (resume: 3 steps, then a second run to 6 that resumes)"""
 import json, os, shutil, sys
 from pathlib import Path
 
 src, harness, work = (Path(a) for a in sys.argv[1:4])
+resume = sys.argv[4:] == ["resume"]
 sys.path.insert(0, str(harness))
 import aitk_cpu_shims  # noqa: F401  (CPU wheels of torchvision/torchaudio: declare what their compiled parts would)
 import numpy as np
@@ -37,15 +38,18 @@ class Oracle(discovered):
 all_processes = EJ.get_all_extensions_process_dict
 EJ.get_all_extensions_process_dict = lambda: {**all_processes(), AI_TOOLKIT_UID: Oracle}
 
-process = {"type": AI_TOOLKIT_UID, "training_folder": str(out), "device": "cpu", "network": {"type": "lora", "linear": 4, "linear_alpha": 4},
-           "save": {"dtype": "float32", "save_every": 3, "max_step_saves_to_keep": 2},
-           "datasets": [{"folder_path": str(data), "caption_ext": "txt", "caption_dropout_rate": 0.0, "resolution": [64]}],
-           "train": {"batch_size": 2, "steps": 6, "gradient_accumulation_steps": 1, "train_unet": True, "train_text_encoder": False,
-                     "noise_scheduler": "ddpm", "optimizer": "adamw", "lr": 1e-4, "dtype": "fp32", "min_snr_gamma": 5.0,
-                     "disable_sampling": True, "skip_first_sample": True},
-           "model": {"name_or_path": str(model), "arch": "sd1", "dtype": "float32"},
-           "sample": {"sampler": "ddpm", "sample_every": 1000, "width": 64, "height": 64, "prompts": ["a red disc"], "neg": "",
-                      "seed": 42, "guidance_scale": 4.0, "sample_steps": 2}}
+def job(steps: int) -> dict:
+    process = {"type": AI_TOOLKIT_UID, "training_folder": str(out), "device": "cpu", "network": {"type": "lora", "linear": 4, "linear_alpha": 4},
+               "save": {"dtype": "float32", "save_every": 3, "max_step_saves_to_keep": 2},
+               "datasets": [{"folder_path": str(data), "caption_ext": "txt", "caption_dropout_rate": 0.0, "resolution": [64]}],
+               "train": {"batch_size": 2, "steps": steps, "gradient_accumulation_steps": 1, "train_unet": True, "train_text_encoder": False,
+                         "noise_scheduler": "ddpm", "optimizer": "adamw", "lr": 1e-4, "dtype": "fp32", "min_snr_gamma": 5.0,
+                         "disable_sampling": True, "skip_first_sample": True},
+               "model": {"name_or_path": str(model), "arch": "sd1", "dtype": "float32"},
+               "sample": {"sampler": "ddpm", "sample_every": 1000, "width": 64, "height": 64, "prompts": ["a red disc"], "neg": "",
+                          "seed": 42, "guidance_scale": 4.0, "sample_steps": 2}}
+    return {"job": "extension", "config": {"name": "tiny_lora", "process": [process]}, "meta": {"name": "[name]", "version": "1.0"}}
+
 from toolkit.job import run_job
-run_job({"job": "extension", "config": {"name": "tiny_lora", "process": [process]}, "meta": {"name": "[name]", "version": "1.0"}})
+for steps in ((3, 6) if resume else (6,)): run_job(job(steps))      # the second run finds the first's checkpoint and resumes
 print("AITK_RESULT " + json.dumps({"returned": returned, "folder": str(out / "tiny_lora")}))

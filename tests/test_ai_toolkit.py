@@ -13,19 +13,26 @@ SHARED = ROOT.parent / "shared"
 PYTHON = Path(os.environ.get("AITK_PYTHON", ROOT / ".aitk-venv" / "bin" / "python"))
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run_job(tmp_path_factory, *mode):
     if not (PYTHON.exists() and (SHARED / "vendor" / "ai-toolkit").is_dir()):
         pytest.skip("ai-toolkit's environment is not built (make aitk) or ../shared/vendor/ai-toolkit is missing")
     work = tmp_path_factory.mktemp("aitk")
     p = subprocess.run([str(PYTHON), str(ROOT / "tests" / "aitk_job.py"), str(SHARED / "vendor" / "ai-toolkit"), str(SHARED / "aitk-harness"),
-                        str(work)], capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                        str(work), *mode], capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
     line = next(l for l in p.stdout.splitlines() if l.startswith("AITK_RESULT "))
     return json.loads(line[len("AITK_RESULT "):])
 
 
-def test_every_items_loss_is_what_ai_toolkit_reduced(run):
+@pytest.fixture(scope="module")
+def run(tmp_path_factory): return run_job(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory): return run_job(tmp_path_factory, "resume")
+
+
+def check_losses(run):
     folder = Path(run["folder"])
     assert (folder / "tiny_lora.safetensors").exists()                          # ai-toolkit's own run completed and saved
     snaps = sorted((folder / ".item_stats").glob("tiny_lora_*.json"))
@@ -39,9 +46,22 @@ def test_every_items_loss_is_what_ai_toolkit_reduced(run):
     expected = sum(len(paths) * loss for _, paths, loss in run["returned"])     # each step's mean is ai-toolkit's loss
     assert abs(total - expected) <= 1e-5 * abs(expected), (total, expected)
     assert all(s["values"]["caption_dropped"]["mean"] == 0.0 for s in stats.values())   # no caption dropout configured
+    return snaps
+
+
+def test_every_items_loss_is_what_ai_toolkit_reduced(run):
+    snaps = check_losses(run)
+    assert len(snaps) <= 2                                                      # pruned as max_step_saves_to_keep: 2 prunes checkpoints
+
+
+def test_a_resumed_run_counts_as_one_uninterrupted_run(resumed):
+    "Three steps, then a second run that ai-toolkit resumes from the step-3 checkpoint: the statistics cover both parts."
+    steps = [s for s, _, _ in resumed["returned"]]
+    assert len(steps) == 6 and steps[:3] == [0, 1, 2], steps
+    check_losses(resumed)
 
 
 def test_snapshots_are_not_taken_for_weights(run):
     folder = Path(run["folder"])
     assert not list(folder.glob("tiny_lora_*.json"))                            # nothing next to the checkpoints ai-toolkit globs
-    assert all(p.suffix == ".json" for p in (folder / ".item_stats").iterdir())
+    assert {p.suffix for p in (folder / ".item_stats").iterdir()} == {".json", ".pt"}       # snapshots and the tracker's resume state

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..core import write_text_atomic
+from ..core import write_atomic, write_text_atomic
 from .diffusion_loss import ai_toolkit_snapshot_dir
 from ..tracking.tracker import ItemLossTracker
 
@@ -40,10 +40,16 @@ class per_sample_loss:
 AI_TOOLKIT_UID = "caption_eval_trainer"
 
 def _tracker(trainer) -> ItemLossTracker:
-    "The trainer's item tracker, made on first use in `<save_root>/.item_stats` (σ or t recorded as ai-toolkit's `t ∈ [0, 1000]`)."
+    "The trainer's item tracker, made on first use in `<save_root>/.item_stats`; a resumed run (step > 0) continues from the state of its last save."
     if getattr(trainer, "item_tracker", None) is None:
-        trainer.item_tracker = ItemLossTracker(ai_toolkit_snapshot_dir(trainer.save_root), trainer.job.name, timestep_range=(0, 1000))
+        tracker = ItemLossTracker(ai_toolkit_snapshot_dir(trainer.save_root), trainer.job.name, timestep_range=(0, 1000))
+        state = _state_path(trainer)
+        if state.is_file() and int(getattr(trainer, "step_num", 0) or 0) > 0: tracker.load_state_dict(torch.load(state, weights_only=True))
+        trainer.item_tracker = tracker
     return trainer.item_tracker
+
+def _state_path(trainer) -> Path:
+    return ai_toolkit_snapshot_dir(trainer.save_root) / f"{trainer.job.name}_tracker.pt"
 
 # %% ../../nbs/44_integrations.ai_toolkit.ipynb #875d6ca3
 def _record(trainer, batch, per: torch.Tensor|None, timesteps: torch.Tensor):
@@ -53,6 +59,22 @@ def _record(trainer, batch, per: torch.Tensor|None, timesteps: torch.Tensor):
     dropped = torch.tensor([float(getattr(f, "caption", None) == "") for f in items])
     _tracker(trainer).record("train", [str(f.path) for f in items], per.float().cpu(), step=int(trainer.step_num),
                              timesteps=timesteps.detach().float().reshape(-1).cpu(), values={"caption_dropped": dropped})
+
+# %% ../../nbs/44_integrations.ai_toolkit.ipynb #4e7a23f2
+def _after_save(trainer, step: int):
+    "At a save: the snapshot, the tracker's state for a resume, and the snapshots pruned as ai-toolkit prunes its checkpoints."
+    tracker = _tracker(trainer)
+    tracker.on_save(step)
+    state = tracker.state_dict()
+    write_atomic(_state_path(trainer), lambda f: torch.save(state, f), mode="wb")
+    keep = getattr(getattr(trainer, "save_config", None), "max_step_saves_to_keep", None)
+    if keep: _prune(Path(tracker.save_root), trainer.job.name, int(keep))
+
+def _prune(folder: Path, name: str, keep: int):
+    "Keep the newest `keep` snapshots `{name}_{step:09d}.json[.gz]` (by step), as `max_step_saves_to_keep` keeps checkpoints."
+    snaps = sorted((p for p in folder.glob(f"{name}_*.json*") if p.name[len(name) + 1:].split(".")[0].isdigit()),
+                   key=lambda p: int(p.name[len(name) + 1:].split(".")[0]))
+    for p in snaps[:-keep]: p.unlink()
 
 # %% ../../nbs/44_integrations.ai_toolkit.ipynb #fdff2a95
 def trainer_class(base: type, # ai-toolkit's trainer class: `SDTrainer` (or the UI's `DiffusionTrainer`)
@@ -67,7 +89,7 @@ def trainer_class(base: type, # ai-toolkit's trainer class: `SDTrainer` (or the 
 
         def save(self, step=None):
             super().save(step)
-            _tracker(self).on_save(int(self.step_num if step is None else step))
+            _after_save(self, int(self.step_num if step is None else step))
     CaptionEvalTrainer.__qualname__ = CaptionEvalTrainer.__name__ = f"CaptionEval{base.__name__}"
     return CaptionEvalTrainer
 
