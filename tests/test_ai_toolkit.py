@@ -61,6 +61,12 @@ def test_a_resumed_run_counts_as_one_uninterrupted_run(resumed):
     check_losses(resumed)
 
 
+def test_the_captions_trained_on_are_kept(run):
+    folder = Path(run["folder"])
+    captions = json.loads((folder / ".item_stats" / "tiny_lora.captions.json").read_text())
+    assert captions == {p: Path(p).with_suffix(".txt").read_text() for p in captions} and len(captions) == 4
+
+
 def test_snapshots_are_not_taken_for_weights(run):
     folder = Path(run["folder"])
     assert not list(folder.glob("tiny_lora_*.json"))                            # nothing next to the checkpoints ai-toolkit globs

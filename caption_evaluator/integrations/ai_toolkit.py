@@ -7,6 +7,7 @@ Docs: https://caption-evaluator.github.io/caption_evaluator/integrations.ai_tool
 # %% ../../nbs/44_integrations.ai_toolkit.ipynb #ce0d08f3
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -42,7 +43,9 @@ AI_TOOLKIT_UID = "caption_eval_trainer"
 def _tracker(trainer) -> ItemLossTracker:
     "The trainer's item tracker, made on first use in `<save_root>/.item_stats`; a resumed run (step > 0) continues from the state of its last save."
     if getattr(trainer, "item_tracker", None) is None:
-        tracker = ItemLossTracker(ai_toolkit_snapshot_dir(trainer.save_root), trainer.job.name, timestep_range=(0, 1000))
+        flow = bool(getattr(getattr(trainer, "sd", None), "is_flow_matching", False))          # σ = t/1000 for flow models
+        tracker = ItemLossTracker(ai_toolkit_snapshot_dir(trainer.save_root), trainer.job.name, loggers=[_AitkLogger(trainer)],
+                                  timestep_range=(0, 1) if flow else (0, 1000))
         state = _state_path(trainer)
         if state.is_file() and int(getattr(trainer, "step_num", 0) or 0) > 0: tracker.load_state_dict(torch.load(state, weights_only=True))
         trainer.item_tracker = tracker
@@ -51,14 +54,32 @@ def _tracker(trainer) -> ItemLossTracker:
 def _state_path(trainer) -> Path:
     return ai_toolkit_snapshot_dir(trainer.save_root) / f"{trainer.job.name}_tracker.pt"
 
+# %% ../../nbs/44_integrations.ai_toolkit.ipynb #22b7aa2c
+class _AitkLogger:
+    "ai-toolkit's own logger and TensorBoard writer as the tracker's logger: each dataset summary's scalars at every save."
+    def __init__(self, trainer): self.trainer = trainer
+    def log_metrics(self, metrics, step, prefix=""):
+        flat = {f"{prefix}{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        logger, writer = getattr(self.trainer, "logger", None), getattr(self.trainer, "writer", None)
+        if logger is not None: logger.log(flat)                      # sent with ai-toolkit's next commit
+        if writer is not None:
+            for k, v in flat.items(): writer.add_scalar(k, v, step)
+    def log_histogram(self, name, values, step):
+        writer = getattr(self.trainer, "writer", None)
+        if writer is not None: writer.add_histogram(name, values, step)
+
 # %% ../../nbs/44_integrations.ai_toolkit.ipynb #875d6ca3
 def _record(trainer, batch, per: torch.Tensor|None, timesteps: torch.Tensor):
     "Record one step's per-sample losses keyed by image path, with timesteps and whether each caption was dropped."
     items = list(batch.file_items)
     if per is None or per.shape[0] != len(items): return          # a reduction this version does not make per sample: nothing recorded
     dropped = torch.tensor([float(getattr(f, "caption", None) == "") for f in items])
-    _tracker(trainer).record("train", [str(f.path) for f in items], per.float().cpu(), step=int(trainer.step_num),
-                             timesteps=timesteps.detach().float().reshape(-1).cpu(), values={"caption_dropped": dropped})
+    tracker = _tracker(trainer)
+    t = timesteps.detach().float().reshape(-1).cpu()
+    if tracker.aggregator.timestep_edges[-1] == 1.0: t = t / 1000                        # a flow model: its σ
+    tracker.record("train", [str(f.path) for f in items], per.float().cpu(), step=int(trainer.step_num), timesteps=t,
+                   values={"caption_dropped": dropped})
+    trainer.captions_used = getattr(trainer, "captions_used", {}) | {str(f.path): getattr(f, "caption", None) for f in items}
 
 # %% ../../nbs/44_integrations.ai_toolkit.ipynb #4e7a23f2
 def _after_save(trainer, step: int):
@@ -67,6 +88,8 @@ def _after_save(trainer, step: int):
     tracker.on_save(step)
     state = tracker.state_dict()
     write_atomic(_state_path(trainer), lambda f: torch.save(state, f), mode="wb")
+    captions = Path(tracker.save_root) / f"{trainer.job.name}.captions.json"              # each image's caption as last trained on
+    write_text_atomic(captions, json.dumps(getattr(trainer, "captions_used", {}), indent=1, ensure_ascii=False))
     keep = getattr(getattr(trainer, "save_config", None), "max_step_saves_to_keep", None)
     if keep: _prune(Path(tracker.save_root), trainer.job.name, int(keep))
 
