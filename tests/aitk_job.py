@@ -1,18 +1,21 @@
 """Run ai-toolkit's own trainer (in ai-toolkit's environment) with the caption_eval extension installed the way a
 user installs it, on a tiny SD 1.5 model and four captioned images; print what the test checks as JSON.
-Usage: python tests/aitk_job.py AI_TOOLKIT_SRC HARNESS_DIR WORK_DIR [resume]  (resume: 3 steps, then a second run to 6 that resumes)"""
+Usage: python tests/aitk_job.py AI_TOOLKIT_SRC HARNESS_DIR WORK_DIR [resume|diffusion]  (resume: 3 steps, then a second run to 6 that resumes; diffusion: the UI's DiffusionTrainer)"""
 import json, os, shutil, sys
 from pathlib import Path
 
 src, harness, work = (Path(a) for a in sys.argv[1:4])
-resume = sys.argv[4:] == ["resume"]
+mode = sys.argv[4] if len(sys.argv) > 4 else ""
+resume = mode == "resume"
 sys.path.insert(0, str(harness))
 import aitk_cpu_shims  # noqa: F401  (CPU wheels of torchvision/torchaudio: declare what their compiled parts would)
 import numpy as np
 from PIL import Image
 
 from caption_evaluator.captions.tiny_pipelines import tiny_pipeline
-from caption_evaluator.integrations.ai_toolkit import AI_TOOLKIT_UID, install_extension
+from caption_evaluator.integrations.ai_toolkit import AI_TOOLKIT_DIFFUSION_UID, AI_TOOLKIT_UID, install_extension
+
+UID = AI_TOOLKIT_DIFFUSION_UID if mode == "diffusion" else AI_TOOLKIT_UID
 
 aitk = work / "ai-toolkit"
 shutil.copytree(src, aitk, ignore=shutil.ignore_patterns(".git"))
@@ -27,7 +30,7 @@ for i, cap in enumerate(["a red disc", "a blue square", "a green disc", "a white
 os.chdir(aitk); sys.path.insert(0, str(aitk))
 import jobs  # noqa: F401  (jobs/__init__ re-exports ExtensionJob, shadowing the submodule's name)
 EJ = sys.modules["jobs.ExtensionJob"]
-discovered = EJ.get_all_extensions_process_dict()[AI_TOOLKIT_UID]          # found in extensions/caption_eval, as in a user's run
+discovered = EJ.get_all_extensions_process_dict()[UID]          # found in extensions/caption_eval, as in a user's run
 returned = []
 class Oracle(discovered):
     "The same process, noting the loss ai-toolkit itself returns at each step (the test's expected values)."
@@ -36,10 +39,10 @@ class Oracle(discovered):
         returned.append([int(self.step_num), [str(f.path) for f in batch.file_items], float(loss)])
         return loss
 all_processes = EJ.get_all_extensions_process_dict
-EJ.get_all_extensions_process_dict = lambda: {**all_processes(), AI_TOOLKIT_UID: Oracle}
+EJ.get_all_extensions_process_dict = lambda: {**all_processes(), UID: Oracle}
 
 def job(steps: int) -> dict:
-    process = {"type": AI_TOOLKIT_UID, "training_folder": str(out), "device": "cpu", "network": {"type": "lora", "linear": 4, "linear_alpha": 4},
+    process = {"type": UID, "training_folder": str(out), "device": "cpu", "network": {"type": "lora", "linear": 4, "linear_alpha": 4},
                "save": {"dtype": "float32", "save_every": 3, "max_step_saves_to_keep": 2},
                "datasets": [{"folder_path": str(data), "caption_ext": "txt", "caption_dropout_rate": 0.0, "resolution": [64]}],
                "train": {"batch_size": 2, "steps": steps, "gradient_accumulation_steps": 1, "train_unet": True, "train_text_encoder": False,

@@ -61,6 +61,10 @@ def test_a_resumed_run_counts_as_one_uninterrupted_run(resumed):
     check_losses(resumed)
 
 
+def test_the_uis_diffusion_trainer_is_tracked_the_same_way(tmp_path_factory):
+    check_losses(run_job(tmp_path_factory, "diffusion"))
+
+
 def test_the_captions_trained_on_are_kept(run):
     folder = Path(run["folder"])
     captions = json.loads((folder / ".item_stats" / "tiny_lora.captions.json").read_text())

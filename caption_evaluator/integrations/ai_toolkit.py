@@ -17,7 +17,7 @@ from .diffusion_loss import ai_toolkit_snapshot_dir
 from ..tracking.tracker import ItemLossTracker
 
 # %% auto #0
-__all__ = ['AI_TOOLKIT_UID', 'per_sample_loss', 'trainer_class', 'install_extension']
+__all__ = ['AI_TOOLKIT_UID', 'AI_TOOLKIT_DIFFUSION_UID', 'per_sample_loss', 'trainer_class', 'install_extension']
 
 # %% ../../nbs/44_integrations.ai_toolkit.ipynb #66fa4f42
 class per_sample_loss:
@@ -38,7 +38,8 @@ class per_sample_loss:
     def __exit__(self, *exc): torch.Tensor.mean = self._mean
 
 # %% ../../nbs/44_integrations.ai_toolkit.ipynb #628c3656
-AI_TOOLKIT_UID = "caption_eval_trainer"
+AI_TOOLKIT_UID = "caption_eval_trainer"                        # replaces `sd_trainer` in a config
+AI_TOOLKIT_DIFFUSION_UID = "caption_eval_diffusion_trainer"     # replaces the UI's `diffusion_trainer`
 
 def _tracker(trainer) -> ItemLossTracker:
     "The trainer's item tracker, made on first use in `<save_root>/.item_stats`; a resumed run (step > 0) continues from the state of its last save."
@@ -132,7 +133,18 @@ class CaptionEvalExtension(Extension):
         return trainer_class(SDTrainer)
 
 
-AI_TOOLKIT_EXTENSIONS = [CaptionEvalExtension]
+class CaptionEvalDiffusionExtension(Extension):
+    uid = "caption_eval_diffusion_trainer"
+    name = "caption_evaluator item tracking (DiffusionTrainer, the UI's jobs)"
+
+    @classmethod
+    def get_process(cls):
+        from extensions_built_in.sd_trainer.DiffusionTrainer import DiffusionTrainer
+        from caption_evaluator.integrations.ai_toolkit import trainer_class
+        return trainer_class(DiffusionTrainer)
+
+
+AI_TOOLKIT_EXTENSIONS = [CaptionEvalExtension, CaptionEvalDiffusionExtension]
 '''
 
 def install_extension(ai_toolkit: str|Path, # the ai-toolkit checkout (the folder holding `run.py`, `toolkit/` and `extensions/`)
