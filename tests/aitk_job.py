@@ -1,6 +1,7 @@
 """Run ai-toolkit's own trainer (in ai-toolkit's environment) with the caption_eval extension installed the way a
 user installs it, on a tiny SD 1.5 model and four captioned images; print what the test checks as JSON.
-Usage: python tests/aitk_job.py AI_TOOLKIT_SRC HARNESS_DIR WORK_DIR [resume|diffusion]  (resume: 3 steps, then a second run to 6 that resumes; diffusion: the UI's DiffusionTrainer)"""
+Usage: python tests/aitk_job.py AI_TOOLKIT_SRC HARNESS_DIR WORK_DIR [resume|diffusion|flux]  (resume: 3 steps, then a second run to 6 that resumes; diffusion: the UI's DiffusionTrainer;
+flux: a tiny FLUX.1 model, built by the harness's script in the shape ai-toolkit's FLUX code expects, trained with flow matching)"""
 import json, os, shutil, sys
 from pathlib import Path
 
@@ -20,7 +21,13 @@ UID = AI_TOOLKIT_DIFFUSION_UID if mode == "diffusion" else AI_TOOLKIT_UID
 aitk = work / "ai-toolkit"
 shutil.copytree(src, aitk, ignore=shutil.ignore_patterns(".git"))
 install_extension(aitk)
-model, data, out = tiny_pipeline("sd15", work / "model"), work / "data", work / "output"
+data, out = work / "data", work / "output"
+if mode == "flux":
+    import subprocess
+    model = work / "model"
+    subprocess.run([sys.executable, str(harness / "scripts" / "make_tiny_flux.py"), str(model)], check=True, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": f"{harness}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+else: model = tiny_pipeline("sd15", work / "model")
 data.mkdir()
 rng = np.random.default_rng(0)
 for i, cap in enumerate(["a red disc", "a blue square", "a green disc", "a white square"]):
@@ -46,10 +53,11 @@ def job(steps: int) -> dict:
                "save": {"dtype": "float32", "save_every": 3, "max_step_saves_to_keep": 2},
                "datasets": [{"folder_path": str(data), "caption_ext": "txt", "caption_dropout_rate": 0.0, "resolution": [64]}],
                "train": {"batch_size": 2, "steps": steps, "gradient_accumulation_steps": 1, "train_unet": True, "train_text_encoder": False,
-                         "noise_scheduler": "ddpm", "optimizer": "adamw", "lr": 1e-4, "dtype": "fp32", "min_snr_gamma": 5.0,
+                         "noise_scheduler": "flowmatch" if mode == "flux" else "ddpm", "optimizer": "adamw", "lr": 1e-4, "dtype": "fp32",
+                         **({} if mode == "flux" else {"min_snr_gamma": 5.0}),
                          "disable_sampling": True, "skip_first_sample": True},
-               "model": {"name_or_path": str(model), "arch": "sd1", "dtype": "float32"},
-               "sample": {"sampler": "ddpm", "sample_every": 1000, "width": 64, "height": 64, "prompts": ["a red disc"], "neg": "",
+               "model": {"name_or_path": str(model), "arch": "flux" if mode == "flux" else "sd1", "dtype": "float32", "quantize": False},
+               "sample": {"sampler": "flowmatch" if mode == "flux" else "ddpm", "sample_every": 1000, "width": 64, "height": 64, "prompts": ["a red disc"], "neg": "",
                           "seed": 42, "guidance_scale": 4.0, "sample_steps": 2}}
     return {"job": "extension", "config": {"name": "tiny_lora", "process": [process]}, "meta": {"name": "[name]", "version": "1.0"}}
 

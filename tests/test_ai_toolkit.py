@@ -65,6 +65,13 @@ def test_the_uis_diffusion_trainer_is_tracked_the_same_way(tmp_path_factory):
     check_losses(run_job(tmp_path_factory, "diffusion"))
 
 
+def test_a_flow_model_records_sigma(tmp_path_factory):
+    "FLUX.1 through ai-toolkit's flow-matching training: the same loss checks, and each record's timestep is σ = t/1000 in (0, 1]."
+    snaps = check_losses(run_job(tmp_path_factory, "flux"))
+    table = load_item_stats(snaps[-1])["datasets"]["train"]["timesteps"]
+    assert (table["edges"][0], table["edges"][-1]) == (0.0, 1.0) and sum(table["count"]) > 0 and table["unbucketed"] == 0
+
+
 def test_the_captions_trained_on_are_kept(run):
     folder = Path(run["folder"])
     captions = json.loads((folder / ".item_stats" / "tiny_lora.captions.json").read_text())
