@@ -60,10 +60,13 @@ def _scaled(z: Tensor, config) -> Tensor:
 # %% ../../nbs/37_captions.pipelines.ipynb #72bd087f
 class _upcast:
     "Run a float16 VAE that asks for it (`force_upcast`, as SDXL's does) in float32, as diffusers' pipelines do, and give its dtype back."
-    def __init__(self, vae): self.vae, self.dtype = vae, vae.dtype
+    def __init__(self, vae):
+        self.vae, self.dtype = vae, vae.dtype
+        self.upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
     def __enter__(self):
-        if self.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False): self.vae.to(dtype=torch.float32)
-    def __exit__(self, *exc): self.vae.to(dtype=self.dtype)
+        if self.upcast: self.vae.to(dtype=torch.float32)
+    def __exit__(self, *exc):
+        if self.upcast: self.vae.to(dtype=self.dtype)       # a VAE that was not upcast is not touched
 
 # %% ../../nbs/37_captions.pipelines.ipynb #9b1f349e
 def _image_encoder(pipe, denoiser) -> Callable:
@@ -127,8 +130,7 @@ def pipeline_parts(pipe, # a loaded diffusers StableDiffusion, StableDiffusionXL
     unet_like = fam in ("sd15", "sdxl")
     denoise = _unet_denoiser(pipe, fam) if unet_like else _transformer_denoiser(pipe, fam, float(guidance))
     n_train = float(pipe.scheduler.config.num_train_timesteps)   # SD3 takes the scheduler's timestep σ·T, FLUX that over 1000
-    scale = None if unet_like else (n_train if fam == "sd3" else n_train / 1000)
-    schedule = as_schedule(pipe.scheduler) if unet_like else as_schedule(pipe.scheduler, timestep_scale=scale)
+    schedule = as_schedule(pipe.scheduler, timestep_scale=n_train if fam == "sd3" else n_train / 1000)   # a DDPM schedule has no scale
     model = pipe.unet if unet_like else pipe.transformer
     return PipelineParts(fam, denoise, _prompt_encoder(pipe, fam, max_sequence_length), _image_encoder(pipe, model), schedule)
 
@@ -144,8 +146,11 @@ def probe_pipeline(pipe, # a loaded diffusers pipeline (see `pipeline_parts`)
                    **kwargs, # `probe_caption_edits`' keyword arguments (timesteps, noise_draws, refine_draws, clean, planted, seed, ...)
                   ) -> CaptionProbe:
     "Probe every image's caption against its edits with the pipeline's own VAE, text encoders, denoiser and training schedule."
-    parts = pipeline_parts(pipe, guidance, max_sequence_length)
+    if isinstance(images, (str, bytes)) or not hasattr(images, "__len__"):
+        raise TypeError(f"images must be a tensor [N, 3, H, W] or a list of PIL images / arrays, got {type(images).__name__}")
     n = len(images)
+    if n == 0: raise ValueError("images is empty; pass at least one image with its caption to probe")
+    parts = pipeline_parts(pipe, guidance, max_sequence_length)
     if n != len(captions): raise ValueError(f"images and captions must pair up: got {n} images and {len(captions)} captions")
     chunks = [parts.encode_images(images[i:i + image_batch]) for i in range(0, n, image_batch)]
     if len({c.shape[1:] for c in chunks}) > 1:

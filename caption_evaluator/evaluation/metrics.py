@@ -105,10 +105,10 @@ def label_ranks(logits: Tensor, # scores of shape [batch, num_classes]
                ) -> Tensor:
     "Each label's 0-based rank among its row's logits; ties go to the lower class index (as `argmax`), on every device."
     lab = logits.gather(1, labels[:, None].long())
-    above = (logits > lab).sum(1)
-    if logits.is_cpu and not bool(((logits == lab).sum(1) > 1).any()): return above   # no row ties its label (a free read on a CPU)
+    above, eq = (logits > lab).sum(1), logits == lab
+    if logits.is_cpu and not bool((eq.sum(1) > 1).any()): return above   # no row ties its label (a free read on a CPU)
     cols = torch.arange(logits.shape[1], device=logits.device)
-    return above + ((logits == lab) & (cols < labels[:, None])).sum(1)
+    return above + (eq & (cols < labels[:, None])).sum(1)
 
 # %% ../../nbs/22_evaluation.metrics.ipynb #c0ab7102
 class StreamingMetric:

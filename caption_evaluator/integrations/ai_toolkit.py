@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from ..core import write_atomic, write_text_atomic
-from .diffusion_loss import ai_toolkit_snapshot_dir
+from .diffusion_loss import ai_toolkit_snapshot_dir, record_ai_toolkit_batch
+from ..tracking.snapshots import snapshot_files
 from ..tracking.tracker import ItemLossTracker
 
 # %% auto #0
@@ -45,6 +46,7 @@ def _tracker(trainer) -> ItemLossTracker:
     "The trainer's item tracker, made on first use in `<save_root>/.item_stats`; a resumed run (step > 0) continues from the state of its last save."
     if getattr(trainer, "item_tracker", None) is None:
         flow = bool(getattr(getattr(trainer, "sd", None), "is_flow_matching", False))          # σ = t/1000 for flow models
+        trainer.item_timestep_scale = 1 / 1000 if flow else 1.0
         tracker = ItemLossTracker(ai_toolkit_snapshot_dir(trainer.save_root), trainer.job.name, loggers=[_AitkLogger(trainer)],
                                   timestep_range=(0, 1) if flow else (0, 1000))
         state = _state_path(trainer)
@@ -74,13 +76,11 @@ def _record(trainer, batch, per: torch.Tensor|None, timesteps: torch.Tensor):
     "Record one step's per-sample losses keyed by image path, with timesteps and whether each caption was dropped."
     items = list(batch.file_items)
     if per is None or per.shape[0] != len(items): return          # a reduction this version does not make per sample: nothing recorded
-    dropped = torch.tensor([float(getattr(f, "caption", None) == "") for f in items])
     tracker = _tracker(trainer)
-    t = timesteps.detach().float().reshape(-1).cpu()
-    if tracker.aggregator.timestep_edges[-1] == 1.0: t = t / 1000                        # a flow model: its σ
-    tracker.record("train", [str(f.path) for f in items], per.float().cpu(), step=int(trainer.step_num), timesteps=t,
-                   values={"caption_dropped": dropped})
-    trainer.captions_used = getattr(trainer, "captions_used", {}) | {str(f.path): getattr(f, "caption", None) for f in items}
+    dropped = torch.tensor([float(getattr(f, "caption", None) == "") for f in items], device=per.device)
+    record_ai_toolkit_batch(tracker, batch, per.float(), timesteps.detach().float().reshape(-1) * trainer.item_timestep_scale,
+                            step=int(trainer.step_num), values={"caption_dropped": dropped})   # device tensors: no host wait per step
+    trainer.__dict__.setdefault("captions_used", {}).update({str(f.path): getattr(f, "caption", None) for f in items})
 
 # %% ../../nbs/44_integrations.ai_toolkit.ipynb #4e7a23f2
 def _after_save(trainer, step: int):
@@ -96,8 +96,7 @@ def _after_save(trainer, step: int):
 
 def _prune(folder: Path, name: str, keep: int):
     "Keep the newest `keep` snapshots `{name}_{step:09d}.json[.gz]` (by step), as `max_step_saves_to_keep` keeps checkpoints."
-    snaps = sorted((p for p in folder.glob(f"{name}_*.json*") if p.name[len(name) + 1:].split(".")[0].isdigit()),
-                   key=lambda p: int(p.name[len(name) + 1:].split(".")[0]))
+    snaps = [p for p in snapshot_files(folder) if p.name.startswith(f"{name}_")]   # oldest step first
     for p in snaps[:-keep]: p.unlink()
 
 # %% ../../nbs/44_integrations.ai_toolkit.ipynb #fdff2a95
@@ -118,33 +117,25 @@ def trainer_class(base: type, # ai-toolkit's trainer class: `SDTrainer` (or the 
     return CaptionEvalTrainer
 
 # %% ../../nbs/44_integrations.ai_toolkit.ipynb #b4d82488
-_DISCOVERY = '''"caption_evaluator's ai-toolkit extension: `type: caption_eval_trainer` is SDTrainer with every item's loss tracked."
+_DISCOVERY = f'''"caption_evaluator's ai-toolkit extension: ai-toolkit's trainers with every item's loss tracked."
+import importlib
+
 from toolkit.extension import Extension
 
 
-class CaptionEvalExtension(Extension):
-    uid = "caption_eval_trainer"
-    name = "caption_evaluator item tracking"
-
-    @classmethod
+def _tracked(uid, name, module, cls_name):
+    "An extension whose process is ai-toolkit's `module.cls_name` wrapped by caption_evaluator's `trainer_class`."
     def get_process(cls):
-        from extensions_built_in.sd_trainer.SDTrainer import SDTrainer
         from caption_evaluator.integrations.ai_toolkit import trainer_class
-        return trainer_class(SDTrainer)
+        return trainer_class(getattr(importlib.import_module(module), cls_name))
+    return type(f"CaptionEval{{cls_name}}Extension", (Extension,), {{"uid": uid, "name": name, "get_process": classmethod(get_process)}})
 
 
-class CaptionEvalDiffusionExtension(Extension):
-    uid = "caption_eval_diffusion_trainer"
-    name = "caption_evaluator item tracking (DiffusionTrainer, the UI's jobs)"
-
-    @classmethod
-    def get_process(cls):
-        from extensions_built_in.sd_trainer.DiffusionTrainer import DiffusionTrainer
-        from caption_evaluator.integrations.ai_toolkit import trainer_class
-        return trainer_class(DiffusionTrainer)
-
-
-AI_TOOLKIT_EXTENSIONS = [CaptionEvalExtension, CaptionEvalDiffusionExtension]
+AI_TOOLKIT_EXTENSIONS = [
+    _tracked("{AI_TOOLKIT_UID}", "caption_evaluator item tracking", "extensions_built_in.sd_trainer.SDTrainer", "SDTrainer"),
+    _tracked("{AI_TOOLKIT_DIFFUSION_UID}", "caption_evaluator item tracking (the UI's DiffusionTrainer)",
+             "extensions_built_in.sd_trainer.DiffusionTrainer", "DiffusionTrainer"),
+]
 '''
 
 def install_extension(ai_toolkit: str|Path, # the ai-toolkit checkout (the folder holding `run.py`, `toolkit/` and `extensions/`)

@@ -124,12 +124,13 @@ def record_ai_toolkit_batch(tracker, # an `ItemLossTracker`
                             timesteps: Tensor, # [B] the batch's timesteps
                             step: int|None = None, # the training step (`self.step_num`)
                             dataset: str = "train", # dataset name in the snapshot
+                            values: dict|None = None, # named [B] values recorded with the losses (see `ItemLossTracker.record`)
                            ) -> None:
-    "Record ai-toolkit's per-sample losses keyed by image path, with their timesteps."
+    "Record ai-toolkit's per-sample losses keyed by image path, with their timesteps (and named values)."
     paths = [str(f.path) for f in batch.file_items]
     if loss.ndim != 1 or len(paths) != loss.shape[0]:
         raise ValueError(f"loss must be ai-toolkit's per-sample [B] loss for the batch's {len(paths)} file_items, got shape "
                          f"{tuple(loss.shape)}; with single_item_batching the batch and the loss do not line up, so record "
                          "in the caller where both are whole")
-    tracker.record(dataset, paths, loss, step=step, timesteps=timesteps)
+    tracker.record(dataset, paths, loss, step=step, timesteps=timesteps, values=values)
 
