@@ -39,13 +39,14 @@ def check_losses(run):
     assert snaps, sorted(p.name for p in folder.rglob("*"))
     stats = load_item_stats(snaps[-1])["datasets"]["train"]["item_stats"]
     seen = {}
-    for _, paths, _ in run["returned"]:
+    for _, paths, *_ in run["returned"]:
         for path in paths: seen[path] = seen.get(path, 0) + 1
     assert {k: s["count"] for k, s in stats.items()} == seen                    # every image of every step, keyed by its path
     total = sum(s["count"] * s["average_loss"] for s in stats.values())
-    expected = sum(len(paths) * loss for _, paths, loss in run["returned"])     # each step's mean is ai-toolkit's loss
+    expected = sum(len(paths) * loss for _, paths, loss, _ in run["returned"])  # each step's mean is ai-toolkit's loss
     assert abs(total - expected) <= 1e-5 * abs(expected), (total, expected)
-    assert all(s["values"]["caption_dropped"]["mean"] == 0.0 for s in stats.values())   # no caption dropout configured
+    dropped = {path: d for _, paths, _, flags in run["returned"] for path, d in zip(paths, flags)}
+    assert {k: s["values"]["caption_dropped"]["last"] for k, s in stats.items()} == {k: float(d) for k, d in dropped.items()}
     return snaps
 
 
@@ -56,7 +57,7 @@ def test_every_items_loss_is_what_ai_toolkit_reduced(run):
 
 def test_a_resumed_run_counts_as_one_uninterrupted_run(resumed):
     "Three steps, then a second run that ai-toolkit resumes from the step-3 checkpoint: the statistics cover both parts."
-    steps = [s for s, _, _ in resumed["returned"]]
+    steps = [s for s, *_ in resumed["returned"]]
     assert len(steps) == 6 and steps[:3] == [0, 1, 2], steps
     check_losses(resumed)
 
@@ -82,3 +83,31 @@ def test_snapshots_are_not_taken_for_weights(run):
     folder = Path(run["folder"])
     assert not list(folder.glob("tiny_lora_*.json"))                            # nothing next to the checkpoints ai-toolkit globs
     assert {p.suffix for p in (folder / ".item_stats").iterdir()} == {".json", ".pt"}       # snapshots and the tracker's resume state
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory): return run_job(tmp_path_factory, "features")
+
+
+def test_masks_loss_multipliers_dropout_and_accumulation_reduce_as_ai_toolkit_does(features):
+    """One epoch (each image once) of two datasets, masks and caption dropout in one, `loss_multiplier: 2` in the other, two batches per step:
+    every batch's recorded losses average to the loss ai-toolkit returned for that batch."""
+    snaps = check_losses(features)
+    stats = load_item_stats(snaps[-1])["datasets"]["train"]["item_stats"]
+    assert len(stats) == 8 and all(s["count"] == 1 for s in stats.values())
+    assert [s for s, *_ in features["returned"]] == [0, 0, 1, 1]                  # gradient_accumulation: 2 batches per step
+    for _, paths, loss, _ in features["returned"]:
+        mean = sum(stats[p]["average_loss"] for p in paths) / len(paths)
+        assert abs(mean - loss) <= 1e-5 * abs(loss), (paths, mean, loss)
+    assert any(d for *_, flags in features["returned"] for d in flags)          # caption_dropout_rate 0.5 dropped some
+
+
+def test_the_captions_kept_are_those_trained_on_with_the_trigger(features):
+    "ai-toolkit's rule: `[trigger]` replaced by the trigger word, the word prepended where absent; a dropped caption is empty."
+    folder = Path(features["folder"])
+    captions = json.loads((folder / ".item_stats" / "tiny_lora.captions.json").read_text())
+    dropped = {p for _, paths, _, flags in features["returned"] for p, d in zip(paths, flags) if d}
+    def trained_on(path):
+        raw = Path(path).with_suffix(".txt").read_text()
+        return "" if path in dropped else raw.replace("[trigger]", "sks") if "[trigger]" in raw else f"sks {raw}"
+    assert captions == {p: trained_on(p) for p in captions} and len(captions) == 8

@@ -54,8 +54,15 @@ def _tracker(trainer) -> ItemLossTracker:
         trainer.item_tracker = tracker
     return trainer.item_tracker
 
+def _world() -> tuple[int, int]:
+    "(rank, world size) of the default process group; (0, 1) without one."
+    d = torch.distributed
+    return (d.get_rank(), d.get_world_size()) if d.is_available() and d.is_initialized() else (0, 1)
+
 def _state_path(trainer) -> Path:
-    return ai_toolkit_snapshot_dir(trainer.save_root) / f"{trainer.job.name}_tracker.pt"
+    "The tracker's resume state; one file per rank on several ranks (each keeps its own items until a save merges them)."
+    rank, world = _world()
+    return ai_toolkit_snapshot_dir(trainer.save_root) / f"{trainer.job.name}_tracker{'' if world == 1 else f'_rank{rank}'}.pt"
 
 # %% ../../nbs/44_integrations.ai_toolkit.ipynb #22b7aa2c
 class _AitkLogger:
@@ -84,15 +91,25 @@ def _record(trainer, batch, per: torch.Tensor|None, timesteps: torch.Tensor):
 
 # %% ../../nbs/44_integrations.ai_toolkit.ipynb #4e7a23f2
 def _after_save(trainer, step: int):
-    "At a save: the snapshot, the tracker's state for a resume, and the snapshots pruned as ai-toolkit prunes its checkpoints."
+    "At a save, on every rank: the snapshot (merged across ranks), each rank's tracker state for a resume, and on rank 0 the captions and the pruning."
     tracker = _tracker(trainer)
-    tracker.on_save(step)
+    tracker.on_save(step)                                     # a collective on several ranks
+    trainer.item_saved_step = step
     state = tracker.state_dict()
     write_atomic(_state_path(trainer), lambda f: torch.save(state, f), mode="wb")
-    captions = Path(tracker.save_root) / f"{trainer.job.name}.captions.json"              # each image's caption as last trained on
-    write_text_atomic(captions, json.dumps(getattr(trainer, "captions_used", {}), indent=1, ensure_ascii=False))
+    captions = _gathered(getattr(trainer, "captions_used", {}))
+    if _world()[0]: return
+    path = Path(tracker.save_root) / f"{trainer.job.name}.captions.json"                  # each image's caption as last trained on
+    write_text_atomic(path, json.dumps(captions, indent=1, ensure_ascii=False))
     keep = getattr(getattr(trainer, "save_config", None), "max_step_saves_to_keep", None)
     if keep: _prune(Path(tracker.save_root), trainer.job.name, int(keep))
+
+def _gathered(captions: dict) -> dict:
+    "Every rank's captions in one map (on one rank: `captions` itself)."
+    if _world()[1] == 1: return captions
+    parts = [None] * _world()[1]
+    torch.distributed.all_gather_object(parts, captions)
+    return {k: v for part in parts for k, v in part.items()}
 
 def _prune(folder: Path, name: str, keep: int):
     "Keep the newest `keep` snapshots `{name}_{step:09d}.json[.gz]` (by step), as `max_step_saves_to_keep` keeps checkpoints."
@@ -100,6 +117,8 @@ def _prune(folder: Path, name: str, keep: int):
     for p in snaps[:-keep]: p.unlink()
 
 # %% ../../nbs/44_integrations.ai_toolkit.ipynb #fdff2a95
+def _unsaved(trainer) -> bool: return getattr(trainer, "item_saved_step", None) != int(trainer.step_num)
+
 def trainer_class(base: type, # ai-toolkit's trainer class: `SDTrainer` (or the UI's `DiffusionTrainer`)
                  ) -> type:
     "`base` with every image's training loss tracked in `calculate_loss` and a snapshot written at every save; loss and steps unchanged."
@@ -112,7 +131,13 @@ def trainer_class(base: type, # ai-toolkit's trainer class: `SDTrainer` (or the 
 
         def save(self, step=None):
             super().save(step)
-            _after_save(self, int(self.step_num if step is None else step))
+            if step is not None: _after_save(self, int(step))                    # in the loop, every rank saves
+            elif _world()[1] == 1 and _unsaved(self): _after_save(self, int(self.step_num))   # the final save (the main rank only) or a stop
+
+        def end_step_hook(self):
+            super().end_step_hook()
+            steps = getattr(getattr(self, "train_config", None), "steps", None)
+            if steps is not None and int(self.step_num) >= int(steps) and _unsaved(self): _after_save(self, int(self.step_num))  # every rank, before the main rank's final save
     CaptionEvalTrainer.__qualname__ = CaptionEvalTrainer.__name__ = f"CaptionEval{base.__name__}"
     return CaptionEvalTrainer
 
