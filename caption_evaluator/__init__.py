@@ -29,6 +29,7 @@ if _TYPE_CHECKING:
     from .captions.denoiser import train_caption_denoiser
     from .captions.schedules import as_schedule
     from .captions.pipelines import probe_pipeline
+    from .captions.datasets import read_caption_dataset, CaptionDataset
 
 from importlib import import_module as _import_module
 
@@ -56,6 +57,7 @@ _ROOT_NAMES = {
     "captions.denoiser": ["train_caption_denoiser"],
     "captions.schedules": ["as_schedule"],
     "captions.pipelines": ["probe_pipeline"],
+    "captions.datasets": ["read_caption_dataset", "CaptionDataset"],
 }
 _MODULE_OF = {name: module for module, names in _ROOT_NAMES.items() for name in names}
 __all__ = list(_MODULE_OF)
