@@ -20,33 +20,24 @@ from ..noise import auroc
 from ..tracking.snapshots import top_indices
 from .engine import (ProbeGrid, ProbeItems, ProbePairs, ProbeSettings, auto_timesteps, check_count, denoiser_modules,
                                                noise_ids, pair_losses, pick_timesteps, probe_settings, refined_means, screen_means)
+from .slots import CaptionEdits
 
 # %% auto #0
 __all__ = ['word_swaps', 'other_captions', 'plant_wrong_words', 'CaptionProbe', 'probe_caption_edits']
 
 # %% ../../nbs/33_captions.edits.ipynb #c35e48c8
-def _cased(new: str, old: str) -> str: return new[:1].upper() + new[1:] if old[:1].isupper() else new
-
 def _word_pattern(word: str) -> re.Pattern:
     return re.compile(r"(?<!\w)" + re.escape(word) + r"(?!\w)", re.IGNORECASE)
 
 
 # %% ../../nbs/33_captions.edits.ipynb #eb38e7c3
-def word_swaps(vocabulary: Mapping[str, Sequence[str]], # attribute -> its interchangeable words (or phrases)
-              ) -> Callable[[str], list[tuple[str, str]]]:
-    "An edit strategy: every attribute word found in a caption (whole word, any case) swapped for each other word of its attribute."
+def word_swaps(vocabulary: Mapping[str, Sequence], # attribute -> its interchangeable words or phrases; a list inside is a synonym group
+              ) -> CaptionEdits:
+    "An edit strategy: each occurrence of an attribute word (whole words, any case) swapped for each other word of its attribute, synonyms never for each other."
     if not isinstance(vocabulary, Mapping) or any(isinstance(v, str) or len(v) < 2 for v in vocabulary.values()):
-        raise ValueError("vocabulary must map each attribute to a list of at least two interchangeable words, e.g. {'colour': ['red', 'blue']}")
-    table = {tag: (list(words), [(w, _word_pattern(w)) for w in sorted(words, key=len, reverse=True)]) for tag, words in vocabulary.items()}
-    def edit(caption: str) -> list[tuple[str, str]]:
-        out = []
-        for tag, (words, longest_first) in table.items():
-            hit = next(((w, p) for w, p in longest_first if p.search(caption)), None)   # "top left" before "top"
-            if hit is None: continue
-            out += [(hit[1].sub(lambda m: _cased(o, m.group(0)), caption), tag) for o in words if o != hit[0]]
-        return out
-    return edit
-
+        raise ValueError("vocabulary must map each attribute to a list of at least two interchangeable words, e.g. {'colour': ['red', 'blue']} "
+                         "(synonyms as a group: {'shape': [['circle', 'disc'], 'square']})")
+    return CaptionEdits.from_vocabulary(dict(vocabulary))
 
 # %% ../../nbs/33_captions.edits.ipynb #781aa74a
 def other_captions(captions: Sequence[str], # every item's caption
