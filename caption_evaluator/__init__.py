@@ -30,6 +30,8 @@ if _TYPE_CHECKING:
     from .captions.schedules import as_schedule
     from .captions.pipelines import probe_pipeline
     from .captions.datasets import read_caption_dataset, CaptionDataset
+    from .captions.slots import dataset_edits
+    from .captions.check import check_captions, CaptionCheck
 
 from importlib import import_module as _import_module
 
@@ -58,6 +60,8 @@ _ROOT_NAMES = {
     "captions.schedules": ["as_schedule"],
     "captions.pipelines": ["probe_pipeline"],
     "captions.datasets": ["read_caption_dataset", "CaptionDataset"],
+    "captions.slots": ["dataset_edits"],
+    "captions.check": ["check_captions", "CaptionCheck"],
 }
 _MODULE_OF = {name: module for module, names in _ROOT_NAMES.items() for name in names}
 __all__ = list(_MODULE_OF)

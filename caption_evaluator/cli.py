@@ -19,7 +19,7 @@ from .demos.options import add_caption_demo_arguments
 
 # %% auto #0
 __all__ = ['format_runs_table', 'worst_items', 'items_table', 'build_parser', 'CLIError', 'UsageError', 'cmd_plot', 'cmd_runs',
-           'cmd_items', 'cmd_demo', 'cmd_ai_toolkit', 'main']
+           'cmd_items', 'cmd_demo', 'cmd_ai_toolkit', 'cmd_check', 'main']
 
 # %% ../nbs/70_cli.ipynb #cf101408
 def format_runs_table(runs:list, # `RunRecord`s, e.g. from `discover_runs`
@@ -116,7 +116,32 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Put caption_evaluator's extension into an ai-toolkit checkout (extensions/caption_eval/).")
     ak.add_argument("action", choices=("install",), help="install: write the extension's discovery package")
     ak.add_argument("path", metavar="PATH", help="the ai-toolkit checkout (the folder holding run.py)")
+    _add_check_parser(sub)
     return p
+
+# %% ../nbs/70_cli.ipynb #be0ec964
+_CHECK_EXAMPLE = """example:
+  caption-eval check my_lora_dataset --pipeline ./flux-dev --lora output/my_lora/my_lora.safetensors --trigger sks --out check
+  then open check/report.html in a browser"""
+
+def _add_check_parser(sub):
+    "The `check` subcommand: a dataset folder and a pipeline folder in, the suspect captions and report.html out."
+    ck = sub.add_parser("check", help="check a dataset's captions with a text-to-image pipeline: suspects, fixes, report.html",
+                        description="Probe every caption of DATASET with the pipeline against edits built from the dataset's own captions; "
+                                    "print what the model can check and the most suspect captions with their fixes; write captions.json, "
+                                    "captions.csv and report.html into --out.",
+                        epilog=_CHECK_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ck.add_argument("dataset", metavar="DATASET", help="dataset folder: images with caption files (ai-toolkit, kohya) or a Hugging Face imagefolder")
+    ck.add_argument("--pipeline", required=True, metavar="DIR", help="a diffusers pipeline folder (SD 1.5, SDXL, SD3, FLUX), as save_pretrained writes it")
+    ck.add_argument("--lora", metavar="FILE", help="a LoRA .safetensors: probe the base pipeline and the LoRA'd one, and mark memorized captions")
+    ck.add_argument("--trigger", metavar="WORD", help="the trigger word (ai-toolkit's rule: [trigger] replaced, prepended where absent); never edited")
+    ck.add_argument("--out", default="caption_check", metavar="DIR", help="output folder (default ./caption_check)")
+    ck.add_argument("--resolution", type=positive_int, default=512, help="square size every image is probed at (default 512)")
+    ck.add_argument("--caption-ext", default=".txt", help="caption files' extension (default .txt; kohya: .caption)")
+    ck.add_argument("--synonyms", action="append", default=[], metavar="WORDS",
+                    help="comma-separated words never swapped for one another, e.g. circle,disc (repeatable)")
+    ck.add_argument("-k", "--k", type=positive_int, default=10, help="suspect captions printed (default 10)")
+    ck.add_argument("--seed", type=int, default=0, help="seed of the probe's noise (default 0)")
 
 # %% ../nbs/70_cli.ipynb #7c167c03
 class CLIError(Exception):
@@ -266,7 +291,22 @@ def cmd_ai_toolkit(args:argparse.Namespace, # parsed arguments of `build_parser`
           "(same keys); snapshots go to <training_folder>/<name>/.item_stats/")
     return 0
 
-_COMMANDS = {"plot": cmd_plot, "runs": cmd_runs, "items": cmd_items, "demo": cmd_demo, "ai-toolkit": cmd_ai_toolkit}
+def cmd_check(args:argparse.Namespace, # parsed arguments of `build_parser`
+             ) -> int:
+    "`caption-eval check DATASET --pipeline DIR`: what the model can check, the suspect captions with fixes; JSON, CSV and report.html."
+    from caption_evaluator.captions.check import check_captions
+    from caption_evaluator.views.report import write_check_report
+    synonyms = [[w.strip() for w in g.split(",") if w.strip()] for g in args.synonyms]
+    if any(len(g) < 2 for g in synonyms): raise UsageError("--synonyms takes two or more comma-separated words, e.g. circle,disc")
+    check = check_captions(args.pipeline, args.dataset, lora=args.lora, trigger=args.trigger, synonyms=synonyms, resolution=args.resolution,
+                           caption_ext=args.caption_ext, seed=args.seed)
+    print(check.summary(args.k))
+    out = check.save(args.out)
+    report = write_check_report(check, out)
+    print(f"\nwrote {out / 'captions.json'}, {out / 'captions.csv'} and {report}\nopen the report: python -m webbrowser {report.resolve()}")
+    return 0
+
+_COMMANDS = {"plot": cmd_plot, "runs": cmd_runs, "items": cmd_items, "demo": cmd_demo, "ai-toolkit": cmd_ai_toolkit, "check": cmd_check}
 
 # %% ../nbs/70_cli.ipynb #5442e58f
 def main(argv:list[str]|None=None, # arguments without the program name (default: `sys.argv[1:]`)

@@ -45,9 +45,12 @@ def _context(toks: list[str], i: int, j: int, slot_of: dict) -> tuple[str, str]:
     right = toks[j] if j < len(toks) else "$"
     return slot_of.get((left,), left), slot_of.get((right,), right)
 
-def _evidence(ctx: tuple[str, str]) -> bool:
-    "A context says something when a side is a content word or a slot."
-    return any(side.startswith("#") or _content(side) for side in ctx if side not in "^$")
+def _weight(side: str) -> float:
+    "What one side of a context says: a slot or content word much, a function word little, punctuation or a caption end least."
+    if side.startswith("#") or _content(side): return 1.0
+    return 0.35 if side in FUNCTION_WORDS else 0.15
+
+def _evidence(ctx: tuple[str, str]) -> float: return _weight(ctx[0]) + _weight(ctx[1])
 
 # %% ../../nbs/39_captions.slots.ipynb #62d7c7b4
 class _Union:
@@ -64,24 +67,32 @@ class _Union:
         return list(out.values())
 
 # %% ../../nbs/39_captions.slots.ipynb #041b7dff
-def _link(token_lists, candidates: set, slot_of: dict, max_words: int, keep: frozenset) -> list[list]:
-    "Candidates that share an informative context, grouped (groups of one left out)."
-    fill = {}
+def _link(token_lists, candidates: set, slot_of: dict, max_words: int, keep: frozenset, min_evidence: float = 1.5) -> list[list]:
+    "Candidates grouped by the contexts they share (weighted by `_evidence`, at least `min_evidence`), strongest pairs first; two that ever stand side by side are never grouped."
+    fill, beside = {}, set()
     for toks in token_lists:
-        for i, j in _phrases(toks, max_words, keep):
-            p = tuple(toks[i:j])
-            if p in candidates:
-                ctx = _context(toks, i, j, slot_of)
-                if _evidence(ctx): fill.setdefault(ctx, set()).add(p)
-    u = _Union()
-    for members in fill.values():
-        first, *rest = sorted(members)
-        for p in rest: u.union(first, p)
+        spans = [(i, j, tuple(toks[i:j])) for i, j in _phrases(toks, max_words, keep) if tuple(toks[i:j]) in candidates]
+        for i, j, p in spans:
+            fill.setdefault(_context(toks, i, j, slot_of), set()).add(p)
+        ends = {}
+        for i, j, p in spans: ends.setdefault(j, []).append(p)
+        beside |= {frozenset((p, q)) for i, j, q in spans for p in ends.get(i, ()) if p != q}
+    shared = Counter()
+    for ctx, ms in fill.items():
+        for p in ms:
+            for q in ms:
+                if p < q: shared[frozenset((p, q))] += _evidence(ctx)
+    u, members = _Union(), {p: {p} for p in candidates}
+    for pair, n in sorted(shared.items(), key=lambda kv: (-kv[1], sorted(kv[0]))):
+        if n < min_evidence: break
+        a, b = (u.find(p) for p in pair)
+        if a == b or any(frozenset((p, q)) in beside for p in members[a] for q in members[b]): continue
+        u.union(a, b); members[b] |= members.pop(a)
     return [sorted(g) for g in u.groups(sorted(candidates)) if len(g) > 1]
 
 # %% ../../nbs/39_captions.slots.ipynb #b00d3fec
 def _induce(token_lists, counts: Counter, max_words: int, keep: frozenset, rounds: int = 6) -> list[list[tuple]]:
-    "Slots of single words, refined until stable, then multi-word phrases whose words are not all slot members joined in."
+    "Slots of single words, refined until stable, then multi-word units joined in: phrases of words in no slot that hold half the uses of their first or last word."
     words = {p for p, n in counts.items() if len(p) == 1}
     slot_of, groups = {}, []
     for _ in range(rounds):
@@ -89,8 +100,10 @@ def _induce(token_lists, counts: Counter, max_words: int, keep: frozenset, round
         if new == groups: break
         groups = new
         slot_of = {p: f"#{k}" for k, g in enumerate(groups) for p in g}
+    words_n = Counter({p[0]: n for p, n in counts.items() if len(p) == 1})
     covered = {p[0] for g in groups for p in g}
-    phrases = {p for p, n in counts.items() if len(p) > 1 and not all(w in covered for w in p)}
+    phrases = {p for p, n in counts.items() if len(p) > 1 and not covered & set(p)
+               and max(n / words_n.get(p[0], n), n / words_n.get(p[-1], n)) >= 0.5}
     if not phrases: return groups
     joined = _link(token_lists, phrases | {p for g in groups for p in g}, slot_of, max_words, keep)
     return [g for g in joined if any(len(p) == 1 for p in g) or len(g) > 1]
