@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     it.add_argument("--top", dest="k", type=positive_int, help=argparse.SUPPRESS)   # the earlier name of -k
     it.add_argument("--dataset", "-d", help="only this dataset (default: every dataset in the snapshot)")
     it.add_argument("--by", metavar="SCORE", help="score that ranks the items: average_loss, tnorm_average_loss, aum, confidence, "
-                    "variability, correctness, forgetting, swap_margin, a field (max_loss) or values.NAME[.STAT] "
+                    "variability, correctness, forgetting, swap_margin, suspicion, empty_gap, a field (max_loss) or values.NAME[.STAT] "
                     "(default: tnorm_average_loss when the run recorded timesteps, else average_loss)")
     it.add_argument("--ascending", action="store_true", default=None,
                     help="lowest scores first (default: the score's suspect end, e.g. lowest first for aum)")

@@ -62,6 +62,7 @@ EJ.get_all_extensions_process_dict = lambda: {**all_processes(), UID: Oracle}
 def datasets() -> list:
     plain = {"folder_path": str(data), "caption_ext": "txt", "caption_dropout_rate": 0.0, "resolution": [64]}
     if mode != "features": return [plain]
+    plain["num_workers"] = 0                                    # caption dropout draws from this process's seeded `random`
     return [{**plain, "mask_path": str(data.parent / "masks"), "mask_min_value": 0.1, "caption_dropout_rate": 0.5},
             {**plain, "folder_path": str(work / "data_b"), "loss_multiplier": 2.0}]
 
@@ -80,5 +81,7 @@ def job(steps: int) -> dict:
     return {"job": "extension", "config": {"name": "tiny_lora", "process": [process]}, "meta": {"name": "[name]", "version": "1.0"}}
 
 from toolkit.job import run_job
+import random
+random.seed(0)                                                   # the same captions dropped on every run
 for steps in ((3, 6) if resume else (2,) if mode == "features" else (6,)): run_job(job(steps))      # the second run finds the first's checkpoint and resumes
 print("AITK_RESULT " + json.dumps({"returned": returned, "folder": str(out / "tiny_lora")}))

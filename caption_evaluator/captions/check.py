@@ -38,7 +38,7 @@ class CaptionCheck:
     fixes: list # per item: (suggested caption, slot, words replaced, words put in), or None
     margins: dict # slot -> [N] own − best alternative of that slot (NaN where the caption has no word of it)
     reads_captions: dict # "beats_edits", "items", "interval", "reads": whether the model reads these captions
-    slots: dict # slot -> {"words", "items", "beat_rate", "interval", "verdict"}
+    slots: dict # slot -> {"words", "items", "beat_rate", "interval", "verdict", "expected_auroc", "expected_interval", "calibration"}
     synonyms: list # word groups left out as synonyms (given, or found: the model cannot tell them apart)
     problems: list # `FileProblem`s of the dataset
     dataset: CaptionDataset|None = None # the items (for thumbnails)
@@ -86,7 +86,8 @@ def _from_probe(probe, edits: CaptionEdits, dataset: CaptionDataset, synonyms: l
     slots = {}
     for tag, c in probe.calibration.items():
         verdict, interval = _verdict(int(round(c["beat_rate"] * c["items"])) if c["items"] else 0, c["items"], reads["reads"])
-        slots[tag] = {"words": list(edits.slots.get(tag, [])), "items": c["items"], "beat_rate": c["beat_rate"], "interval": interval, "verdict": verdict}
+        slots[tag] = {"words": list(edits.slots.get(tag, [])), "items": c["items"], "beat_rate": c["beat_rate"], "interval": interval, "verdict": verdict,
+                      "expected_auroc": c["expected_auroc"], "expected_interval": c["expected_interval"], "calibration": c["verdict"]}
     score = probe.swap_margin.double().cpu().numpy()
     fixes = _fixes(probe, edits)
     suspect = np.array([bool(f) and s > 0 and slots.get(f[1], {}).get("verdict") == "checked" for f, s in zip(fixes, score)], dtype=bool)
@@ -163,14 +164,16 @@ def _lora_view(pipe, lora, images, captions, edits: CaptionEdits, probe_kwargs: 
             "memorized": base.suspect & ~(np.nan_to_num(score, nan=-1) > 0)}
 
 # %% ../../nbs/3a_captions.check.ipynb #9ebbc84f
-def _interval(iv) -> str: return "–" if iv is None else f"{iv[0]:.2f}–{iv[1]:.2f}"
+def _interval(iv) -> str: return "–" if iv is None or iv[0] != iv[0] else f"{iv[0]:.2f}–{iv[1]:.2f}"
 
 @patch
 def format_slots(self: CaptionCheck) -> str:
-    "One row per slot: its words, items, how often an edit beats the caption (95 % interval), the verdict."
-    rows = [[t, s["items"], "–" if s["beat_rate"] != s["beat_rate"] else f"{s['beat_rate']:.2f}", _interval(s["interval"]), s["verdict"]]
-            for t, s in self.slots.items()]
-    return format_table(rows, ["slot", "items", "edits beat the caption", "95 % interval", "verdict"], right={1, 2})
+    "One row per slot: items, how often an edit beats the caption (95 % interval) and the verdict; the label-free AUROC estimate (95 % interval) and what it says."
+    rate = lambda v: "–" if v != v else f"{v:.2f}"
+    rows = [[t, s["items"], rate(s["beat_rate"]), _interval(s["interval"]), s["verdict"], rate(s["expected_auroc"]), _interval(s["expected_interval"]),
+             s["calibration"]] for t, s in self.slots.items()]
+    return format_table(rows, ["slot", "items", "edits beat the caption", "95 % interval", "verdict", "expected AUROC", "95 % interval",
+                               "finds wrong words"], right={1, 2, 5})
 
 @patch
 def format_worst(self: CaptionCheck, k: int = 10, # rows
@@ -214,7 +217,8 @@ def to_dict(self: CaptionCheck) -> dict:
                "margins": {t: _number(m[i]) for t, m in self.margins.items() if m[i] == m[i]}}
         if self.lora: row |= {"lora_score": _number(self.lora["score"][i]), "memorized": bool(self.lora["memorized"][i])}
         return row
-    slots = {t: {**s, "interval": list(s["interval"]) if s["interval"] else None, "beat_rate": _number(s["beat_rate"])} for t, s in self.slots.items()}
+    slots = {t: {**s, "interval": list(s["interval"]) if s["interval"] else None, "beat_rate": _number(s["beat_rate"]),
+                 "expected_auroc": _number(s["expected_auroc"]), "expected_interval": [_number(v) for v in s["expected_interval"]]} for t, s in self.slots.items()}
     return {"schema": CHECK_SCHEMA, "settings": self.settings, "reads_captions": {**self.reads_captions, "interval": list(self.reads_captions["interval"])},
             "slots": slots, "synonyms": self.synonyms, "lora": self.lora and self.lora["path"],
             "items": [item(i) for i in self.order()], "problems": [vars(p) for p in self.problems]}

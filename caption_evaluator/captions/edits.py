@@ -104,7 +104,7 @@ class CaptionProbe:
     best_alternative: list # per item: the trusted alternative the model prefers (a suggested fix), or None
     best_tag: list # per item: the tag of `best_alternative`, or None
     tag_margins: dict # tag -> [N] own − best alternative of that tag (every draw for trusted tags, screening draws for the others); NaN where the item has none
-    calibration: dict # tag -> {"beat_rate", "items", "median_margin", "expected_auroc", "planted", "planted_auroc", "trusted", "verifiable" (True, False, or None: likely, unconfirmed)} on the reference items
+    calibration: dict # tag -> {"beat_rate", "items", "median_margin", "expected_auroc", "expected_interval" (95 % bootstrap), "planted", "planted_auroc", "trusted", "verifiable" (True, False, or None: likely, unconfirmed), "verdict" (its reason in words)} on the reference items
     alternatives: list # (item, caption, tag) of every alternative
     alternative_losses: Tensor # [A] normalised screening loss of each alternative
     timesteps: list # the probed timesteps
@@ -116,16 +116,16 @@ class CaptionProbe:
         return out | {f"margin_{_slug(t)}": m for t, m in self.tag_margins.items()}
 
     def format_calibration(self) -> str:
-        "The calibration as a text table, one row per tag."
-        yes = lambda flag: "likely" if flag is None else "yes" if flag else "no"
+        "The calibration as a text table, one row per tag: the label-free estimate with its 95 % interval, and the verdict."
         planted = any(c["planted"] for c in self.calibration.values())
-        head = ["tag", "items", "beat rate", "median margin", "expected AUROC"] + (["planted", "planted AUROC"] if planted else []) + ["trusted", "verifiable"]
-        rows = [[t, c["items"], f"{c['beat_rate']:.3f}", f"{c['median_margin']:.3f}", f"{c['expected_auroc']:.3f}"]
-                + ([c["planted"], f"{c['planted_auroc']:.3f}"] if planted else []) + [yes(c["trusted"]), yes(c["verifiable"])]
+        head = ["tag", "items", "beat rate", "median margin", "expected AUROC", "95 % interval"] + (["planted", "planted AUROC"] if planted else []) + ["trusted", "verdict"]
+        rows = [[t, c["items"], f"{c['beat_rate']:.3f}", f"{c['median_margin']:.3f}", f"{c['expected_auroc']:.3f}",
+                 "–" if c["expected_interval"][0] != c["expected_interval"][0] else f"{c['expected_interval'][0]:.3f}–{c['expected_interval'][1]:.3f}"]
+                + ([c["planted"], f"{c['planted_auroc']:.3f}"] if planted else []) + ["yes" if c["trusted"] else "no", c["verdict"]]
                 for t, c in self.calibration.items()]
         text = format_table(rows, head, right=set(range(1, len(head) - 2)))
         if any(c["verifiable"] is None for c in self.calibration.values()):
-            text += "\nlikely: the label-free estimate passes min_auroc; plant wrong words before training (plant_wrong_words) to confirm"
+            text += "\nlikely: the label-free estimate's whole interval passes min_auroc; plant wrong words before training (plant_wrong_words) to confirm"
         return text
 
     def format_worst(self, k: int = 10, # rows
@@ -153,8 +153,8 @@ def _margin_auroc(negatives: Tensor, positives: Tensor, weights: Tensor) -> floa
 
 
 # %% ../../nbs/33_captions.edits.ipynb #f703eb32
-def _expected_auroc(margin: Tensor, own: Tensor, alt_loss: Tensor, owner: Tensor, sel: Tensor, reference: Tensor) -> float:
-    "Label-free AUROC of one tag's `margin` (own − its best edit): each reference item's edits of the tag as stand-in wrong captions against the items' own margins."
+def _expected_auroc(margin: Tensor, own: Tensor, alt_loss: Tensor, owner: Tensor, sel: Tensor, reference: Tensor) -> tuple[float, tuple[float, float]]:
+    "Label-free AUROC of one tag's `margin` (own − its best edit), each reference item's edits of the tag standing in for wrong captions; with its bootstrap interval over items."
     n, o, l = len(own), owner[sel], alt_loss[sel]
     best_at = _best_trusted(alt_loss, owner, sel, n)                         # each item's best edit of the tag, −1 if none
     is_best = torch.nonzero(sel).flatten() == best_at[o]
@@ -162,10 +162,10 @@ def _expected_auroc(margin: Tensor, own: Tensor, alt_loss: Tensor, owner: Tensor
     best = torch.where(best_at >= 0, alt_loss[best_at.clamp(min=0)], float("inf"))
     simulated = l - torch.minimum(own[o], torch.where(is_best, second[o], best[o]))   # the edit as the caption, the own caption among its rivals
     count = torch.zeros(n, device=own.device).scatter_add(0, o, simulated.isfinite().to(l.dtype))   # the edits that take part
-    clean = margin[reference & (count > 0) & margin.isfinite()].double()
+    take = reference & (count > 0) & margin.isfinite()
     keep = reference[o] & simulated.isfinite()
-    return _corrected_auroc(clean, simulated[keep].double(), 1 / count[o][keep].double())
-
+    parts = (margin[take].double(), torch.nonzero(take).flatten(), simulated[keep].double(), o[keep], 1 / count[o][keep].double())
+    return _corrected_auroc(parts[0], parts[2], parts[4]), _bootstrap_interval(*parts, n)
 
 # %% ../../nbs/33_captions.edits.ipynb #cd5bf37e
 def _corrected_auroc(reference: Tensor, wrong: Tensor, weights: Tensor) -> float:
@@ -175,6 +175,20 @@ def _corrected_auroc(reference: Tensor, wrong: Tensor, weights: Tensor) -> float
     share = _wrong_share(reference, wrong, weights)
     return min(max((observed - share / 2) / (1 - share), 0.0), 1.0)
 
+
+def _bootstrap_interval(clean: Tensor, clean_items: Tensor, wrong: Tensor, wrong_items: Tensor, weights: Tensor, n: int,
+                        draws: int = 200, seed: int = 0) -> tuple[float, float]:
+    "95 % percentile-bootstrap interval of `_corrected_auroc`, items drawn with replacement (each with its margin and its edits)."
+    if not len(clean) or not len(wrong): return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    ci, wi = clean_items.cpu().numpy(), wrong_items.cpu().numpy()
+    c, w, wt = clean.cpu(), wrong.cpu(), weights.cpu()
+    values = []
+    for _ in range(draws):
+        k = torch.from_numpy(rng.multinomial(n, np.full(n, 1 / n)))        # how often each item is drawn
+        values.append(_corrected_auroc(c.repeat_interleave(k[ci]), w.repeat_interleave(k[wi]), wt.repeat_interleave(k[wi])))
+    lo, hi = np.nanpercentile(values, [2.5, 97.5]) if np.isfinite(values).any() else (float("nan"), float("nan"))
+    return float(lo), float(hi)
 
 # %% ../../nbs/33_captions.edits.ipynb #23c00902
 def _wrong_share(clean: Tensor, simulated: Tensor, weights: Tensor, quantiles=(0.5, 0.75, 0.9), most: float = 0.5) -> float:
@@ -192,30 +206,37 @@ def _wrong_share(clean: Tensor, simulated: Tensor, weights: Tensor, quantiles=(0
 
 
 # %% ../../nbs/33_captions.edits.ipynb #c1bc9230
-def _calibrate(tag_margins: Mapping[str, Tensor], losses: _TagLosses, reference: Tensor, planted: list, limits: tuple[float, float, int]) -> dict:
-    "Per tag: how often its edits beat the own caption on the reference items, its label-free and planted AUROCs, and the verdicts."
+def _calibrate(tag_margins: Mapping[str, Tensor], losses: _TagLosses, reference: Tensor, planted: list, limits: tuple[float, float, int],
+               word_edits: Mapping[str, bool]) -> dict:
+    "Per tag: how often its edits beat the own caption on the reference items, its label-free (with interval) and planted AUROCs, and the verdicts."
     own, alt_loss, owner, masks = losses
     max_beat_rate, min_auroc, min_planted = limits
     out = {}
     for t, m in tag_margins.items():
         v = m[reference & ~m.isnan()]
         rate = int((v > 0).sum()) / len(v) if len(v) else float("nan")
-        est = _expected_auroc(m, own, alt_loss, owner, masks[t], reference)
+        est, interval = _expected_auroc(m, own, alt_loss, owner, masks[t], reference)
         hit = torch.tensor([p == t for p in planted], dtype=torch.bool, device=own.device) & ~m.isnan()
         measured = _corrected_auroc(v.double(), m[hit].double(), torch.ones(int(hit.sum()), dtype=torch.float64, device=own.device))
         trusted = bool(len(v)) and rate <= max_beat_rate
+        verifiable, verdict = _verdict(est, interval, measured if int(hit.sum()) >= min_planted else None, trusted, min_auroc, word_edits.get(t, True), len(v))
         out[t] = {"beat_rate": rate, "items": int(len(v)), "median_margin": float(v.quantile(0.5)) if len(v) else float("nan"),
-                  "expected_auroc": est, "planted": int(hit.sum()), "planted_auroc": measured, "trusted": trusted,
-                  "verifiable": _verdict(est, measured if int(hit.sum()) >= min_planted else None, trusted, min_auroc)}
+                  "expected_auroc": est, "expected_interval": interval, "planted": int(hit.sum()), "planted_auroc": measured,
+                  "trusted": trusted, "verifiable": verifiable, "verdict": verdict}
     return out
 
-
 # %% ../../nbs/33_captions.edits.ipynb #a8941ec6
-def _verdict(expected: float, planted: float|None, trusted: bool, min_auroc: float) -> bool|None:
-    "From enough planted words True or False; from the label-free estimate only False, or None when it passes (memorization can hide wrong words from it)."
-    if planted is not None: return trusted and planted >= min_auroc
-    return None if expected >= min_auroc else False
-
+def _verdict(expected: float, interval: tuple[float, float], planted: float|None, trusted: bool, min_auroc: float, word_edits: bool,
+             items: int) -> tuple[bool|None, str]:
+    "`verifiable` (True, False, or None: likely) and its reason. Planted words decide; else the label-free estimate says likely only when its whole interval passes."
+    if planted is not None:
+        ok = trusted and planted >= min_auroc
+        return ok, "verified with planted words" if ok else f"not verified: planted words found at AUROC {planted:.2f}"
+    if not word_edits: return False, "no label-free estimate: its alternatives are not word edits (plant wrong words to measure it)"
+    lo, hi = interval
+    if lo >= min_auroc: return None, "likely"
+    if hi < min_auroc or not expected >= 0: return False, "no"
+    return False, f"cannot tell with {items} items"
 
 # %% ../../nbs/33_captions.edits.ipynb #a091494b
 def _alternative_lists(captions, alternatives) -> list[list[tuple[str, str]]]:
@@ -394,6 +415,22 @@ class _Calib(NamedTuple):
     planted: Sequence[str|None]|None
     limits: tuple
 
+# %% ../../nbs/33_captions.edits.ipynb #e98d7661
+def _is_word_edit(caption: str, alternative: str, most: int = 4) -> bool:
+    "Does `alternative` differ from `caption` in one run of at most `most` words (a swap, an insertion or a drop)?"
+    a, b = caption.lower().split(), alternative.lower().split()
+    start = 0
+    while start < min(len(a), len(b)) and a[start] == b[start]: start += 1
+    end = 0
+    while end < min(len(a), len(b)) - start and a[-1 - end] == b[-1 - end]: end += 1
+    return len(a) - start - end <= most and len(b) - start - end <= most
+
+def _word_edit_tags(lay) -> dict[str, bool]:
+    "Per tag: are (nearly: 90 %) all its alternatives word edits of their captions? Only then do they stand in for wrong captions."
+    flags = {}
+    for item, alt, tag in lay.flat: flags.setdefault(tag, []).append(_is_word_edit(lay.captions[item], alt))
+    return {t: float(np.mean(f)) >= 0.9 for t, f in flags.items()}
+
 # %% ../../nbs/33_captions.edits.ipynb #5a931b6b
 def _edit_stages(denoise, items: ProbeItems, lay: _Layout, s: ProbeSettings, ts: Sequence[int], calib: _Calib) -> CaptionProbe:
     "Screening every pair, calibration of the tags, refining the trusted tags' best edits; the `CaptionProbe`."
@@ -410,7 +447,7 @@ def _edit_stages(denoise, items: ProbeItems, lay: _Layout, s: ProbeSettings, ts:
         own, empty, alt_loss = Lp[own_rows], Lp[empty_rows], Lp[alt_rows]
         margins = _tag_margins(own, alt_loss, owner, masks, n)
         reference, planted = _reference(calib.clean, calib.planted, n, dev)
-        calibration = _calibrate(margins, _TagLosses(own, alt_loss, owner, masks), reference, planted, calib.limits)
+        calibration = _calibrate(margins, _TagLosses(own, alt_loss, owner, masks), reference, planted, calib.limits, _word_edit_tags(lay))
         trusted = [t for t, c in calibration.items() if c["trusted"]] or list(calibration)
         best = torch.stack([_best_trusted(alt_loss, owner, masks[t], n) for t in trusted], 1)   # [N, trusted tags], −1: none
         screen = _Screen(own, best, torch.where(best >= 0, alt_loss[best.clamp(min=0)], torch.nan), scale_t, ts)

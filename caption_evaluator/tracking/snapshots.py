@@ -39,6 +39,7 @@ SCORES = {  # name: (path into an item's entry, True when a *low* value is suspe
     "forgetting": ("values.correct.decreases", False, "forgetting events (correct to wrong); never learned ranks first"),
     "swap_margin": ("values.swap_margin.mean", False, "caption probe: own caption's loss minus the best alternative's"),
     "empty_gap": ("values.empty_gap.mean", False, "caption probe or training monitor: own caption's loss minus the empty caption's"),
+    "suspicion": ("values.caption_suspicion.mean", False, "caption probe: the largest robust z-score of the trusted tags' margins"),
 }
 
 

@@ -57,15 +57,16 @@ def _item_row(check: CaptionCheck, i: int, rank: int) -> str:
             + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
 
 # %% ../../nbs/52_views.report.ipynb #0d8fdb23
-def _interval(iv) -> str: return "–" if not iv else f"{iv[0]:.2f}–{iv[1]:.2f}"
+def _interval(iv) -> str: return "–" if not iv or iv[0] != iv[0] else f"{iv[0]:.2f}–{iv[1]:.2f}"
 
-def _slots_table(check: CaptionCheck) -> str:
-    "The slots with their words, items, beat rate, its interval and the verdict."
+def _slots_table(check) -> str:
+    "The slots: words, items, beat rate with its interval and verdict; the label-free AUROC estimate with its interval and what it says."
     rows = "".join(f"<tr><td>{html.escape(t)}</td><td>{html.escape(', '.join(s['words']))}</td><td>{s['items']}</td>"
-                   f"<td>{_num(s['beat_rate'], '.2f')}</td><td>{_interval(s['interval'])}</td>"
-                   f'<td class="verdict">{html.escape(s["verdict"])}</td></tr>' for t, s in check.slots.items())
-    return ('<table id="slots"><thead><tr><th>slot</th><th>words</th><th>items</th><th>edits beat the caption</th><th>95 % interval</th>'
-            f"<th>verdict</th></tr></thead><tbody>{rows}</tbody></table>")
+                   f"<td>{_num(s['beat_rate'], '.2f')}</td><td>{_interval(s['interval'])}</td><td class=\"verdict\">{html.escape(s['verdict'])}</td>"
+                   f"<td>{_num(s.get('expected_auroc'), '.2f')}</td><td>{_interval(s.get('expected_interval'))}</td>"
+                   f"<td>{html.escape(s.get('calibration', '–'))}</td></tr>" for t, s in check.slots.items())
+    head = ["slot", "words", "items", "edits beat the caption", "95 % interval", "verdict", "expected AUROC", "95 % interval", "finds wrong words"]
+    return f'<table id="slots"><thead><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr></thead><tbody>{rows}</tbody></table>' 
 
 # %% ../../nbs/52_views.report.ipynb #05358379
 def _items_table(check: CaptionCheck) -> str:
