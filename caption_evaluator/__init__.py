@@ -31,7 +31,8 @@ if _TYPE_CHECKING:
     from .captions.pipelines import probe_pipeline
     from .captions.datasets import read_caption_dataset, CaptionDataset
     from .captions.slots import dataset_edits
-    from .captions.check import check_captions, CaptionCheck
+    from .captions.check import check_captions
+    from .captions.findings import CaptionCheck, check_from_probe
 
 from importlib import import_module as _import_module
 
@@ -61,7 +62,8 @@ _ROOT_NAMES = {
     "captions.pipelines": ["probe_pipeline"],
     "captions.datasets": ["read_caption_dataset", "CaptionDataset"],
     "captions.slots": ["dataset_edits"],
-    "captions.check": ["check_captions", "CaptionCheck"],
+    "captions.check": ["check_captions"],
+    "captions.findings": ["CaptionCheck", "check_from_probe"],
 }
 _MODULE_OF = {name: module for module, names in _ROOT_NAMES.items() for name in names}
 __all__ = list(_MODULE_OF)

@@ -142,6 +142,8 @@ def _add_check_parser(sub):
                     help="comma-separated words never swapped for one another, e.g. circle,disc (repeatable)")
     ck.add_argument("-k", "--k", type=positive_int, default=10, help="suspect captions printed (default 10)")
     ck.add_argument("--seed", type=int, default=0, help="seed of the probe's noise (default 0)")
+    ck.add_argument("--fine-tuned", action="store_true", help="the pipeline itself trained on these captions (e.g. a merged LoRA): it may have memorized "
+                    "wrong ones, so only planted words could confirm a slot (prefer the base pipeline with --lora)")
 
 # %% ../nbs/70_cli.ipynb #7c167c03
 class CLIError(Exception):
@@ -299,7 +301,8 @@ def cmd_check(args:argparse.Namespace, # parsed arguments of `build_parser`
     synonyms = [[w.strip() for w in g.split(",") if w.strip()] for g in args.synonyms]
     if any(len(g) < 2 for g in synonyms): raise UsageError("--synonyms takes two or more comma-separated words, e.g. circle,disc")
     check = check_captions(args.pipeline, args.dataset, lora=args.lora, trigger=args.trigger, synonyms=synonyms, resolution=args.resolution,
-                           caption_ext=args.caption_ext, seed=args.seed)
+                           caption_ext=args.caption_ext, seed=args.seed,
+                           trained_on_captions=args.fine_tuned)
     print(check.summary(args.k))
     out = check.save(args.out)
     report = write_check_report(check, out)

@@ -207,7 +207,7 @@ def _wrong_share(clean: Tensor, simulated: Tensor, weights: Tensor, quantiles=(0
 
 # %% ../../nbs/33_captions.edits.ipynb #c1bc9230
 def _calibrate(tag_margins: Mapping[str, Tensor], losses: _TagLosses, reference: Tensor, planted: list, limits: tuple[float, float, int],
-               word_edits: Mapping[str, bool]) -> dict:
+               word_edits: Mapping[str, bool], trained_on_captions: bool = False) -> dict:
     "Per tag: how often its edits beat the own caption on the reference items, its label-free (with interval) and planted AUROCs, and the verdicts."
     own, alt_loss, owner, masks = losses
     max_beat_rate, min_auroc, min_planted = limits
@@ -219,7 +219,8 @@ def _calibrate(tag_margins: Mapping[str, Tensor], losses: _TagLosses, reference:
         hit = torch.tensor([p == t for p in planted], dtype=torch.bool, device=own.device) & ~m.isnan()
         measured = _corrected_auroc(v.double(), m[hit].double(), torch.ones(int(hit.sum()), dtype=torch.float64, device=own.device))
         trusted = bool(len(v)) and rate <= max_beat_rate
-        verifiable, verdict = _verdict(est, interval, measured if int(hit.sum()) >= min_planted else None, trusted, min_auroc, word_edits.get(t, True), len(v))
+        verifiable, verdict = _verdict(est, interval, measured if int(hit.sum()) >= min_planted else None, trusted, min_auroc, word_edits.get(t, True), len(v),
+                                       trained_on_captions)
         out[t] = {"beat_rate": rate, "items": int(len(v)), "median_margin": float(v.quantile(0.5)) if len(v) else float("nan"),
                   "expected_auroc": est, "expected_interval": interval, "planted": int(hit.sum()), "planted_auroc": measured,
                   "trusted": trusted, "verifiable": verifiable, "verdict": verdict}
@@ -227,13 +228,15 @@ def _calibrate(tag_margins: Mapping[str, Tensor], losses: _TagLosses, reference:
 
 # %% ../../nbs/33_captions.edits.ipynb #a8941ec6
 def _verdict(expected: float, interval: tuple[float, float], planted: float|None, trusted: bool, min_auroc: float, word_edits: bool,
-             items: int) -> tuple[bool|None, str]:
+             items: int, trained_on_captions: bool = False) -> tuple[bool|None, str]:
     "`verifiable` (True, False, or None: likely) and its reason. Planted words decide; else the label-free estimate says likely only when its whole interval passes."
     if planted is not None:
         ok = trusted and planted >= min_auroc
         return ok, "verified with planted words" if ok else f"not verified: planted words found at AUROC {planted:.2f}"
     if not word_edits: return False, "no label-free estimate: its alternatives are not word edits (plant wrong words to measure it)"
     lo, hi = interval
+    if lo >= min_auroc and trained_on_captions:
+        return False, "cannot tell without planted words: the model trained on these captions and may have memorized the wrong ones"
     if lo >= min_auroc: return None, "likely"
     if hi < min_auroc or not expected >= 0: return False, "no"
     return False, f"cannot tell with {items} items"
@@ -351,6 +354,7 @@ def probe_caption_edits(denoise: Callable, # `denoise(x_t, t, cond) -> predictio
                         max_beat_rate: float = 0.5, # a tag is trusted (used in `swap_margin`) when its edits beat the own caption on at most this share of reference items
                         min_auroc: float = 0.95, # the AUROC a tag's wrong words must be found with to be verifiable (planted AUROC; the label-free estimate only says "likely")
                         min_planted: int = 20, # planted items a tag needs before its planted AUROC decides `verifiable`
+                        trained_on_captions: bool = False, # the model trained on these very captions (it may have memorized wrong ones): only planted words confirm
                         timesteps: str|Sequence[int] = "auto", # "auto" or explicit timesteps
                         n_timesteps: int = 2, # how many timesteps "auto" picks
                         noise_draws: int = 1, # screening draws (every caption)
@@ -376,7 +380,7 @@ def probe_caption_edits(denoise: Callable, # `denoise(x_t, t, cond) -> predictio
     items = ProbeItems(latents, _encode_bank(encode, strings, encode_batch, dev), noise_ids(ids, len(captions)))
     with eval_mode(*denoiser_modules(denoise)), torch.no_grad():
         ts = pick_timesteps(s, lambda: auto_timesteps(denoise, items, ProbePairs(item, cond.to(dev)), _own_pairs(alt_of), s))
-        return _edit_stages(denoise, items, _Layout(captions, item, cond, alt_of, flat), s, ts, _Calib(clean, planted, limits))
+        return _edit_stages(denoise, items, _Layout(captions, item, cond, alt_of, flat), s, ts, _Calib(clean, planted, limits, bool(trained_on_captions)))
 
 
 # %% ../../nbs/33_captions.edits.ipynb #9ee8b78f
@@ -410,10 +414,11 @@ class _TagLosses(NamedTuple):
     masks: Mapping[str, Tensor]
 
 class _Calib(NamedTuple):
-    "What calibration reads besides the losses: the items known clean, the planted tag per item, the limits (max beat rate, min AUROC, min planted)."
+    "What calibration reads besides the losses: the items known clean, the planted tag per item, the limits (max beat rate, min AUROC, min planted), whether the model trained on these captions."
     clean: Sequence[bool]|None
     planted: Sequence[str|None]|None
     limits: tuple
+    trained_on_captions: bool = False
 
 # %% ../../nbs/33_captions.edits.ipynb #e98d7661
 def _is_word_edit(caption: str, alternative: str, most: int = 4) -> bool:
@@ -447,7 +452,8 @@ def _edit_stages(denoise, items: ProbeItems, lay: _Layout, s: ProbeSettings, ts:
         own, empty, alt_loss = Lp[own_rows], Lp[empty_rows], Lp[alt_rows]
         margins = _tag_margins(own, alt_loss, owner, masks, n)
         reference, planted = _reference(calib.clean, calib.planted, n, dev)
-        calibration = _calibrate(margins, _TagLosses(own, alt_loss, owner, masks), reference, planted, calib.limits, _word_edit_tags(lay))
+        calibration = _calibrate(margins, _TagLosses(own, alt_loss, owner, masks), reference, planted, calib.limits, _word_edit_tags(lay),
+                                 calib.trained_on_captions)
         trusted = [t for t, c in calibration.items() if c["trusted"]] or list(calibration)
         best = torch.stack([_best_trusted(alt_loss, owner, masks[t], n) for t in trusted], 1)   # [N, trusted tags], −1: none
         screen = _Screen(own, best, torch.where(best >= 0, alt_loss[best.clamp(min=0)], torch.nan), scale_t, ts)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+from PIL import Image
 from matplotlib.figure import Figure
 
 from ..core import shell_command
@@ -25,6 +26,9 @@ from ..captions.denoiser import ddpm_alphas_cumprod, train_caption_denoiser
 from ..views.run_plots import save_figure
 from ..core import new_run_dir, write_json_atomic
 from ..tracking.snapshots import load_item_stats, top_indices
+from ..captions.findings import check_from_probe
+from ..captions.datasets import from_rows
+from ..views.report import write_check_report
 
 # %% auto #0
 __all__ = ['CaptionDemoResult', 'plot_worst_captions', 'plot_loss_by_timestep', 'plot_caption_scores', 'run_caption_demo']
@@ -40,6 +44,7 @@ class CaptionDemoResult:
     snapshot: Path # item-stats snapshot: datasets "train" (training losses) and "probe" (probe scores)
     figures: dict # name -> PNG path
     seconds: dict # "train", "probe" wall seconds
+    report: Path|None = None # report.html: every caption with the fix the model prefers (captions.json and .csv beside it)
 
 
 # %% ../../nbs/62_demos.caption.ipynb #bbea0410
@@ -145,6 +150,16 @@ def _figures(run_dir: Path, data, probe, timesteps_table, stats) -> dict:
                                           run_dir / "caption_scores.png")}
 
 
+# %% ../../nbs/62_demos.caption.ipynb #1535475b
+def _check_report(run_dir: Path, data, probe) -> Path:
+    "The probe as the caption check shows it: captions.json, captions.csv and report.html (each caption, the fix the model prefers, the evidence)."
+    pictures = [Image.fromarray(((x[0].numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)) for x in data.images]
+    items = from_rows([{"image": p, "text": c} for p, c in zip(pictures, data.captions)])
+    items.keys = list(data.keys)
+    check = check_from_probe(probe, word_swaps(data.vocabulary), items, settings={"model": "CaptionDenoiser (trained by the demo)"})
+    check.save(run_dir)
+    return write_check_report(check, run_dir)
+
 # %% ../../nbs/62_demos.caption.ipynb #2bbcbdbb
 def run_caption_demo(output_dir: str|Path = "demo_output", # parent folder; each run gets a new subfolder
                      noise: float = 0.3, # share of captions (per class) with a wrong class word
@@ -164,14 +179,15 @@ def run_caption_demo(output_dir: str|Path = "demo_output", # parent folder; each
     model = train_caption_denoiser(data, steps=steps, seed=seed, aggregator=agg, monitor_every=1, progress=progress and verbose)
     t1 = time.perf_counter()
     probe = probe_caption_edits(model, model.encode_captions, data.images, data.captions, word_swaps(data.vocabulary),
-                                ddpm_alphas_cumprod(), seed=seed, planted=planted, progress=progress and verbose)
+                                ddpm_alphas_cumprod(), seed=seed, planted=planted, trained_on_captions=True, progress=progress and verbose)
     t2 = time.perf_counter()
     agg.update("probe", agg.register_items("probe", data.keys), probe.own_loss, values=probe.values())
     snapshot = agg.save_json(run_dir, "captions", steps)
     datasets = load_item_stats(snapshot)["datasets"]           # everything below reads the saved snapshot
     figures = _figures(run_dir, data, probe, datasets["train"]["timesteps"], datasets["train"]["item_stats"])
     _save_truth(run_dir, data, noise, kind, seed, planted)
-    result = CaptionDemoResult(run_dir, data, probe, _detection(data, datasets), snapshot, figures, {"train": t1 - t0, "probe": t2 - t1})
+    result = CaptionDemoResult(run_dir, data, probe, _detection(data, datasets), snapshot, figures, {"train": t1 - t0, "probe": t2 - t1},
+                               _check_report(run_dir, data, probe))
     _report(result, noise, kind, sum(p is not None for p in planted), say)
     return result
 
@@ -186,6 +202,8 @@ def _report(r: CaptionDemoResult, noise: float, kind: str, planted: int, say):
     say("\nMost suspect captions (the caption the model prefers: a suggested fix):\n" + r.probe.format_worst(8, keys=r.data.keys))
     say(f"\nRun folder: {r.run_dir}")
     for name, p in r.figures.items(): say(f"  figure: {p}")
-    say(f"Next, the most suspect captions from a shell: {shell_command('caption-eval')} items {r.snapshot} --dataset probe --by swap_margin\n"
+    say(f"Next, every caption with the fix the model prefers and its evidence: open {r.report} in a browser "
+        f"(python -m webbrowser {r.report.resolve()}), or read {r.run_dir / 'captions.csv'}.\n"
+        f"On your own dataset folder and model: {shell_command('caption-eval')} check DATASET --pipeline MODEL_DIR [--lora FILE] [--trigger WORD]\n"
         f"The figures above open in any image viewer. In a clone of the repository, `make lab` opens the tutorials.")
 

@@ -87,7 +87,10 @@ def _reads_line(check: CaptionCheck) -> str:
     r, (lo, hi) = check.reads_captions, check.reads_captions["interval"]
     seen = f"each caption beats the median of its edits on {r['beats_edits']} of {r['items']} items (95 % interval {lo:.2f}–{hi:.2f})"
     if r["reads"]: return f'<p class="ok">The model reads these captions: {seen}.</p>'
-    return f'<p class="warn">The model does not read these captions: {seen}, no better than chance. It can check nothing, so no caption is called suspect.</p>' 
+    if r.get("verdict", "does not read") == "does not read":
+        return f'<p class="warn">The model does not read these captions: {seen}. It can check nothing, so no caption is called suspect.</p>'
+    return (f'<p class="warn">Whether the model reads these captions cannot be told with {r["items"]} items: {seen}. No caption is called suspect; '
+            'check more items, or confirm with a base model that never trained on them.</p>')
 
 # %% ../../nbs/52_views.report.ipynb #21b03b1b
 _STYLE = """body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}
