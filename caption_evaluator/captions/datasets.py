@@ -112,7 +112,8 @@ def _check_image(path: Path, max_pixels: int):
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise _Skip(f"too many pixels to open safely ({e})", "downscale it") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise _Skip(f"unreadable image ({type(e).__name__}: {e})", "re-export the image, or remove it") from None
+        said = str(e).replace(str(path), getattr(path, "name", "")) if isinstance(path, Path) else str(e)   # no folder names in the message
+        raise _Skip(f"unreadable image ({type(e).__name__}: {said})", "re-export the image, or remove it") from None
 
 # %% ../../nbs/38_captions.datasets.ipynb #955fdfa3
 def _read_caption(path: Path, root: Path) -> str:

@@ -196,7 +196,7 @@ def _tag_changes(e: CaptionEdits, caption: str) -> list[tuple[str, str, str, str
     parts = [(m.start(), m.end(), m.group(0).strip()) for m in _PART.finditer(caption) if m.group(0).strip()]
     for n, (a, b, text) in enumerate(parts):
         tag = text.lower()
-        if tag in e.keep: continue
+        if e.keep & set(tag.split()): continue                          # a tag holding the trigger is never edited
         lead = caption[a:b][: len(caption[a:b]) - len(caption[a:b].lstrip())]
         for new in _options(e.slots.get(kind_of.get(tag), []), tag, group):
             out.append((caption[:a] + lead + _cased(new, text) + caption[a + len(lead) + len(text):], kind_of[tag], text, new))
@@ -214,7 +214,7 @@ def _looks_like_tags(captions: Sequence[str]) -> bool:
 
 def _tag_kinds(captions: Sequence[str], keep: frozenset, min_count: int) -> dict:
     "kind (a last word) -> the dataset's tags of several words ending in it, most frequent first; kinds of one tag left out."
-    counts = Counter(t for c in captions for t in {p.strip().lower() for p in c.split(",")} if t and t not in keep)
+    counts = Counter(t for c in captions for t in {p.strip().lower() for p in c.split(",")} if t and not keep & set(t.split()))
     kinds = {}
     for t, n in counts.most_common():
         if n >= min_count and len(t.split()) > 1: kinds.setdefault(t.split()[-1], []).append(t)
