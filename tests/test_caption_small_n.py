@@ -1,8 +1,8 @@
 """The probe's calibration at the sizes of LoRA datasets (n = 20, 40, 100) against the labels.
 
-A denoiser is trained from scratch on 2,000 captioned shapes (one attribute wrong in 20 %); the probe then runs on
+A denoiser is trained from scratch on 1,200 captioned shapes (one attribute wrong in 20 %); the probe then runs on
 random subsets of n items, as a user with n images would, with word edits over the attributes. Expected values
-come from the labels: each tag's AUROC measured on all 2,000 items. The calibration must never call a tag
+come from the labels: each tag's AUROC measured on all 1,200 items. The calibration must never call a tag
 "likely" that is found at a measured AUROC below 0.9, and its intervals must narrow as n grows."""
 import numpy as np
 import pytest
@@ -19,8 +19,8 @@ SIZES, SUBSETS = (20, 40, 100), 6
 @pytest.fixture(scope="module")
 def trained():
     torch.manual_seed(0)
-    data = captioned_shapes(2000, noise=0.2, seed=0)
-    model = train_caption_denoiser(data, steps=1500, hidden=256, seed=0, progress=False)
+    data = captioned_shapes(1200, noise=0.2, seed=0)
+    model = train_caption_denoiser(data, steps=1000, hidden=256, seed=0, progress=False)
     return data, model
 
 
