@@ -99,6 +99,13 @@ def test_imagefolder_metadata_rows(tmp_path):
                                                           "train/metadata.jsonl:5", "train/metadata.jsonl:7", "train/3.png"])
 
 
+def test_a_metadata_file_with_a_byte_order_mark(tmp_path):
+    picture(tmp_path / "a.png")
+    (tmp_path / "metadata.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps({"file_name": "a.png", "text": "a red disc"}).encode() + b"\n")
+    ds = read_imagefolder(tmp_path)
+    assert (ds.keys, ds.captions, ds.problems) == (["a.png"], ["a red disc"], [])
+
+
 def test_imagefolder_csv_and_caption_column(tmp_path):
     picture(tmp_path / "a.png"); picture(tmp_path / "b.png")
     (tmp_path / "metadata.csv").write_text("file_name,prompt\na.png,a red disc\nb.png,\n")

@@ -168,13 +168,14 @@ def read_caption_folder(root: str|Path, # the dataset folder
                         trigger: str|None = None, # the trigger word, applied by ai-toolkit's rule (`trained_caption`)
                         default_caption: str|None = None, # the caption of images without one (ai-toolkit's `default_caption`)
                         max_pixels: int = 2**26, # the largest image (width × height) opened
+                        progress: bool|None = None, # a progress bar while images are checked (None: when there are 200 or more)
                        ) -> CaptionDataset:
     "Images with same-stem caption files under `root` (subfolders included), as ai-toolkit and kohya read them."
     root = _checked_root(root)
     caption_ext = caption_ext if caption_ext.startswith(".") else f".{caption_ext}"
     images, problems = _walk(root)
     keys, raw, sources = [], [], []
-    for image in images:
+    for image in _bar(images, progress, "reading images"):
         key = image.relative_to(root).as_posix()
         try: real, text = _folder_item(image, root, caption_ext, default_caption, max_pixels)
         except _Skip as e:
@@ -199,13 +200,19 @@ def _shared_captions(keys: list[str], caption_ext: str) -> list[FileProblem]:
                         "rename one image and give it its own caption", skipped=False)
             for group in by_stem.values() if len(group) > 1 for k in group]
 
+def _bar(items: list, progress: bool|None, desc: str):
+    "`items` under a tqdm bar (with ETA) when `progress`, or when None and there are 200 or more."
+    from tqdm.auto import tqdm
+    show = len(items) >= 200 if progress is None else progress
+    return tqdm(items, desc=desc, unit="file", disable=not show, leave=False)
+
 # %% ../../nbs/38_captions.datasets.ipynb #88cac9a5
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 
 def _metadata_rows(meta: Path, root: Path) -> tuple[list[tuple[int, object]], list[FileProblem]]:
     "(line, row) of each row of a metadata file, and a problem for each line that is not a row."
     where = meta.relative_to(root).as_posix()
-    text = _inside(meta, root).read_text(encoding="utf-8", errors="replace")
+    text = _inside(meta, root).read_text(encoding="utf-8-sig", errors="replace")     # a byte-order mark is not part of the first row
     if meta.suffix == ".csv": return [(n, row) for n, row in enumerate(csv.DictReader(io.StringIO(text)), 2)], []
     rows, problems = [], []
     for n, line in enumerate(text.splitlines(), 1):
@@ -235,6 +242,7 @@ def read_imagefolder(root: str|Path, # the dataset folder, holding metadata.json
                      caption_column: str = "text", # the caption column (diffusers' scripts: `--caption_column`, default "text")
                      trigger: str|None = None, # a trigger word, applied by ai-toolkit's rule (`trained_caption`)
                      max_pixels: int = 2**26, # the largest image (width × height) opened
+                     progress: bool|None = None, # a progress bar while images are checked (None: when there are 200 or more)
                     ) -> CaptionDataset:
     "A Hugging Face imagefolder: images named by the `file_name` of metadata rows, with the caption in `caption_column`."
     root = _checked_root(root).resolve()
@@ -243,7 +251,7 @@ def read_imagefolder(root: str|Path, # the dataset folder, holding metadata.json
     for meta in sorted(p for p in root.rglob("metadata.*") if p.name in METADATA_FILES and not _hidden(p, root)):
         rows, bad = _metadata_rows(meta, root)
         problems += bad
-        for line, row in rows:
+        for line, row in _bar(rows, progress, f"reading {meta.name}"):
             if isinstance(row, dict) and isinstance(row.get("file_name"), str): named.add(_named(meta, row["file_name"], root))
             try: key, real, text = _metadata_item(row, meta, root, caption_column, max_pixels)
             except _Skip as e:
@@ -307,9 +315,10 @@ def read_caption_dataset(root: str|Path, # the dataset folder
                          default_caption: str|None = None, # the caption of images without one, for caption-file folders
                          caption_column: str = "text", # the caption column, for imagefolders
                          max_pixels: int = 2**26, # the largest image (width × height) opened
+                         progress: bool|None = None, # a progress bar while images are checked (None: when there are 200 or more)
                         ) -> CaptionDataset:
     "A dataset folder in either layout: a Hugging Face imagefolder when it holds a metadata.jsonl/.csv, else image + caption files."
     root = _checked_root(root)
     if any(p.name in METADATA_FILES and not _hidden(p, root) for p in root.rglob("metadata.*")):
-        return read_imagefolder(root, caption_column, trigger, max_pixels)
-    return read_caption_folder(root, caption_ext, trigger, default_caption, max_pixels)
+        return read_imagefolder(root, caption_column, trigger, max_pixels, progress)
+    return read_caption_folder(root, caption_ext, trigger, default_caption, max_pixels, progress)
