@@ -93,6 +93,11 @@ def test_a_lora_is_probed_after_the_base_and_unloaded(folder, pipeline, tmp_path
     assert np.allclose(with_lora.score, again.score, equal_nan=True)
     assert not np.allclose(with_lora.lora["score"], with_lora.score, equal_nan=True)
     assert with_lora.to_dict()["lora"] == str(lora)
+    assert not pipe.get_list_adapters()                                   # the check's adapter is gone
+    mine = diffusers.DiffusionPipeline.from_pretrained(pipeline)
+    mine.load_lora_weights(str(lora), adapter_name="mine")
+    check_captions(mine, folder, lora=lora, **kw)
+    assert {a for names in mine.get_list_adapters().values() for a in names} == {"mine"}   # the caller's adapter stays
 
 
 def test_the_report_in_a_browser(cli_run, tmp_path):

@@ -151,3 +151,33 @@ print(json.dumps(out))
     assert p.returncode == 0, p.stderr[-3000:]
     theirs = json.loads(p.stdout.strip().splitlines()[-1])
     assert [trained_caption(c, t) for c, t in cases] == [s.strip() for s in theirs]
+
+
+def test_links_that_lead_nowhere_pipes_folders_and_odd_names_are_named(tmp_path):
+    "A link loop, a pipe named like an image, a folder where a caption file should be, a name that is not UTF-8: each a problem, nothing hangs."
+    picture(tmp_path / "good.png"); (tmp_path / "good.txt").write_text("a red disc")
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    os.mkfifo(tmp_path / "pipe.png"); (tmp_path / "pipe.txt").write_text("a pipe")
+    picture(tmp_path / "dircap.png"); (tmp_path / "dircap.txt").mkdir()
+    picture(tmp_path / os.fsdecode(b"odd\xff.png")); (tmp_path / os.fsdecode(b"odd\xff.txt")).write_text("odd")
+    ds = read_caption_folder(tmp_path)
+    assert ds.keys == ["good.png"]
+    reasons = {p.file: p.reason for p in ds.problems}
+    assert sorted(reasons) == ["dircap.txt", "loop.png", "odd\\xff.png", "pipe.png"], reasons
+    assert "loop" in reasons["loop.png"] and "regular file" in reasons["pipe.png"] and "UTF-8" in reasons["odd\\xff.png"]
+
+
+def test_a_bad_metadata_file_is_one_problem_and_the_others_are_read(tmp_path):
+    picture(tmp_path / "a" / "0.png"); picture(tmp_path / "b" / "0.png")
+    (tmp_path / "a" / "metadata.jsonl").write_bytes(b'{"file_name": "0.png", "text": "a red disc"}\n' + b"[" * 100000 + b"\n"
+                                                     + b'{"file_name": "0.png", "text": "caf\xe9"}\n')
+    (tmp_path / "b" / "metadata.csv").mkdir()                                      # a folder where the table should be
+    ds = read_imagefolder(tmp_path)
+    assert (ds.keys, ds.captions) == (["a/0.png"], ["a red disc"])
+    assert sorted(p.file for p in ds.problems) == ["a/metadata.jsonl:2", "a/metadata.jsonl:3", "b/0.png", "b/metadata.csv"]
+
+
+def test_rows_with_one_key_twice(tmp_path):
+    rows = [{"image": Image.new("RGB", (8, 8)), "text": "a cat", "name": "x"}, {"image": Image.new("RGB", (8, 8)), "text": "a dog", "name": "x"}]
+    got = from_rows(rows, key_column="name")
+    assert (got.keys, [p.file for p in got.problems]) == (["x"], ["row x"])

@@ -65,3 +65,16 @@ def test_no_edit_is_the_caption_and_each_changes_one_place(caps, style):
             region = cap[a:len(cap) - b].lower()
             if tag == "drop": assert old.lower() in cap.lower() and len(new) < len(cap)
             else: assert region in old.lower(), (cap, new, old)                        # only the replaced words changed
+
+
+def test_a_trigger_of_several_words_is_never_edited():
+    caps = [f"a photo of ohwx man {w}" for w in ("in a red hat", "in a blue hat")] + [f"a photo of a {g} in a {c} hat" for g in ("woman", "man") for c in ("red", "blue")]
+    e = dataset_edits(caps * 2, keep=["ohwx man"])
+    assert all("ohwx man" in c for c, _ in e("a photo of ohwx man in a red hat"))
+    tags = dataset_edits(["ohwx man, red hat, smile", "ohwx man, blue hat, frown", "woman, red hat, smile"] * 2, keep=["ohwx man"], style="tags")
+    assert all(c.startswith("ohwx man, ") for c, _ in tags("ohwx man, red hat, smile"))
+
+
+def test_punctuated_synonyms_and_the_first_tag_dropped_cleanly():
+    e = dataset_edits(["mr. smith, red hat", "mr. jones, blue hat", "ms. brown, red hat"] * 2, style="tags", synonyms=[["Mr. Smith", "Mr. Jones"]])
+    assert ("red hat", "drop") in [(c, t) for c, t in e("mr. smith, red hat")]           # no leading space left

@@ -7,6 +7,7 @@ Docs: https://caption-evaluator.github.io/caption_evaluator/captions.check.html.
 # %% ../../nbs/3b_captions.check.ipynb #2a3db058
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -66,8 +67,10 @@ def check_captions(pipeline, # a loaded diffusers pipeline (SD 1.5, SDXL, SD3, F
     if not len(ds):
         raise ValueError(f"dataset: no item could be read ({len(ds.problems)} file(s) skipped):\n{ds.format_problems()}")
     pipe = _loaded(pipeline)
+    if lora is not None: _check_lora(pipe, lora)                              # before any probe runs
     images = [_square(ds.image(i), resolution) for i in range(len(ds))]
-    edits = edits or dataset_edits(ds.captions, synonyms=synonyms, keep=[trigger] if trigger else ())
+    keep = [trigger] if trigger else []
+    edits = dataset_edits(ds.captions, synonyms=synonyms, keep=keep) if edits is None else replace(edits.without(synonyms), keep=edits.keep | {k.lower() for k in keep})
     if not any(edits(c) for c in ds.captions):
         raise ValueError(f"dataset: its {len(ds)} captions give nothing to compare: no two words fill the same slot in enough contexts "
                          "(too few or too uniform captions); pass edits=word_swaps({'colour': ['red', 'blue', ...]}) to name the words")
@@ -78,13 +81,24 @@ def check_captions(pipeline, # a loaded diffusers pipeline (SD 1.5, SDXL, SD3, F
     return check
 
 # %% ../../nbs/3b_captions.check.ipynb #fab08e62
-def _lora_view(pipe, lora, images, captions, edits: CaptionEdits, probe_kwargs: dict, base: CaptionCheck) -> dict:
-    "The same probe with the LoRA loaded (then unloaded): its scores, its suspects, and the items it memorized."
+_ADAPTER = "caption_check"
+
+def _check_lora(pipe, lora):
+    "Refuse a LoRA the pipeline cannot load, before the base probe spends its time."
     if not hasattr(pipe, "load_lora_weights"): raise TypeError(f"lora: {type(pipe).__name__} cannot load LoRA weights")
     if not Path(lora).is_file(): raise FileNotFoundError(f"lora: {lora} is not a file; pass the LoRA's .safetensors")
-    pipe.load_lora_weights(str(lora))
-    try: probe = probe_pipeline(pipe, images, captions, edits, **{**probe_kwargs, "trained_on_captions": True})
-    finally: pipe.unload_lora_weights()
+
+def _delete_adapter(pipe):
+    "Remove the check's adapter wherever it was (even partly) loaded; the caller's own adapters stay."
+    loaded = {a for names in (pipe.get_list_adapters() or {}).values() for a in names}
+    if _ADAPTER in loaded: pipe.delete_adapters(_ADAPTER)
+
+def _lora_view(pipe, lora, images, captions, edits: CaptionEdits, probe_kwargs: dict, base: CaptionCheck) -> dict:
+    "The same probe with the LoRA loaded as its own adapter (deleted after): its scores, its suspects, and the items it memorized."
+    try:
+        pipe.load_lora_weights(str(lora), adapter_name=_ADAPTER)
+        probe = probe_pipeline(pipe, images, captions, edits, **{**probe_kwargs, "trained_on_captions": True})
+    finally: _delete_adapter(pipe)
     score = probe.swap_margin.double().cpu().numpy()
     return {"path": str(lora), "score": score, "suspect": np.nan_to_num(score, nan=-1) > 0,
             "memorized": base.suspect & ~(np.nan_to_num(score, nan=-1) > 0)}

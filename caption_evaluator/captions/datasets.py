@@ -50,7 +50,7 @@ class CaptionDataset:
         "Item `i`'s picture in RGB, EXIF orientation applied."
         src = self.sources[i]
         if isinstance(src, Image.Image): return _rgb(src)
-        with Image.open(src) as im: return _rgb(im)
+        with _pixel_limit(self.max_pixels), Image.open(src) as im: return _rgb(im)
 
     def format_problems(self) -> str:
         "Every problem as one line: file, reason, fix (or a line saying there are none)."
@@ -88,17 +88,25 @@ class _Skip(Exception):
         super().__init__(reason); self.reason, self.fix, self.file = reason, fix, file
 
 def _inside(path: Path, root: Path) -> Path:
-    "`path`'s real location, which must lie inside the real `root`."
-    real = path.resolve()
+    "`path`'s real location: a regular file inside the real `root` (a link loop, a folder, a pipe or a device is refused before it is opened)."
+    try: real = path.resolve(strict=True)
+    except (OSError, RuntimeError): raise _Skip("a link that leads nowhere (broken, or a loop)", "replace the link by the file", path) from None
     if not real.is_relative_to(root.resolve()):
         raise _Skip("a link to a file outside the dataset root", "copy the file into the dataset folder", path)
+    if not real.is_file(): raise _Skip("not a regular file (a folder, pipe or device)", "put a plain file there", path)
     return real
+
+class _pixel_limit:
+    "Pillow's own decompression-bomb limit set to `max_pixels` for a while (so that raising max_pixels admits a genuine large image)."
+    def __init__(self, max_pixels: int): self.max_pixels = max_pixels
+    def __enter__(self): self.saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, self.max_pixels
+    def __exit__(self, *exc): Image.MAX_IMAGE_PIXELS = self.saved
 
 # %% ../../nbs/38_captions.datasets.ipynb #b31a7ff0
 def _check_image(path: Path, max_pixels: int):
     "Raise `_Skip` unless `path` is an image a trainer can read: a known format, at most `max_pixels`, an RGB-readable mode, fully decodable."
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _pixel_limit(max_pixels):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 if im.format not in _FORMATS: raise _Skip(f"a {im.format} file, not a JPEG, PNG or WebP image", "save it as .png or .jpg")
@@ -129,23 +137,36 @@ def _read_caption(path: Path, root: Path) -> str:
 
 # %% ../../nbs/38_captions.datasets.ipynb #1dd8f4e2
 def _walk(root: Path) -> tuple[list[Path], list[FileProblem]]:
-    "Every image under `root` as ai-toolkit lists them (hidden entries and `_controls` folders skipped), sorted; linked folders are reported, not followed."
+    "Every image under `root` as ai-toolkit lists them (hidden entries and `_controls` folders skipped), sorted; linked or unreadable folders and names that are not UTF-8 reported."
     found, problems = [], []
-    for here, dirs, files in os.walk(root):
+    def unreadable(e: OSError):
+        problems.append(FileProblem(_rel(Path(e.filename), root), f"a folder that cannot be read ({e.strerror})", "check its permissions"))
+    for here, dirs, files in os.walk(root, onerror=unreadable):
         here = Path(here)
         for d in [d for d in dirs if (here / d).is_symlink() and not d.startswith(".")]:
-            problems.append(FileProblem((here / d).relative_to(root).as_posix(), "a linked folder, not followed (as the trainers' folder walk)",
+            problems.append(FileProblem(_rel(here / d, root), "a linked folder, not followed (as the trainers' folder walk)",
                                         "copy its files into the dataset folder"))
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (here / d).is_symlink())
         if here.name == "_controls": continue
-        found += [here / f for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
+        for f in sorted(files):
+            if not f.lower().endswith(IMAGE_EXTENSIONS) or f.startswith("."): continue
+            if _utf8(here / f): found.append(here / f)
+            else: problems.append(FileProblem(_rel(here / f, root), "a file name that is not UTF-8", "rename the file"))
     return sorted(found), problems
+
+def _utf8(p: Path) -> bool:
+    try: str(p).encode("utf-8"); return True
+    except UnicodeEncodeError: return False
+
+def _rel(p: Path, root: Path) -> str:
+    "`p` relative to `root`, '/'-separated, printable whatever bytes the name holds."
+    return os.fsencode(p.relative_to(root).as_posix()).decode("utf-8", "backslashreplace")   # the name's own bytes, \xff for one that is not UTF-8
 
 # %% ../../nbs/38_captions.datasets.ipynb #17b9ff85
 def _caption_file(image: Path, root: Path, caption_ext: str) -> Path|None:
     "The caption file of `image`: same stem with `caption_ext`, else the folder's `default<caption_ext>` or `default.txt`."
     for candidate in (image.with_suffix(caption_ext), image.parent / f"default{caption_ext}", image.parent / "default.txt"):
-        if candidate.is_file() or candidate.is_symlink(): return candidate
+        if candidate.is_symlink() or candidate.exists(): return candidate          # a folder or pipe there is refused when read
     return None
 
 # %% ../../nbs/38_captions.datasets.ipynb #a2b0b185
@@ -173,13 +194,14 @@ def read_caption_folder(root: str|Path, # the dataset folder
     "Images with same-stem caption files under `root` (subfolders included), as ai-toolkit and kohya read them."
     root = _checked_root(root)
     caption_ext = caption_ext if caption_ext.startswith(".") else f".{caption_ext}"
+    default_caption = default_caption if default_caption and default_caption.strip() else None
     images, problems = _walk(root)
     keys, raw, sources = [], [], []
     for image in _bar(images, progress, "reading images"):
-        key = image.relative_to(root).as_posix()
+        key = _rel(image, root)
         try: real, text = _folder_item(image, root, caption_ext, default_caption, max_pixels)
         except _Skip as e:
-            problems.append(FileProblem((e.file or image).relative_to(root).as_posix(), e.reason, e.fix)); continue
+            problems.append(FileProblem(_rel(e.file or image, root), e.reason, e.fix)); continue
         except OSError as e:
             problems.append(FileProblem(key, f"could not be read ({e.strerror or e})", "check the file's permissions")); continue
         keys.append(key); raw.append(text); sources.append(real)
@@ -210,21 +232,24 @@ def _bar(items: list, progress: bool|None, desc: str):
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 
 def _metadata_rows(meta: Path, root: Path) -> tuple[list[tuple[int, object]], list[FileProblem]]:
-    "(line, row) of each row of a metadata file, and a problem for each line that is not a row."
+    "(line, row) of each row of a metadata file, and a problem for each line that is not a row; `_Skip` when the file itself cannot be read."
     where = meta.relative_to(root).as_posix()
-    text = _inside(meta, root).read_text(encoding="utf-8-sig", errors="replace")     # a byte-order mark is not part of the first row
-    if meta.suffix == ".csv": return [(n, row) for n, row in enumerate(csv.DictReader(io.StringIO(text)), 2)], []
+    data = _inside(meta, root).read_bytes().removeprefix(b"\xef\xbb\xbf")      # a byte-order mark is not part of the first row
+    if meta.suffix == ".csv":
+        try: return [(n, row) for n, row in enumerate(csv.DictReader(io.StringIO(data.decode("utf-8"))), 2)], []
+        except (UnicodeDecodeError, csv.Error) as e: raise _Skip(f"not a UTF-8 CSV table ({e})", "re-save it as UTF-8 CSV with a header row", meta) from None
     rows, problems = [], []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(data.split(b"\n"), 1):
         if not line.strip(): continue
-        try: rows.append((n, json.loads(line)))
-        except ValueError as e: problems.append(FileProblem(f"{where}:{n}", f"not a JSON object ({e})", "fix or remove the line"))
+        try: rows.append((n, json.loads(line.decode("utf-8"))))
+        except UnicodeDecodeError: problems.append(FileProblem(f"{where}:{n}", "a line that is not UTF-8", "re-save the file as UTF-8"))
+        except (ValueError, RecursionError) as e: problems.append(FileProblem(f"{where}:{n}", f"not a JSON object ({str(e)[:80]})", "fix or remove the line"))
     return rows, problems
 
 # %% ../../nbs/38_captions.datasets.ipynb #c45e90b2
 def _metadata_item(row, meta: Path, root: Path, caption_column: str, max_pixels: int) -> tuple[str, Path, str]:
     "A metadata row's key, real image path and caption, or `_Skip`."
-    if not isinstance(row, dict) or not isinstance(row.get("file_name"), str) or not row["file_name"]:
+    if not isinstance(row, dict) or not isinstance(row.get("file_name"), str) or not row["file_name"] or "\x00" in row["file_name"]:
         raise _Skip("a row without a file_name", "give each row the image's file_name")
     text = row.get(caption_column)
     if not isinstance(text, str) or not text.strip():
@@ -247,17 +272,19 @@ def read_imagefolder(root: str|Path, # the dataset folder, holding metadata.json
     "A Hugging Face imagefolder: images named by the `file_name` of metadata rows, with the caption in `caption_column`."
     root = _checked_root(root).resolve()
     images, problems = _walk(root)
-    keys, raw, sources, named = [], [], [], set()
+    keys, raw, sources, named, seen = [], [], [], set(), set()
     for meta in sorted(p for p in root.rglob("metadata.*") if p.name in METADATA_FILES and not _hidden(p, root)):
-        rows, bad = _metadata_rows(meta, root)
+        try: rows, bad = _metadata_rows(meta, root)
+        except _Skip as e: problems.append(FileProblem(_rel(meta, root), e.reason, e.fix)); continue
+        except OSError as e: problems.append(FileProblem(_rel(meta, root), f"could not be read ({e.strerror or e})", "check the file")); continue
         problems += bad
         for line, row in _bar(rows, progress, f"reading {meta.name}"):
             if isinstance(row, dict) and isinstance(row.get("file_name"), str): named.add(_named(meta, row["file_name"], root))
             try: key, real, text = _metadata_item(row, meta, root, caption_column, max_pixels)
             except _Skip as e:
                 problems.append(FileProblem((e.file or meta).relative_to(root).as_posix() + ("" if e.file else f":{line}"), e.reason, e.fix)); continue
-            if key in keys: problems.append(FileProblem(f"{meta.relative_to(root).as_posix()}:{line}", f"{key} named again", "keep one row per image")); continue
-            keys.append(key); raw.append(text); sources.append(real)
+            if key in seen: problems.append(FileProblem(f"{meta.relative_to(root).as_posix()}:{line}", f"{key} named again", "keep one row per image")); continue
+            seen.add(key); keys.append(key); raw.append(text); sources.append(real)
     problems += [FileProblem(k, "no metadata row names it (no caption)", "add a row for it to metadata.jsonl")
                  for k in (i.relative_to(root).as_posix() for i in images) if k not in named]
     return CaptionDataset(keys, [trained_caption(r, trigger) for r in raw], [r.strip() for r in raw], problems, root, sources, max_pixels)
@@ -282,6 +309,8 @@ def _row_image(value, max_pixels: int) -> Image.Image:
     if not isinstance(value, Image.Image): raise _Skip(f"the image is a {type(value).__name__}, not a picture", "give PIL images, arrays or image bytes")
     if value.width * value.height > max_pixels: raise _Skip(f"{value.width}×{value.height} pixels, over max_pixels={max_pixels}", "downscale it")
     if value.mode not in _MODES: raise _Skip(f"image mode {value.mode} has no 8-bit RGB reading", "convert it to 8-bit RGB")
+    try: value.load()                                              # a lazily opened picture fails here, not in the middle of a check
+    except (OSError, SyntaxError, ValueError, EOFError) as e: raise _Skip(f"unreadable image ({type(e).__name__}: {e})", "re-export the image") from None
     return value
 
 # %% ../../nbs/38_captions.datasets.ipynb #09fa5ec9
@@ -293,7 +322,7 @@ def from_rows(rows, # a `datasets.Dataset` or any sequence of row dicts
               max_pixels: int = 2**26, # the largest image (width × height) kept
              ) -> CaptionDataset:
     "Rows with an image and a caption column (a `datasets.Dataset`, a list of dicts) as a `CaptionDataset`."
-    keys, raw, sources, problems = [], [], [], []
+    keys, raw, sources, problems, seen = [], [], [], [], set()
     for i in range(len(rows)):
         row = rows[i]
         key = str(row.get(key_column, i)) if key_column and isinstance(row, dict) else str(i)
@@ -305,7 +334,8 @@ def from_rows(rows, # a `datasets.Dataset` or any sequence of row dicts
             picture = _row_image(row[image_column], max_pixels)
         except _Skip as e: problems.append(FileProblem(f"row {key}", e.reason, e.fix)); continue
         except OSError as e: problems.append(FileProblem(f"row {key}", f"image could not be read ({e})", "check the row's image path")); continue
-        keys.append(key); raw.append(text); sources.append(picture)
+        if key in seen: problems.append(FileProblem(f"row {key}", f"key {key!r} used by an earlier row", "give each row its own key")); continue
+        seen.add(key); keys.append(key); raw.append(text); sources.append(picture)
     return CaptionDataset(keys, [trained_caption(r, trigger) for r in raw], [r.strip() for r in raw], problems, None, sources, max_pixels)
 
 # %% ../../nbs/38_captions.datasets.ipynb #771cf3f3

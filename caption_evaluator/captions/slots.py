@@ -29,13 +29,24 @@ def _tokens(caption: str) -> list[tuple[str, int, int]]:
 def _content(tok: str) -> bool: return (tok[0].isalnum() or tok[0] == "_") and tok not in FUNCTION_WORDS
 
 # %% ../../nbs/39_captions.slots.ipynb #3ef8f152
+def _kept(toks: list[str], keep: frozenset) -> set[int]:
+    "Positions of `toks` inside an occurrence of a kept word or phrase (a trigger such as 'ohwx man')."
+    out = set()
+    for k in keep:
+        seq = [t for t, _, _ in _tokens(k)]
+        for i in range(len(toks) - len(seq) + 1):
+            if seq and toks[i:i + len(seq)] == seq: out.update(range(i, i + len(seq)))
+    return out
+
+def _norm(text: str) -> str: return " ".join(t for t, _, _ in _tokens(text))   # lower-case tokens: how words and phrases are compared
+
 def _phrases(toks: list[str], max_words: int, keep: frozenset) -> list[tuple[int, int]]:
-    "Spans [i, j) of 1..max_words words that start and end with a content word and hold no punctuation and no kept word."
-    out = []
+    "Spans [i, j) of 1..max_words words that start and end with a content word and hold no punctuation and no part of a kept phrase."
+    out, kept = [], _kept(toks, keep)
     for i in range(len(toks)):
         for j in range(i + 1, min(i + max_words, len(toks)) + 1):
             span = toks[i:j]
-            if not all(t[0].isalnum() or t[0] == "_" for t in span) or any(t in keep for t in span): break
+            if not all(t[0].isalnum() or t[0] == "_" for t in span) or (j - 1) in kept: break
             if _content(span[0]) and _content(span[-1]): out.append((i, j))
     return out
 
@@ -145,7 +156,7 @@ class CaptionEdits:
 # %% ../../nbs/39_captions.slots.ipynb #f0c437c4
 def _group_of(synonyms: list) -> dict:
     "word or phrase (lower case) -> its synonym group's index."
-    return {w.lower(): k for k, g in enumerate(synonyms) for w in g}
+    return {_norm(w): k for k, g in enumerate(synonyms) for w in g}
 
 def _merge_groups(groups) -> list[list[str]]:
     "Synonym groups, overlapping ones merged (each group sorted, the groups in order of their first word)."
@@ -158,11 +169,11 @@ def _merge_groups(groups) -> list[list[str]]:
 
 # %% ../../nbs/39_captions.slots.ipynb #937ed770
 def _options(members: list[str], old: str, group: dict) -> list[str]:
-    "The members `old` may become: not itself, none of its synonyms, one word per other synonym group (the most frequent)."
+    "The members `old` (normalised, `_norm`) may become: not itself, none of its synonyms, one word per other synonym group (the most frequent)."
     seen, out = {group.get(old, ("own", old))}, []
     for m in members:
-        key = group.get(m.lower(), ("own", m.lower()))
-        if m.lower() != old and key not in seen: seen.add(key); out.append(m)
+        key = group.get(_norm(m), ("own", _norm(m)))
+        if _norm(m) != old and key not in seen: seen.add(key); out.append(m)
     return out
 
 def _cased(new: str, old: str) -> str: return new[:1].upper() + new[1:] if old[:1].isupper() else new
@@ -172,13 +183,15 @@ def _sentence_changes(e: CaptionEdits, caption: str) -> list[tuple[str, str, str
     "Each occurrence of a slot member (longest first, never overlapping) swapped for each other member of its slot."
     toks = _tokens(caption)
     words = [t for t, _, _ in toks]
-    slot = {tuple(_tokens(m)[k][0] for k in range(len(_tokens(m)))): tag for tag, ms in e.slots.items() for m in ms}
+    kept = _kept(words, e.keep)
+    slot = {tuple(_norm(m).split()): tag for tag, ms in e.slots.items() for m in ms}
     longest = max((len(p) for p in slot), default=0)
     group, out, i = _group_of(e.synonyms), [], 0
     while i < len(words):
         hit = next(((j, slot[tuple(words[i:j])]) for j in range(min(len(words), i + longest), i, -1) if tuple(words[i:j]) in slot), None)
         if hit is None: i += 1; continue
         j, tag = hit
+        if kept & set(range(i, j)): i += 1; continue                 # never inside the trigger
         start, end = toks[i][1], toks[j - 1][2]
         old = caption[start:end]
         for new in _options(e.slots[tag], " ".join(words[i:j]), group):
@@ -191,17 +204,16 @@ _PART = re.compile(r"[^,]+")
 
 def _tag_changes(e: CaptionEdits, caption: str) -> list[tuple[str, str, str, str]]:
     "Each tag swapped for the other tags of its kind, and dropped; the rest of the caption as written."
-    kind_of = {t: k for k, ts in e.slots.items() for t in ts}
+    kind_of = {_norm(t): k for k, ts in e.slots.items() for t in ts}
     group, out = _group_of(e.synonyms), []
-    parts = [(m.start(), m.end(), m.group(0).strip()) for m in _PART.finditer(caption) if m.group(0).strip()]
+    parts = [(m.start() + len(m.group(0)) - len(m.group(0).lstrip()), m.end(), m.group(0).strip()) for m in _PART.finditer(caption) if m.group(0).strip()]
     for n, (a, b, text) in enumerate(parts):
-        tag = text.lower()
-        if e.keep & set(tag.split()): continue                          # a tag holding the trigger is never edited
-        lead = caption[a:b][: len(caption[a:b]) - len(caption[a:b].lstrip())]
+        tag = _norm(text)
+        if _kept(tag.split(), e.keep): continue                         # a tag holding the trigger is never edited
         for new in _options(e.slots.get(kind_of.get(tag), []), tag, group):
-            out.append((caption[:a] + lead + _cased(new, text) + caption[a + len(lead) + len(text):], kind_of[tag], text, new))
+            out.append((caption[:a] + _cased(new, text) + caption[a + len(text):], kind_of[tag], text, new))
         if len(parts) > 1:
-            cut = (parts[n - 1][1], b) if n else (a, parts[1][0])          # the tag and the comma before it (the first: after it)
+            cut = (parts[n - 1][0] + len(parts[n - 1][2]), a + len(text)) if n else (a, parts[1][0])   # the tag and the comma before it (the first: after it)
             out.append((caption[:cut[0]] + caption[cut[1]:], "drop", text, ""))
     return out
 
@@ -213,11 +225,15 @@ def _looks_like_tags(captions: Sequence[str]) -> bool:
     return bool(listed) and np.mean(listed) >= 0.5
 
 def _tag_kinds(captions: Sequence[str], keep: frozenset, min_count: int) -> dict:
-    "kind (a last word) -> the dataset's tags of several words ending in it, most frequent first; kinds of one tag left out."
-    counts = Counter(t for c in captions for t in {p.strip().lower() for p in c.split(",")} if t and not keep & set(t.split()))
+    "kind (a last word) -> the dataset's tags of several words ending in it (as first written), most frequent first; kinds of one tag left out."
+    counts, written = Counter(), {}
+    for c in captions:
+        for p in {p.strip() for p in c.split(",") if p.strip()}:
+            t = _norm(p)
+            if t and not _kept(t.split(), keep): counts[t] += 1; written.setdefault(t, p.lower())
     kinds = {}
     for t, n in counts.most_common():
-        if n >= min_count and len(t.split()) > 1: kinds.setdefault(t.split()[-1], []).append(t)
+        if n >= min_count and len(t.split()) > 1: kinds.setdefault(t.split()[-1], []).append(written[t])
     return {k: ts for k, ts in kinds.items() if len(ts) > 1}
 
 # %% ../../nbs/39_captions.slots.ipynb #3f0959aa
