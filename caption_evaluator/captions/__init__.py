@@ -1,1 +1,1 @@
-"""The caption probe: scoring captions with a text-to-image denoiser, caption edits and their calibration, captioned data and a small denoiser."""
+"""The caption check and the probe under it: dataset folders as trainers lay them out, caption edits built from the captions themselves, scoring each caption against its edits with a text-to-image model (diffusers pipelines of each family, or any denoiser), calibration, findings, captioned data and a small denoiser."""

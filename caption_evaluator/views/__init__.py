@@ -1,1 +1,1 @@
-"""What a person looks at: figures of runs and items, and notebook widgets. Views read saved files or the dicts that are saved."""
+"""What a person looks at: figures of runs and items, the caption check's HTML report, and notebook widgets. Views read saved files, the dicts that are saved, or a check's findings."""
