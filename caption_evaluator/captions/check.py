@@ -41,6 +41,11 @@ def _loaded(pipeline):
 
 def _merged(*groups) -> list: return CaptionEdits({}).without([g for gs in groups for g in gs]).synonyms
 
+def _prepared(ds: CaptionDataset, size: int, progress: bool) -> list:
+    "Every item's picture, square at `size`, under a progress bar (with ETA) for 200 items or more."
+    from tqdm.auto import tqdm
+    return [_square(ds.image(i), size) for i in tqdm(range(len(ds)), desc="reading images", unit="image", disable=not progress or len(ds) < 200, leave=False)]
+
 # %% ../../nbs/3b_captions.check.ipynb #83df2b3f
 def _probe_twice(pipe, images, captions, edits: CaptionEdits, probe_kwargs: dict):
     "Screen every alternative, leave out the swaps the model cannot tell apart, probe again: the probe, the edits and the synonyms found."
@@ -68,7 +73,7 @@ def check_captions(pipeline, # a loaded diffusers pipeline (SD 1.5, SDXL, SD3, F
         raise ValueError(f"dataset: no item could be read ({len(ds.problems)} file(s) skipped):\n{ds.format_problems()}")
     pipe = _loaded(pipeline)
     if lora is not None: _check_lora(pipe, lora)                              # before any probe runs
-    images = [_square(ds.image(i), resolution) for i in range(len(ds))]
+    images = _prepared(ds, resolution, probe_kwargs.get("progress", True))
     keep = [trigger] if trigger else []
     edits = dataset_edits(ds.captions, synonyms=synonyms, keep=keep) if edits is None else replace(edits.without(synonyms), keep=edits.keep | {k.lower() for k in keep})
     if not any(edits(c) for c in ds.captions):

@@ -45,6 +45,10 @@ class CaptionDataset:
 
     def __len__(self) -> int: return len(self.keys)
 
+    def __repr__(self) -> str:
+        where = str(self.root) if self.root is not None else "in-memory rows"
+        return f"CaptionDataset({len(self)} items from {where}, {sum(p.skipped for p in self.problems)} file(s) skipped)"
+
     def image(self, i: int, # the item's position
              ) -> Image.Image:
         "Item `i`'s picture in RGB, EXIF orientation applied."
