@@ -118,7 +118,8 @@ def check_report_html(check: CaptionCheck, # the result of `check_captions`
                      ) -> str:
     "The report as one self-contained HTML page (images inline, no request allowed)."
     n, s = len(check), int(check.suspect.sum())
-    model = html.escape(str(check.settings.get("pipeline", ""))) + (f", LoRA {html.escape(Path(check.lora['path']).name)}" if check.lora else "")
+    model = html.escape(str(check.settings.get("pipeline") or check.settings.get("model") or "not named"))
+    model += f", LoRA {html.escape(Path(check.lora['path']).name)}" if check.lora else ""
     root = html.escape(str(check.dataset.root)) if check.dataset is not None and check.dataset.root else "in-memory rows"
     synonyms = html.escape("; ".join("/".join(g) for g in check.synonyms)) or "none"
     return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="Content-Security-Policy" content="{_POLICY}">
