@@ -57,8 +57,8 @@ def noisy(self,
           t: Tensor, # training timesteps [B] (long)
          ) -> tuple[Tensor, Tensor]:
     "`(x_t, target)` of clean `x0` [B, ...] with noise `eps` at training timesteps `t` [B] (long)."
-    a = self.alphas_cumprod[t].reshape(-1, *([1] * (x0.ndim - 1)))
-    sa, sb = a.sqrt().to(x0.dtype), (1 - a).sqrt().to(x0.dtype)   # a half-precision model gets half-precision inputs
+    a = self.alphas_cumprod[t]
+    sa, sb = _broadcast(a.sqrt(), x0), _broadcast((1 - a).sqrt(), x0)   # roots in float32; a half-precision model gets half-precision inputs
     x_t = sa * x0 + sb * eps
     if self.prediction_type == "epsilon": return x_t, eps
     if self.prediction_type == "sample": return x_t, x0

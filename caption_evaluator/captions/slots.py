@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Sequence
 
 import numpy as np
@@ -132,6 +133,12 @@ class CaptionEdits:
         "Every edit of `caption`: `(edited caption, tag)`."
         return [(c, t) for c, t, _, _ in self.changes(caption)]
 
+    @cached_property
+    def lookup(self) -> tuple[dict, dict, int]:
+        "Built once per strategy: each member (normalised, `_norm`) -> its tag, each synonym -> its group, the longest member in tokens."
+        tag_of = {_norm(m): tag for tag, ms in self.slots.items() for m in ms}
+        return tag_of, _group_of(self.synonyms), max((len(m.split()) for m in tag_of), default=0)
+
     def changes(self, caption: str, # the caption to edit
                ) -> list[tuple[str, str, str, str]]:
         "Every edit with what it changed: `(edited caption, tag, old words, new words)`."
@@ -184,11 +191,10 @@ def _sentence_changes(e: CaptionEdits, caption: str) -> list[tuple[str, str, str
     toks = _tokens(caption)
     words = [t for t, _, _ in toks]
     kept = _kept(words, e.keep)
-    slot = {tuple(_norm(m).split()): tag for tag, ms in e.slots.items() for m in ms}
-    longest = max((len(p) for p in slot), default=0)
-    group, out, i = _group_of(e.synonyms), [], 0
+    tag_of, group, longest = e.lookup
+    out, i = [], 0
     while i < len(words):
-        hit = next(((j, slot[tuple(words[i:j])]) for j in range(min(len(words), i + longest), i, -1) if tuple(words[i:j]) in slot), None)
+        hit = next(((j, tag_of[" ".join(words[i:j])]) for j in range(min(len(words), i + longest), i, -1) if " ".join(words[i:j]) in tag_of), None)
         if hit is None: i += 1; continue
         j, tag = hit
         if kept & set(range(i, j)): i += 1; continue                 # never inside the trigger
@@ -204,8 +210,8 @@ _PART = re.compile(r"[^,]+")
 
 def _tag_changes(e: CaptionEdits, caption: str) -> list[tuple[str, str, str, str]]:
     "Each tag swapped for the other tags of its kind, and dropped; the rest of the caption as written."
-    kind_of = {_norm(t): k for k, ts in e.slots.items() for t in ts}
-    group, out = _group_of(e.synonyms), []
+    kind_of, group, _ = e.lookup
+    out = []
     parts = [(m.start() + len(m.group(0)) - len(m.group(0).lstrip()), m.end(), m.group(0).strip()) for m in _PART.finditer(caption) if m.group(0).strip()]
     for n, (a, b, text) in enumerate(parts):
         tag = _norm(text)
