@@ -15,11 +15,11 @@ $(BIN)/python:
 
 # the stamps' names hold the checksum of pyproject.toml + constraints: new content, new stamps
 $(VENV)/.runtime-$(SUM): | $(BIN)/python
-	test -e $(VENV)/.dev-$(SUM) || $(PIP) -e ".[tensorboard]"
+	test -e $(VENV)/.dev-$(SUM) || $(PIP) -e ".[tensorboard,diffusers]"
 	rm -f $(VENV)/.runtime-* && touch $@
 
 $(VENV)/.lab-$(SUM): | $(BIN)/python
-	$(PIP) -e ".[tensorboard,lab]"
+	$(PIP) -e ".[tensorboard,diffusers,lab]"
 	rm -f $(VENV)/.lab-* && touch $@
 
 $(VENV)/.dev-$(SUM): | $(BIN)/python
@@ -42,7 +42,7 @@ $(AITK_VENV)/.ok-$(AITK_SUM):
 	else echo "no $(AITK_HARNESS): the ai-toolkit test will be skipped"; fi
 aitk: $(AITK_VENV)/.ok-$(AITK_SUM)
 
-## The main job: train a caption model on captioned digits with wrong captions, track and probe every caption.
+## The main job: a 40-picture LoRA dataset with wrong captions, a LoRA trained on the shipped base pipeline, the caption check.
 demo: $(VENV)/.runtime-$(SUM)
 	$(BIN)/caption-eval demo $(DEMO_ARGS)
 

@@ -36,7 +36,7 @@ from caption_evaluator.captions.data import CaptionedDataset
 from caption_evaluator.captions.denoiser import ddpm_alphas_cumprod, train_caption_denoiser
 from caption_evaluator.captions.edits import other_captions, probe_caption_edits, word_swaps
 from caption_evaluator.captions.slots import dataset_edits, find_synonyms
-from caption_evaluator.noise import auroc
+from caption_evaluator.ranking import auroc
 from caption_evaluator.tracking.aggregator import StreamingAggregator
 
 RESULTS = Path(__file__).parent / "results"

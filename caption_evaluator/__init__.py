@@ -33,6 +33,9 @@ if _TYPE_CHECKING:
     from .captions.slots import dataset_edits
     from .captions.check import check_captions
     from .captions.findings import CaptionCheck, check_from_probe
+    from .demos.base_pipeline import load_base_pipeline
+    from .demos.lora import train_flux_lora
+    from .demos.lora_check import run_lora_demo
 
 from importlib import import_module as _import_module
 
@@ -64,6 +67,9 @@ _ROOT_NAMES = {
     "captions.slots": ["dataset_edits"],
     "captions.check": ["check_captions"],
     "captions.findings": ["CaptionCheck", "check_from_probe"],
+    "demos.base_pipeline": ["load_base_pipeline"],
+    "demos.lora": ["train_flux_lora"],
+    "demos.lora_check": ["run_lora_demo"],
 }
 _MODULE_OF = {name: module for module, names in _ROOT_NAMES.items() for name in names}
 __all__ = list(_MODULE_OF)

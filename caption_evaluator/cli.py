@@ -108,9 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: tnorm_average_loss when the run recorded timesteps, else average_loss)")
     it.add_argument("--ascending", action="store_true", default=None,
                     help="lowest scores first (default: the score's suspect end, e.g. lowest first for aum)")
-    dm = sub.add_parser("demo", help="run an end-to-end demo: wrong captions (default) or wrong labels",
-                        description="captions: train a text-conditioned denoiser on captioned digits with wrong captions, track, probe and "
-                                    "report; labels: train a digits classifier with corrupted labels. Everything goes to a new folder under OUTPUT_DIR.")
+    dm = sub.add_parser("demo", help="run an end-to-end demo: wrong captions of a LoRA dataset (default), of captioned digits, or wrong labels",
+                        description="lora: write a 40-picture LoRA dataset with wrong captions, train a LoRA on the shipped base pipeline, check the "
+                                    "captions on the base and LoRA'd pipeline and score against the truth; digits: train a denoiser from scratch on "
+                                    "captioned digits with wrong captions, track, probe and report; labels: train a digits classifier with corrupted "
+                                    "labels. Everything goes to a new folder under OUTPUT_DIR.")
     add_caption_demo_arguments(dm)
     ak = sub.add_parser("ai-toolkit", help="ai-toolkit integration: install the item-tracking extension",
                         description="Put caption_evaluator's extension into an ai-toolkit checkout (extensions/caption_eval/).")
@@ -136,7 +138,7 @@ def _add_check_parser(sub):
     ck.add_argument("--lora", metavar="FILE", help="a LoRA .safetensors: probe the base pipeline and the LoRA'd one, and mark memorized captions")
     ck.add_argument("--trigger", metavar="WORD", help="the trigger word (ai-toolkit's rule: [trigger] replaced, prepended where absent); never edited")
     ck.add_argument("--out", default="caption_check", metavar="DIR", help="output folder (default ./caption_check)")
-    ck.add_argument("--resolution", type=positive_int, default=512, help="square size every image is probed at (default 512)")
+    ck.add_argument("--resolution", type=positive_int, default=None, help="square size every image is probed at (default: the VAE's sample_size, the size the model was trained at; else 512)")
     ck.add_argument("--caption-ext", default=".txt", help="caption files' extension (default .txt; kohya: .caption)")
     ck.add_argument("--synonyms", action="append", default=[], metavar="WORDS",
                     help="comma-separated words never swapped for one another, e.g. circle,disc (repeatable)")
@@ -265,15 +267,18 @@ def cmd_items(args:argparse.Namespace, # parsed arguments of `build_parser`
 # %% ../nbs/70_cli.ipynb #cf929a88
 def cmd_demo(args:argparse.Namespace, # parsed arguments of `build_parser`
             ) -> int:
-    "`caption-eval demo [captions|labels]`: run `run_caption_demo` (default) or the classifier demo `run_demo`."
-    captions = args.which == "captions"
-    noise = (0.3 if captions else 0.1) if args.noise is None else args.noise
-    kind = ("classcond" if captions else "uniform") if args.noise_kind is None else args.noise_kind
+    "`caption-eval demo [lora|digits|labels]`: run `run_lora_demo` (default), the digits caption demo `run_caption_demo` or the classifier demo `run_demo`."
+    noise = {"lora": 0.15, "digits": 0.3, "labels": 0.1}[args.which] if args.noise is None else args.noise
+    kind = ("classcond" if args.which == "digits" else "uniform") if args.noise_kind is None else args.noise_kind
     if not 0 <= noise < 1: raise UsageError(f"--noise must be a share in [0, 1), got {noise}")
-    if captions:
+    if args.which == "lora":
+        from caption_evaluator.demos.lora_check import run_lora_demo
+        result = run_lora_demo(output_dir=args.output_dir, noise=noise, attribute=args.attribute, style=args.style, steps=args.steps or 300,
+                               seed=args.seed, verbose=not args.quiet)
+    elif args.which == "digits":
         from caption_evaluator.demos.caption import run_caption_demo
         if not 0 <= args.plant < 1: raise UsageError(f"--plant must be a share in [0, 1), got {args.plant}")
-        result = run_caption_demo(output_dir=args.output_dir, noise=noise, kind=kind, steps=args.steps, plant=args.plant, seed=args.seed,
+        result = run_caption_demo(output_dir=args.output_dir, noise=noise, kind=kind, steps=args.steps or 1500, plant=args.plant, seed=args.seed,
                                   verbose=not args.quiet)
     else:
         from caption_evaluator.demos.label_noise import run_demo

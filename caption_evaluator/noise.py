@@ -1,4 +1,4 @@
-"""Corrupt labels on the record, and score how well a per-item ranking finds them: AUROC, precision@k, detection tables.
+"""Corrupt labels on the record, and score how well a per-item ranking finds them (AUROC from `ranking`): precision@k, detection tables.
 
 Docs: https://caption-evaluator.github.io/caption_evaluator/noise.html.md"""
 
@@ -13,11 +13,12 @@ import numpy as np
 import torch
 
 from .core import format_table
+from .ranking import auroc
 from .tracking.snapshots import item_score, score_path
 
 # %% auto #0
-__all__ = ['CONFUSABLE_DIGITS', 'NOISE_KINDS', 'DEMO_SCORES', 'corrupt_labels', 'average_ranks', 'auroc', 'label_noise_report',
-           'suspect_values', 'detection_table', 'format_detection_table']
+__all__ = ['CONFUSABLE_DIGITS', 'NOISE_KINDS', 'DEMO_SCORES', 'corrupt_labels', 'label_noise_report', 'suspect_values',
+           'detection_table', 'format_detection_table']
 
 # %% ../nbs/02_noise.ipynb #dd40fa62
 CONFUSABLE_DIGITS = {1: 7, 7: 1, 3: 8, 8: 3, 4: 9, 9: 4, 5: 6, 6: 5, 0: 2, 2: 0}  # each digit's look-alike, for class-conditional noise
@@ -64,51 +65,6 @@ def corrupt_labels(labels: torch.Tensor, # true class labels, shape [N]
     noisy[picked] = new
     return noisy, picked
 
-
-# %% ../nbs/02_noise.ipynb #4d01ae62
-def average_ranks(x: np.ndarray, # 1-D scores
-                 ) -> np.ndarray:
-    "1-based ranks of `x`; tied values share the average of their ranks."
-    x = np.asarray(x, dtype=np.float64)
-    uniq, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    first = np.cumsum(counts) - counts + 1  # rank of each distinct value's first occurrence
-    return (first + (counts - 1) / 2)[inverse]
-
-
-# %% ../nbs/02_noise.ipynb #dfcf415a
-def auroc(scores: Sequence[float] | np.ndarray, # higher means "more likely positive" (±inf allowed, NaN not)
-          positive: Sequence[bool] | np.ndarray, # True for the positives (e.g. corrupted items)
-          weights: Sequence[float] | np.ndarray | None = None, # a non-negative weight per item; `None`: every item counts 1
-         ) -> float:
-    "Area under the ROC curve of ranking by `scores`: the share of (positive, negative) pairs ordered right, ties counting 1/2, each pair weighted by its two items' `weights`."
-    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
-    if scores.shape != positive.shape or scores.ndim != 1:
-        raise ValueError(f"scores and positive must be 1-D and of equal length, got {scores.shape} and {positive.shape}")
-    if np.isnan(scores).any(): raise ValueError("scores must not be NaN; drop or impute the items without a score first")
-    n_pos = int(positive.sum()); n_neg = positive.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"positive needs both classes to define AUROC, got {n_pos} positives and {n_neg} negatives")
-    if weights is not None: return _weighted_auroc(scores, positive, _auroc_weights(weights, positive))
-    rank_sum = average_ranks(scores)[positive].sum()     # Mann–Whitney: exact in float64, one rounding
-    return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-# %% ../nbs/02_noise.ipynb #6cfce507
-def _auroc_weights(weights, positive: np.ndarray) -> np.ndarray:
-    "`weights` checked: finite, non-negative, one per item, some weight on each side."
-    w = np.asarray(weights, dtype=np.float64)
-    if w.shape != positive.shape: raise ValueError(f"weights must hold one weight per score, got shape {w.shape} for {positive.shape[0]} scores")
-    if not (np.isfinite(w).all() and (w >= 0).all()): raise ValueError("weights must be finite and non-negative")
-    if not (w[positive].sum() > 0 and w[~positive].sum() > 0): raise ValueError("weights must give both the positives and the negatives some weight")
-    return w
-
-def _weighted_auroc(scores: np.ndarray, positive: np.ndarray, w: np.ndarray) -> float:
-    "Each positive's weighted share of negatives below it (ties 1/2), averaged with the positives' weights."
-    order = np.argsort(scores[~positive], kind="stable")
-    neg, cum = scores[~positive][order], np.concatenate([[0.0], np.cumsum(w[~positive][order])])
-    pos, wp = scores[positive], w[positive]
-    below = cum[np.searchsorted(neg, pos, "left")] + cum[np.searchsorted(neg, pos, "right")]
-    return float((below / (2 * cum[-1]) * wp).sum() / wp.sum())
 
 # %% ../nbs/02_noise.ipynb #2a301bf2
 def label_noise_report(scores: Mapping[str, float], # per-item score, higher = more suspect, e.g. {key: average_loss}

@@ -5,7 +5,7 @@ from hypothesis import given, strategies as st
 from sklearn.metrics import roc_auc_score
 
 from caption_evaluator.captions.edits import _corrected_auroc
-from caption_evaluator.noise import auroc
+from caption_evaluator.ranking import auroc
 
 scores = st.lists(st.integers(-3, 3), min_size=1, max_size=30)          # few distinct values: many ties
 

@@ -11,7 +11,7 @@ import torch
 from caption_evaluator.captions.data import captioned_shapes
 from caption_evaluator.captions.denoiser import ddpm_alphas_cumprod, train_caption_denoiser
 from caption_evaluator.captions.edits import other_captions, probe_caption_edits, word_swaps
-from caption_evaluator.noise import auroc
+from caption_evaluator.ranking import auroc
 
 SIZES, SUBSETS = (20, 40, 100), 6
 

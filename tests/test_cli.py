@@ -299,7 +299,7 @@ def test_list_runs_with_single_run_exit_2(run_dirs):
 
 def test_caption_demo_runs(tmp_path):
     out_dir = tmp_path / "demo_output"
-    code, out, err = cli("demo", "--output-dir", out_dir, "--steps", "150", "--quiet", timeout=300)
+    code, out, err = cli("demo", "digits", "--output-dir", out_dir, "--steps", "150", "--quiet", timeout=300)
     assert code == 0, err
     run_dir = Path(out.strip())
     assert run_dir.parent == out_dir and run_dir.is_dir()

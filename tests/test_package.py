@@ -108,6 +108,21 @@ def test_wheel_submodules_import(venv, tmp_path):
     assert r.returncode == 0 and r.stdout.strip().endswith('ok'), r.stderr
 
 
+def test_the_wheel_ships_the_base_pipeline(venv, tmp_path):
+    "The shipped pipeline is inside the installed package, loads with diffusers' `from_pretrained` there, and its weights are the logged ones."
+    pytest.importorskip("diffusers")
+    py = venv / 'bin' / 'python'
+    code = ("import hashlib, json\nfrom diffusers import DiffusionPipeline\n"
+            "from caption_evaluator.demos.base_pipeline import BASE_PIPELINE, base_training_log\n"
+            "pipe = DiffusionPipeline.from_pretrained(BASE_PIPELINE)\n"
+            "same = all(hashlib.sha256((BASE_PIPELINE / f).read_bytes()).hexdigest() == h for f, h in base_training_log()['sha256'].items())\n"
+            "print(json.dumps([str(BASE_PIPELINE), type(pipe).__name__, same]))")
+    r = subprocess.run([str(py), '-c', code], cwd=tmp_path, capture_output=True, text=True, env=_clean_env(), timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    folder, cls, same = json.loads(r.stdout.strip().splitlines()[-1])
+    assert Path(folder).resolve().is_relative_to(venv.resolve()) and cls == 'FluxPipeline' and same, (folder, cls, same)
+
+
 def test_console_script_from_wheel(venv, tmp_path):
     "The `caption-eval` entry point installed by the wheel runs."
     exe = venv / 'bin' / 'caption-eval'

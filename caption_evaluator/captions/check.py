@@ -7,6 +7,7 @@ Docs: https://caption-evaluator.github.io/caption_evaluator/captions.check.html.
 # %% ../../nbs/3b_captions.check.ipynb #2a3db058
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
@@ -39,6 +40,12 @@ def _loaded(pipeline):
         return DiffusionPipeline.from_pretrained(pipeline)
     return pipeline
 
+def _native_size(pipe) -> int:
+    "The image size the pipeline's VAE was configured for (`sample_size`), else 512."
+    size = getattr(getattr(getattr(pipe, "vae", None), "config", None), "sample_size", None)
+    if isinstance(size, (list, tuple)) and size: size = size[0]
+    return int(size) if isinstance(size, int) and size > 0 else 512
+
 def _merged(*groups) -> list: return CaptionEdits({}).without([g for gs in groups for g in gs]).synonyms
 
 def _prepared(ds: CaptionDataset, size: int, progress: bool) -> list:
@@ -63,7 +70,7 @@ def check_captions(pipeline, # a loaded diffusers pipeline (SD 1.5, SDXL, SD3, F
                    trigger: str|None = None, # the trigger word, applied to captions read from a folder and never edited
                    edits: CaptionEdits|None = None, # the edit strategy (default: `dataset_edits` of the captions)
                    synonyms: Sequence[Sequence[str]] = (), # word groups never swapped for one another
-                   resolution: int = 512, # the square size every image is probed at
+                   resolution: int|None = None, # the square size every image is probed at (default: the VAE's `sample_size`, the size the model was trained at; else 512)
                    caption_ext: str = ".txt", # caption files' extension, for a folder
                    **probe_kwargs, # `probe_pipeline`'s keywords (timesteps, noise_draws, refine_draws, seed, guidance, progress, trained_on_captions, ...)
                   ) -> CaptionCheck:
@@ -73,6 +80,7 @@ def check_captions(pipeline, # a loaded diffusers pipeline (SD 1.5, SDXL, SD3, F
         raise ValueError(f"dataset: no item could be read ({len(ds.problems)} file(s) skipped):\n{ds.format_problems()}")
     pipe = _loaded(pipeline)
     if lora is not None: _check_lora(pipe, lora)                              # before any probe runs
+    resolution = resolution or _native_size(pipe)
     images = _prepared(ds, resolution, probe_kwargs.get("progress", True))
     keep = [trigger] if trigger else []
     edits = dataset_edits(ds.captions, synonyms=synonyms, keep=keep) if edits is None else replace(edits.without(synonyms), keep=edits.keep | {k.lower() for k in keep})
@@ -98,10 +106,19 @@ def _delete_adapter(pipe):
     loaded = {a for names in (pipe.get_list_adapters() or {}).values() for a in names}
     if _ADAPTER in loaded: pipe.delete_adapters(_ADAPTER)
 
+@contextmanager
+def _quiet_diffusers():
+    "diffusers' notices (warnings) silenced for a moment, its errors still shown."
+    from diffusers.utils import logging
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try: yield
+    finally: logging.set_verbosity(level)
+
 def _lora_view(pipe, lora, images, captions, edits: CaptionEdits, probe_kwargs: dict, base: CaptionCheck) -> dict:
     "The same probe with the LoRA loaded as its own adapter (deleted after): its scores, its suspects, and the items it memorized."
     try:
-        pipe.load_lora_weights(str(lora), adapter_name=_ADAPTER)
+        with _quiet_diffusers(): pipe.load_lora_weights(str(lora), adapter_name=_ADAPTER)   # no notice that the LoRA has no text-encoder keys
         probe = probe_pipeline(pipe, images, captions, edits, **{**probe_kwargs, "trained_on_captions": True})
     finally: _delete_adapter(pipe)
     score = probe.swap_margin.double().cpu().numpy()

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..core import eval_mode, format_table
-from ..noise import auroc
+from ..ranking import auroc
 from ..tracking.snapshots import top_indices
 from .engine import (ProbeGrid, ProbeItems, ProbePairs, ProbeSettings, auto_timesteps, check_count, denoiser_modules,
                                                noise_ids, pair_losses, pick_timesteps, probe_settings, refined_means, screen_means)

@@ -79,8 +79,19 @@ def _image_encoder(pipe, denoiser) -> Callable:
     return encode_images
 
 # %% ../../nbs/37_captions.pipelines.ipynb #471bbe31
+_T5_DEFAULT = {"sd3": ("tokenizer_3", 256), "flux": ("tokenizer_2", 512)}   # the T5 tokens each pipeline's __call__ pads to by default
+
+def _t5_length(pipe, family: str) -> int|None:
+    "The T5 tokens a caption is padded to: the pipeline's default, or its T5 tokenizer's `model_max_length` where that is shorter (a model trained on fewer)."
+    if family not in _T5_DEFAULT: return None
+    name, default = _T5_DEFAULT[family]
+    tok = getattr(pipe, name, None)
+    most = getattr(tok, "model_max_length", None)
+    return min(default, int(most)) if isinstance(most, int) and most > 0 else default
+
 def _prompt_encoder(pipe, family: str, max_sequence_length: int|None) -> Callable:
     "`encode(captions) -> tuple`: the pipeline's own `encode_prompt`, without classifier-free guidance, in eval mode."
+    if max_sequence_length is None: max_sequence_length = _t5_length(pipe, family)
     extra = {} if max_sequence_length is None else {"max_sequence_length": max_sequence_length}
     def encode(captions: Sequence[str]) -> tuple:
         caps, dev = list(captions), pipe._execution_device
@@ -123,7 +134,7 @@ def _transformer_denoiser(pipe, family: str, guidance: float) -> Callable:
 # %% ../../nbs/37_captions.pipelines.ipynb #e92f66b0
 def pipeline_parts(pipe, # a loaded diffusers StableDiffusion, StableDiffusionXL, StableDiffusion3 or Flux pipeline (LoRAs as loaded)
                    guidance: float=1.0, # FLUX's guidance input (the value the model was trained with; ignored by other families)
-                   max_sequence_length: int|None=None, # T5 tokens per caption for SD3/FLUX (`None`: the pipeline's default)
+                   max_sequence_length: int|None=None, # T5 tokens per caption for SD3/FLUX (`None`: the pipeline's default, or its T5 tokenizer's `model_max_length` where shorter)
                   ) -> PipelineParts:
     "The denoiser call, caption encoder, image encoder and training schedule of `pipe`, each as the pipeline runs it."
     fam = _family(pipe)
@@ -141,7 +152,7 @@ def probe_pipeline(pipe, # a loaded diffusers pipeline (see `pipeline_parts`)
                    alternatives, # the edit strategy (`edit(caption) -> list`, or one list per item), as `probe_caption_edits` takes it
                    *,
                    guidance: float=1.0, # FLUX's guidance input (see `pipeline_parts`)
-                   max_sequence_length: int|None=None, # T5 tokens per caption for SD3/FLUX
+                   max_sequence_length: int|None=None, # T5 tokens per caption for SD3/FLUX (see `pipeline_parts`)
                    image_batch: int=16, # images per VAE call
                    **kwargs, # `probe_caption_edits`' keyword arguments (timesteps, noise_draws, refine_draws, clean, planted, seed, ...)
                   ) -> CaptionProbe:

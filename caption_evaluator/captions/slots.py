@@ -80,12 +80,12 @@ class _Union:
 
 # %% ../../nbs/39_captions.slots.ipynb #041b7dff
 def _link(token_lists, candidates: set, slot_of: dict, max_words: int, keep: frozenset, min_evidence: float = 1.5) -> list[list]:
-    "Candidates grouped by the contexts they share (weighted by `_evidence`, at least `min_evidence`), strongest pairs first; two that ever stand side by side are never grouped."
+    "Candidates grouped by the contexts they share (weighted by `_evidence`, half again where both fill it twice or more; at least `min_evidence`), strongest pairs first; two that ever stand side by side are never grouped."
     fill, beside = {}, set()
     for toks in token_lists:
         spans = [(i, j, tuple(toks[i:j])) for i, j in _phrases(toks, max_words, keep) if tuple(toks[i:j]) in candidates]
         for i, j, p in spans:
-            fill.setdefault(_context(toks, i, j, slot_of), set()).add(p)
+            fill.setdefault(_context(toks, i, j, slot_of), Counter())[p] += 1
         ends = {}
         for i, j, p in spans: ends.setdefault(j, []).append(p)
         beside |= {frozenset((p, q)) for i, j, q in spans for p in ends.get(i, ()) if p != q}
@@ -93,7 +93,7 @@ def _link(token_lists, candidates: set, slot_of: dict, max_words: int, keep: fro
     for ctx, ms in fill.items():
         for p in ms:
             for q in ms:
-                if p < q: shared[frozenset((p, q))] += _evidence(ctx)
+                if p < q: shared[frozenset((p, q))] += _evidence(ctx) * (1.5 if min(ms[p], ms[q]) >= 2 else 1.0)
     u, members = _Union(), {p: {p} for p in candidates}
     for pair, n in sorted(shared.items(), key=lambda kv: (-kv[1], sorted(kv[0]))):
         if n < min_evidence: break
@@ -273,17 +273,25 @@ def dataset_edits(captions: Sequence[str], # the dataset's captions (as trained 
     return CaptionEdits(slots, _merge_groups(synonyms), style, keep)
 
 # %% ../../nbs/39_captions.slots.ipynb #e1bf664f
-def find_synonyms(probe, # a `CaptionProbe` of `edits` over the dataset (every alternative screened)
-                  edits: CaptionEdits, # the strategy the probe ran
-                  min_beat_rate: float = 0.3, # a swap beating the own caption this often is no contradiction
-                  min_items: int = 4, # items a pair needs before it is judged
-                 ) -> list[list[str]]:
-    "Groups of words (or tags) the probed model cannot tell apart: swaps between them beat the own caption on `min_beat_rate` of their items."
+def _swap_beats(probe, edits: CaptionEdits) -> dict:
+    "(old word, new word) -> for each item whose caption swaps old for new: whether the swap beat the own caption."
     beats = {}
     changed = [{c: (old.lower(), new.lower()) for c, _, old, new in edits.changes(cap)} for cap in probe.captions]
     own, alt = probe.own_loss.double().cpu().numpy(), probe.alternative_losses.double().cpu().numpy()
     for a, (i, caption, _) in enumerate(probe.alternatives):
         pair = changed[i].get(caption)
         if pair is None or not pair[1] or not np.isfinite(alt[a]) or not np.isfinite(own[i]): continue   # drops have no partner
-        beats.setdefault(frozenset(pair), []).append(alt[a] < own[i])
-    return _merge_groups(sorted(sorted(p) for p, b in beats.items() if len(b) >= min_items and np.mean(b) >= min_beat_rate))
+        beats.setdefault(pair, []).append(alt[a] < own[i])
+    return beats
+
+def find_synonyms(probe, # a `CaptionProbe` of `edits` over the dataset (every alternative screened)
+                  edits: CaptionEdits, # the strategy the probe ran
+                  min_beat_rate: float = 0.3, # a swap beating the own caption this often, both ways, is no contradiction
+                  min_items: int = 4, # items a pair needs (both ways together) before it is judged
+                 ) -> list[list[str]]:
+    "Groups of words (or tags) the probed model cannot tell apart: swaps between them beat the own caption on `min_beat_rate` of their items, each way."
+    beats = _swap_beats(probe, edits)
+    def same(a, b):
+        ways = [beats[w] for w in ((a, b), (b, a)) if len(beats.get(w, ())) >= 2]   # a way seen on one item says nothing
+        return sum(len(v) for v in ways) >= min_items and bool(ways) and all(np.mean(v) >= min_beat_rate for v in ways)
+    return _merge_groups(sorted({tuple(sorted(p)) for p in beats if same(*p)}))

@@ -1,1 +1,1 @@
-"""End-to-end demos behind `caption-eval demo`: wrong labels of a digits classifier, wrong captions of a text-to-image denoiser."""
+"""End-to-end demos behind `caption-eval demo`: the shipped tiny pretrained FLUX pipeline and the world of scenes it was pretrained on, a LoRA trained the diffusers way, and the main job (wrong captions of a 40-picture LoRA dataset found); also wrong captions of a denoiser trained on digits, and wrong labels of a digits classifier."""

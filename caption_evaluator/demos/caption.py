@@ -1,4 +1,4 @@
-"""The main job behind `caption-eval demo`: train a text-conditioned denoiser on captioned digits with a share of wrong captions, track every loss with its timestep, probe the captions, and show which score finds the wrong ones.
+"""`caption-eval demo digits`: train a text-conditioned denoiser on captioned digits with a share of wrong captions, track every loss with its timestep, probe the captions, and show which score finds the wrong ones.
 
 Docs: https://caption-evaluator.github.io/caption_evaluator/demos.caption.html.md"""
 

@@ -31,17 +31,21 @@ def add_demo_arguments(p:argparse.ArgumentParser, # the parser of `caption-eval 
 # %% ../../nbs/60_demos.options.ipynb #5a821ad0
 def add_caption_demo_arguments(p:argparse.ArgumentParser, # the parser of `caption-eval demo`
                                ) -> argparse.ArgumentParser:
-    "`caption-eval demo [captions|labels]`: the caption demo is the default; noise defaults depend on which demo runs."
-    p.add_argument("which", nargs="?", choices=("captions", "labels"), default="captions",
-                   help="captions: find wrong captions of a text-to-image denoiser (default); labels: find wrong labels of a digits classifier")
+    "`caption-eval demo [lora|digits|labels]`: the LoRA demo is the default; noise and steps defaults depend on which demo runs."
+    p.add_argument("which", nargs="?", choices=("lora", "digits", "labels"), default="lora",
+                   help="lora: find the wrong captions of a LoRA dataset with the shipped base pipeline (default); digits: wrong captions of a "
+                        "denoiser trained from scratch on captioned digits; labels: wrong labels of a digits classifier")
     add_demo_arguments(p)
-    p.add_argument("--steps", type=positive_int, default=1500, help="captions demo: denoiser training steps (default 1500)")
+    p.add_argument("--steps", type=positive_int, default=None, help="lora: LoRA training steps (default 300); digits: denoiser training steps (default 1500)")
+    p.add_argument("--attribute", choices=("colour", "size", "position", "background", "count"), default="colour",
+                   help="lora demo: the attribute the wrong captions get wrong (default colour)")
+    p.add_argument("--style", choices=("sentence", "tags"), default="sentence", help="lora demo: sentence or tag captions (default sentence)")
     p.add_argument("--plant", type=float, default=0.02,
-                   help="captions demo: share of captions given a wrong class word on purpose before training, which measures what the probe can verify (default 0.02; 0: none)")
+                   help="digits demo: share of captions given a wrong class word on purpose before training, which measures what the probe can verify (default 0.02; 0: none)")
     p.set_defaults(noise=None, noise_kind=None)
     for a in p._actions:
-        if a.dest == "noise": a.help = "share of corrupted captions / labels, in [0, 1) (default 0.3 for captions, 0.1 for labels)"
-        if a.dest == "noise_kind": a.help = "uniform: any other class; classcond: each digit to its look-alike (1<->7, 3<->8, 4<->9, 5<->6, 0<->2) (default classcond for captions, uniform for labels)"
+        if a.dest == "noise": a.help = "share of wrong captions / labels, in [0, 1) (default 0.15 for lora, 0.3 for digits, 0.1 for labels)"
+        if a.dest == "noise_kind": a.help = "digits and labels: uniform: any other class; classcond: each digit to its look-alike (1<->7, 3<->8, 4<->9, 5<->6, 0<->2) (default classcond for digits, uniform for labels)"
         if a.dest == "epochs": a.help = "labels demo: training epochs (default 20)"
     return p
 
