@@ -116,7 +116,7 @@ def format_worst(self: CaptionCheck, k: int = 10, # rows
                 ) -> str:
     "The `k` most suspect captions: score, item, caption, the caption the model prefers, its slot."
     rows = [[f"{self.score[i]:+.3f}", self.keys[i], self.captions[i], self.fixes[i][0], self.fixes[i][1]]
-            for i in self.order()[:k] if self.suspect[i]]
+            for i in [i for i in self.order() if self.suspect[i]][:k]]
     return format_table(rows, ["score", "item", "caption", "the model prefers", "slot"], right={0}) if rows else "no caption is suspect"
 
 # %% ../../nbs/3a_captions.findings.ipynb #6a58a741

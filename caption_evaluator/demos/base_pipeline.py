@@ -8,6 +8,7 @@ Docs: https://caption-evaluator.github.io/caption_evaluator/demos.base_pipeline.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
 from typing import Sequence
@@ -18,6 +19,17 @@ import numpy as np
 __all__ = ['BASE_PIPELINE', 'load_base_pipeline', 'base_training_log', 'sample_grid']
 
 # %% ../../nbs/64_demos.base_pipeline.ipynb #f2e34b7e
+@contextmanager
+def _no_loading_bars():
+    "diffusers' and transformers' loading progress bars off for a moment (a 3 MB pipeline loads at once), as they were after."
+    from diffusers.utils import logging as dl
+    from transformers.utils import logging as tl
+    was = [m for m in (dl, tl) if m.is_progress_bar_enabled()]
+    for m in was: m.disable_progress_bar()
+    try: yield
+    finally:
+        for m in was: m.enable_progress_bar()
+
 BASE_PIPELINE = Path(str(files("caption_evaluator") / "assets" / "base_pipeline"))   # inside the installed package
 
 def load_base_pipeline(folder: str|Path = BASE_PIPELINE, # the pipeline folder (default: the one shipped in the package)
@@ -28,7 +40,7 @@ def load_base_pipeline(folder: str|Path = BASE_PIPELINE, # the pipeline folder (
         raise FileNotFoundError(f"folder: {folder} holds no diffusers pipeline (no model_index.json); reinstall caption_evaluator, "
                                 "or write it with `python tools/pretrain_base_pipeline.py --out FOLDER`")
     from diffusers import DiffusionPipeline
-    pipe = DiffusionPipeline.from_pretrained(folder)
+    with _no_loading_bars(): pipe = DiffusionPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
