@@ -31,7 +31,7 @@ class CaptionCheck:
     "What `check_captions` found, per item and per slot; `save` writes it as JSON and CSV."
     keys: list # item keys (paths relative to the dataset root)
     captions: list # each caption as trained on
-    score: np.ndarray # [N] own loss − best alternative's (the probe's `swap_margin`); > 0: the model prefers an edit; NaN: nothing to compare
+    score: np.ndarray # [N] own loss − the best alternative's in the checked slots (the probe's `swap_margin` when none is checked); > 0: the model prefers an edit; NaN: nothing to compare
     suspect: np.ndarray # [N] bool: the model prefers an edit in a checked slot
     fixes: list # per item: (suggested caption, slot, words replaced, words put in), or None
     margins: dict # slot -> [N] own − best alternative of that slot (NaN where the caption has no word of it)
@@ -71,10 +71,27 @@ def _reads(probe) -> dict:
     return {"beats_edits": int(sum(wins)), "items": len(wins), "interval": interval, "reads": interval[0] > 0.5, "verdict": verdict}
 
 # %% ../../nbs/3a_captions.findings.ipynb #9bceb919
-def _fixes(probe, edits: CaptionEdits) -> list:
-    "Per item: the preferred alternative with its slot and the words it changed (None where there is none)."
+def _checked_score(probe, checked: Sequence[str]) -> np.ndarray:
+    "Per item: own loss − the best alternative's over the checked slots (NaN where none applies); over every trusted slot (`swap_margin`) when no slot is checked."
+    if not checked: return probe.swap_margin.double().cpu().numpy()
+    m = np.stack([probe.tag_margins[t].double().cpu().numpy() for t in checked])
+    best = np.max(np.where(np.isnan(m), -np.inf, m), 0)
+    return np.where(np.isnan(m).all(0), np.nan, best)
+
+def _preferred(probe, checked: Sequence[str]) -> list:
+    "Per item: the alternative the model prefers in its checked slot of largest margin (each item's `best_alternative` when no slot is checked)."
+    if not checked: return list(probe.best_alternative)
+    m = np.stack([probe.tag_margins[t].double().cpu().numpy() for t in checked])
+    slot = [checked[int(np.nanargmax(col))] if not np.isnan(col).all() else None for col in m.T]
+    alt, best = probe.alternative_losses.double().cpu().numpy(), {}
+    for a, (i, cap, tag) in enumerate(probe.alternatives):
+        if tag == slot[i] and np.isfinite(alt[a]) and (i not in best or alt[a] < best[i][0]): best[i] = (alt[a], cap)
+    return [best[i][1] if i in best else None for i in range(len(probe.captions))]
+
+def _fixes(probe, edits: CaptionEdits, checked: Sequence[str]) -> list:
+    "Per item: the preferred alternative (in a checked slot) with its slot and the words it changed (None where there is none)."
     out = []
-    for cap, best in zip(probe.captions, probe.best_alternative):
+    for cap, best in zip(probe.captions, _preferred(probe, checked)):
         hit = next(((c, t, old, new) for c, t, old, new in edits.changes(cap) if c == best), None) if best is not None else None
         out.append(hit)
     return out
@@ -92,8 +109,8 @@ def check_from_probe(probe, # a `CaptionProbe` (`probe_caption_edits`, `probe_pi
         verdict, interval = _verdict(int(round(c["beat_rate"] * c["items"])) if c["items"] else 0, c["items"], reads["verdict"])
         slots[tag] = {"words": list(edits.slots.get(tag, [])), "items": c["items"], "beat_rate": c["beat_rate"], "interval": interval, "verdict": verdict,
                       "expected_auroc": c["expected_auroc"], "expected_interval": c["expected_interval"], "calibration": c["verdict"]}
-    score = probe.swap_margin.double().cpu().numpy()
-    fixes = _fixes(probe, edits)
+    checked = [t for t, v in slots.items() if v["verdict"] == "checked" and t in probe.tag_margins]
+    score, fixes = _checked_score(probe, checked), _fixes(probe, edits, checked)
     suspect = np.array([bool(f) and s > 0 and slots.get(f[1], {}).get("verdict") == "checked" for f, s in zip(fixes, score)], dtype=bool)
     margins = {t: m.double().cpu().numpy() for t, m in probe.tag_margins.items()}
     return CaptionCheck(list(dataset.keys), list(dataset.captions), score, suspect, fixes, margins, reads, slots, list(synonyms),

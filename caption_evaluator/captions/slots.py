@@ -286,12 +286,14 @@ def _swap_beats(probe, edits: CaptionEdits) -> dict:
 
 def find_synonyms(probe, # a `CaptionProbe` of `edits` over the dataset (every alternative screened)
                   edits: CaptionEdits, # the strategy the probe ran
-                  min_beat_rate: float = 0.3, # a swap beating the own caption this often, both ways, is no contradiction
+                  min_beat_rate: float = 0.3, # a swap beating the own caption this often (both ways together) is no contradiction
                   min_items: int = 4, # items a pair needs (both ways together) before it is judged
                  ) -> list[list[str]]:
-    "Groups of words (or tags) the probed model cannot tell apart: swaps between them beat the own caption on `min_beat_rate` of their items, each way."
+    "Groups of words (or tags) the probed model cannot tell apart: swaps between them beat the own caption on `min_beat_rate` of their items, and beat it both ways."
     beats = _swap_beats(probe, edits)
     def same(a, b):
-        ways = [beats[w] for w in ((a, b), (b, a)) if len(beats.get(w, ())) >= 2]   # a way seen on one item says nothing
-        return sum(len(v) for v in ways) >= min_items and bool(ways) and all(np.mean(v) >= min_beat_rate for v in ways)
+        ways = [beats.get(w, []) for w in ((a, b), (b, a))]
+        pooled = ways[0] + ways[1]
+        one_way = any(len(v) >= 2 and not any(v) for v in ways)    # never beating one way, on 2 items or more: the other way's beats are wrong captions
+        return len(pooled) >= min_items and np.mean(pooled) >= min_beat_rate and not one_way
     return _merge_groups(sorted({tuple(sorted(p)) for p in beats if same(*p)}))
