@@ -271,13 +271,13 @@ def cmd_demo(args:argparse.Namespace, # parsed arguments of `build_parser`
     noise = {"lora": 0.15, "digits": 0.3, "labels": 0.1}[args.which] if args.noise is None else args.noise
     kind = ("classcond" if args.which == "digits" else "uniform") if args.noise_kind is None else args.noise_kind
     if not 0 <= noise < 1: raise UsageError(f"--noise must be a share in [0, 1), got {noise}")
+    if not 0 <= args.plant < 1: raise UsageError(f"--plant must be a share in [0, 1), got {args.plant}")   # checked for every demo, before any run
     if args.which == "lora":
         from caption_evaluator.demos.lora_check import run_lora_demo
         result = run_lora_demo(output_dir=args.output_dir, noise=noise, attribute=args.attribute, style=args.style, steps=args.steps or 300,
                                seed=args.seed, verbose=not args.quiet)
     elif args.which == "digits":
         from caption_evaluator.demos.caption import run_caption_demo
-        if not 0 <= args.plant < 1: raise UsageError(f"--plant must be a share in [0, 1), got {args.plant}")
         result = run_caption_demo(output_dir=args.output_dir, noise=noise, kind=kind, steps=args.steps or 1500, plant=args.plant, seed=args.seed,
                                   verbose=not args.quiet)
     else:

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from .datasets import CaptionDataset, read_caption_dataset
-from .findings import CaptionCheck, _checked_score, check_from_probe
+from .findings import CaptionCheck, check_from_probe
 from .pipelines import probe_pipeline
 from .slots import CaptionEdits, dataset_edits, find_synonyms
 
@@ -121,6 +121,6 @@ def _lora_view(pipe, lora, images, captions, edits: CaptionEdits, probe_kwargs: 
         with _quiet_diffusers(): pipe.load_lora_weights(str(lora), adapter_name=_ADAPTER)   # no notice that the LoRA has no text-encoder keys
         probe = probe_pipeline(pipe, images, captions, edits, **{**probe_kwargs, "trained_on_captions": True})
     finally: _delete_adapter(pipe)
-    score = _checked_score(probe, [t for t, v in base.slots.items() if v["verdict"] == "checked" and t in probe.tag_margins])   # the slots the base model checks
+    score = probe.swap_margin.double().cpu().numpy()
     return {"path": str(lora), "score": score, "suspect": np.nan_to_num(score, nan=-1) > 0,
             "memorized": base.suspect & ~(np.nan_to_num(score, nan=-1) > 0)}

@@ -31,8 +31,8 @@ class CaptionCheck:
     "What `check_captions` found, per item and per slot; `save` writes it as JSON and CSV."
     keys: list # item keys (paths relative to the dataset root)
     captions: list # each caption as trained on
-    score: np.ndarray # [N] own loss − the best alternative's in the checked slots (the probe's `swap_margin` when none is checked); > 0: the model prefers an edit; NaN: nothing to compare
-    suspect: np.ndarray # [N] bool: the model prefers an edit in a checked slot
+    score: np.ndarray # [N] own loss − best alternative's (the probe's `swap_margin`, every trusted slot: a wrong caption gains from edits of any slot), which ranks the items; NaN: nothing to compare
+    suspect: np.ndarray # [N] bool: the model prefers an edit in a checked slot (that edit is the fix)
     fixes: list # per item: (suggested caption, slot, words replaced, words put in), or None
     margins: dict # slot -> [N] own − best alternative of that slot (NaN where the caption has no word of it)
     reads_captions: dict # "beats_edits", "items", "interval", "reads": whether the model reads these captions
@@ -72,7 +72,7 @@ def _reads(probe) -> dict:
 
 # %% ../../nbs/3a_captions.findings.ipynb #9bceb919
 def _checked_score(probe, checked: Sequence[str]) -> np.ndarray:
-    "Per item: own loss − the best alternative's over the checked slots (NaN where none applies); over every trusted slot (`swap_margin`) when no slot is checked."
+    "Per item: own loss − the best alternative's over the checked slots (NaN where none applies); over every trusted slot (`swap_margin`) when no slot is checked. > 0 makes a suspect."
     if not checked: return probe.swap_margin.double().cpu().numpy()
     m = np.stack([probe.tag_margins[t].double().cpu().numpy() for t in checked])
     best = np.max(np.where(np.isnan(m), -np.inf, m), 0)
@@ -110,8 +110,8 @@ def check_from_probe(probe, # a `CaptionProbe` (`probe_caption_edits`, `probe_pi
         slots[tag] = {"words": list(edits.slots.get(tag, [])), "items": c["items"], "beat_rate": c["beat_rate"], "interval": interval, "verdict": verdict,
                       "expected_auroc": c["expected_auroc"], "expected_interval": c["expected_interval"], "calibration": c["verdict"]}
     checked = [t for t, v in slots.items() if v["verdict"] == "checked" and t in probe.tag_margins]
-    score, fixes = _checked_score(probe, checked), _fixes(probe, edits, checked)
-    suspect = np.array([bool(f) and s > 0 and slots.get(f[1], {}).get("verdict") == "checked" for f, s in zip(fixes, score)], dtype=bool)
+    score, fixes, in_checked = probe.swap_margin.double().cpu().numpy(), _fixes(probe, edits, checked), _checked_score(probe, checked)
+    suspect = np.array([bool(f) and m > 0 and slots.get(f[1], {}).get("verdict") == "checked" for f, m in zip(fixes, in_checked)], dtype=bool)
     margins = {t: m.double().cpu().numpy() for t, m in probe.tag_margins.items()}
     return CaptionCheck(list(dataset.keys), list(dataset.captions), score, suspect, fixes, margins, reads, slots, list(synonyms),
                         list(dataset.problems), dataset, None, dict(settings or {}))

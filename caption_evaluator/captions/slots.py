@@ -79,8 +79,10 @@ class _Union:
         return list(out.values())
 
 # %% ../../nbs/39_captions.slots.ipynb #041b7dff
+def _has_slot(ctx: tuple[str, str]) -> bool: return any(side.startswith("#") for side in ctx)
+
 def _link(token_lists, candidates: set, slot_of: dict, max_words: int, keep: frozenset, min_evidence: float = 1.5) -> list[list]:
-    "Candidates grouped by the contexts they share (weighted by `_evidence`, half again where both fill it twice or more; at least `min_evidence`), strongest pairs first; two that ever stand side by side are never grouped."
+    "Candidates grouped by the contexts they share (weighted by `_evidence`, half again for a context of words both fill twice or more; at least `min_evidence`), strongest pairs first; two that ever stand side by side are never grouped."
     fill, beside = {}, set()
     for toks in token_lists:
         spans = [(i, j, tuple(toks[i:j])) for i, j in _phrases(toks, max_words, keep) if tuple(toks[i:j]) in candidates]
@@ -93,7 +95,7 @@ def _link(token_lists, candidates: set, slot_of: dict, max_words: int, keep: fro
     for ctx, ms in fill.items():
         for p in ms:
             for q in ms:
-                if p < q: shared[frozenset((p, q))] += _evidence(ctx) * (1.5 if min(ms[p], ms[q]) >= 2 else 1.0)
+                if p < q: shared[frozenset((p, q))] += _evidence(ctx) * (1.5 if min(ms[p], ms[q]) >= 2 and not _has_slot(ctx) else 1.0)
     u, members = _Union(), {p: {p} for p in candidates}
     for pair, n in sorted(shared.items(), key=lambda kv: (-kv[1], sorted(kv[0]))):
         if n < min_evidence: break
