@@ -133,7 +133,7 @@ def main():
     t_anchor = time.perf_counter() - t0
     out = ["# LoRA regime: which captions of a 40-picture LoRA dataset are wrong", "",
            f"`python bench/bench_lora_check.py --datasets {a.datasets}` on {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-           f"{torch.get_num_threads()} threads. Base: the shipped pipeline (`load_base_pipeline`). Anchor trained in {t_anchor:.0f} s.", "",
+           f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''}. Base: the shipped pipeline (`load_base_pipeline`). Anchor trained in {t_anchor:.0f} s.", "",
            "Per score: AUROC pooled over the datasets' items, the mean and range of the per-dataset AUROC, and of precision@k (k = the wrong captions).", ""]
     for style in a.styles.split(","):
         for noise in (0.10, 0.25):
