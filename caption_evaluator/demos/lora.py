@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..captions.engine import check_count
 from ..captions.pipelines import pipeline_parts
 from ..tracking.aggregator import StreamingAggregator
 
@@ -27,15 +28,10 @@ def _sigmas(n: int, g: torch.Generator) -> torch.Tensor:
     from diffusers.training_utils import compute_density_for_timestep_sampling
     return compute_density_for_timestep_sampling("logit_normal", n, logit_mean=0.0, logit_std=1.0, generator=g)
 
-def _flow_losses(pipe, x0: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    "Each record's rectified-flow loss `mean((v̂ − (ε − x0))²)`, the transformer called as FluxPipeline calls it."
-    b, c, h, w = x0.shape
+def _flow_losses(denoise, x0: torch.Tensor, cond: tuple, sigma: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    "Each record's rectified-flow loss `mean((v̂ − (ε − x0))²)`, the transformer called as FluxPipeline calls it (`pipeline_parts`' denoiser)."
     s = sigma.view(-1, 1, 1, 1)
-    x_t = (1 - s) * x0 + s * eps
-    pred = pipe.transformer(hidden_states=pipe._pack_latents(x_t, b, c, h, w), timestep=sigma, guidance=None, pooled_projections=pooled,
-                            encoder_hidden_states=embeds, txt_ids=torch.zeros(embeds.shape[1], 3), img_ids=pipe._prepare_latent_image_ids(b, h // 2, w // 2, x0.device, x0.dtype),
-                            return_dict=False)[0]
-    pred = pipe._unpack_latents(pred, h * pipe.vae_scale_factor, w * pipe.vae_scale_factor, pipe.vae_scale_factor)
+    pred = denoise((1 - s) * x0 + s * eps, sigma, cond)
     return (pred.float() - (eps - x0).float()).pow(2).flatten(1).mean(1)
 
 # %% ../../nbs/65_demos.lora.ipynb #7e730937
@@ -50,9 +46,8 @@ def _add_lora(transformer, rank: int, name: str, seed: int) -> list:
     transformer.set_adapter(name)
     return [p for p in transformer.parameters() if p.requires_grad]
 
-def _encoded(pipe, images, captions: Sequence[str]) -> tuple:
+def _encoded(parts, images, captions: Sequence[str]) -> tuple:
     "The latents (the VAE's mode, scaled as FLUX trains) and the captions' T5 and pooled CLIP embeddings, computed once."
-    parts = pipeline_parts(pipe)
     with torch.no_grad():
         latents = torch.cat([parts.encode_images(images[i:i + 16]) for i in range(0, len(images), 16)])
         embeds, pooled = parts.encode(list(captions))
@@ -81,7 +76,10 @@ def train_flux_lora(pipe, # a loaded `FluxPipeline` (its transformer gets the ad
     from tqdm.auto import trange
     if type(pipe).__name__ != "FluxPipeline": raise TypeError(f"pipe must be a FluxPipeline, got {type(pipe).__name__}")
     if len(images) != len(captions) or not len(captions): raise ValueError(f"images and captions must pair up (and not be empty): got {len(images)} and {len(captions)}")
-    latents, embeds, pooled = _encoded(pipe, images, captions)
+    for name, v in (("rank", rank), ("steps", steps), ("batch_size", batch_size)): check_count(name, v, 1)
+    parts = pipeline_parts(pipe)
+    latents, embeds, pooled = _encoded(parts, images, captions)
+    frozen = [p.requires_grad for p in pipe.transformer.parameters()]      # given back as they were
     params = _add_lora(pipe.transformer, rank, adapter_name, seed)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     g = torch.Generator().manual_seed(seed)
@@ -92,11 +90,13 @@ def train_flux_lora(pipe, # a loaded `FluxPipeline` (its transformer gets the ad
             for grp in opt.param_groups: grp["lr"] = lr * min(1.0, (step + 1) / 20)
             b = torch.randint(len(captions), (batch_size,), generator=g)
             sigma, eps = _sigmas(batch_size, g), torch.randn((batch_size, *latents.shape[1:]), generator=g)
-            per = _flow_losses(pipe, latents[b], embeds[b], pooled[b], sigma, eps)
+            per = _flow_losses(parts.denoise, latents[b], (embeds[b], pooled[b]), sigma, eps)
             opt.zero_grad(set_to_none=True); per.mean().backward(); opt.step()
             if aggregator is not None: aggregator.update("train", slots[b], per.detach(), step=step, timesteps=sigma * 1000)
         FluxPipeline.save_lora_weights(out, transformer_lora_layers=get_peft_model_state_dict(pipe.transformer, adapter_name=adapter_name))
     finally:
         pipe.transformer.eval()
-        if not keep_adapter: pipe.transformer.delete_adapters(adapter_name)
+        if not keep_adapter:
+            pipe.transformer.delete_adapters(adapter_name)
+            for p, g in zip(pipe.transformer.parameters(), frozen): p.requires_grad_(g)
     return Path(out) / "pytorch_lora_weights.safetensors"

@@ -44,6 +44,8 @@ def random_scene(rng: np.random.Generator, # the random source
                  shapes: Sequence[str] = PRETRAIN_SHAPES, # the shapes drawn from
                 ) -> Scene:
     "A scene with every attribute drawn uniformly (the shape from `shapes`)."
+    unknown = [s for s in shapes if s not in SCENE_WORDS["shape"]]
+    if unknown or not len(shapes): raise ValueError(f"shapes must be a non-empty list of {list(SCENE_WORDS['shape'])}, got {list(shapes)!r}")
     pick = lambda values: values[int(rng.integers(len(values)))]
     return Scene(pick(list(shapes)), *(pick(list(SCENE_WORDS[a])) for a in Scene._fields[1:]))
 
@@ -59,7 +61,8 @@ def _mask(shape: str, dy: np.ndarray, dx: np.ndarray, r: float) -> np.ndarray:
     if shape == "square": return np.maximum(abs(dx), abs(dy)) <= r * 0.85
     if shape == "triangle": return (dy >= -r) & (dy <= 0.8 * r) & (abs(dx) <= (dy + r) * 0.6)
     if shape == "cross": return (np.maximum(abs(dx), abs(dy)) <= r) & (np.minimum(abs(dx), abs(dy)) <= r * 0.3)
-    return (dx**2 + dy**2 <= r**2) & ((dx - 0.45 * r)**2 + (dy + 0.2 * r)**2 > (0.75 * r)**2)   # crescent
+    if shape == "crescent": return (dx**2 + dy**2 <= r**2) & ((dx - 0.45 * r)**2 + (dy + 0.2 * r)**2 > (0.75 * r)**2)
+    raise ValueError(f"shape must be one of {list(SCENE_WORDS['shape'])}, got {shape!r}")
 
 # %% ../../nbs/63_demos.world.ipynb #97febcb5
 def _centres(scene: Scene, r: float, rng: np.random.Generator) -> list[tuple[float, float]]:
@@ -155,7 +158,7 @@ def write_world_dataset(folder, # the dataset folder (created; must not hold fil
     if not 0 <= noise <= 1: raise ValueError(f"noise must be a share between 0 and 1, got {noise!r}")
     if attribute not in Scene._fields: raise ValueError(f"attribute must be one of {Scene._fields}, got {attribute!r}")
     folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()): raise FileExistsError(f"folder: {folder} is not empty; pass a new folder")
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())): raise FileExistsError(f"folder: {folder} is not empty (or not a folder); pass a new folder")
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     scenes = [random_scene(rng, shapes) for _ in range(n)]
