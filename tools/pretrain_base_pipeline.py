@@ -20,9 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from caption_evaluator.captions.tiny_pipelines import _CHARS, _clip_tokenizer as clip_tokenizer   # the character-level CLIP tokenizer the tiny pipelines use
 from caption_evaluator.demos.world import SCENE_WORDS, scene_caption, world_samples
 
-_CHARS = [chr(c) for c in range(33, 127)]
 _FUNCTION_WORDS = "a an the of on in at with and to picture photo image side background object objects".split()
 
 
@@ -49,17 +49,6 @@ def t5_tokenizer(max_length: int):
     tk.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
     return T5TokenizerFast(tokenizer_object=tk, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0,
                            model_max_length=max_length)
-
-
-def clip_tokenizer(folder: Path, max_length: int):
-    "A character-level CLIP tokenizer (every printable ASCII character a token, with and without `</w>`)."
-    from transformers import CLIPTokenizer
-    vocab = {c: i for i, c in enumerate(_CHARS)} | {c + "</w>": len(_CHARS) + i for i, c in enumerate(_CHARS)}
-    vocab |= {"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1}
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length)
 
 
 def build_pipeline(tmp: Path, t5_tokens: int = 32, clip_chars: int = 80):

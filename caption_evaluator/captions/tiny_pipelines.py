@@ -19,7 +19,7 @@ __all__ = ['PIPELINE_FAMILIES', 'tiny_pipeline']
 # %% ../../nbs/36_captions.tiny_pipelines.ipynb #f4f17e89
 _CHARS = [chr(c) for c in range(33, 127)]
 
-def _clip_tokenizer(folder: Path):
+def _clip_tokenizer(folder: Path, max_length: int = 16):
     "A character-level CLIP BPE tokenizer (every printable ASCII character a token, with and without `</w>`)."
     from transformers import CLIPTokenizer
     vocab = {c: i for i, c in enumerate(_CHARS)}
@@ -28,7 +28,7 @@ def _clip_tokenizer(folder: Path):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length)
 
 # %% ../../nbs/36_captions.tiny_pipelines.ipynb #946dbb48
 def _t5_tokenizer():
