@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from .datasets import CaptionDataset, read_caption_dataset
+from .engine import check_count
 from .findings import CaptionCheck, check_from_probe
 from .pipelines import probe_pipeline
 from .slots import CaptionEdits, dataset_edits, find_synonyms
@@ -80,7 +81,7 @@ def check_captions(pipeline, # a loaded diffusers pipeline (SD 1.5, SDXL, SD3, F
         raise ValueError(f"dataset: no item could be read ({len(ds.problems)} file(s) skipped):\n{ds.format_problems()}")
     pipe = _loaded(pipeline)
     if lora is not None: _check_lora(pipe, lora)                              # before any probe runs
-    resolution = resolution or _native_size(pipe)
+    resolution = _native_size(pipe) if resolution is None else check_count("resolution", resolution, 1)
     images = _prepared(ds, resolution, probe_kwargs.get("progress", True))
     keep = [trigger] if trigger else []
     edits = dataset_edits(ds.captions, synonyms=synonyms, keep=keep) if edits is None else replace(edits.without(synonyms), keep=edits.keep | {k.lower() for k in keep})

@@ -15,6 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..captions.pipelines import _t5_length
+
 # %% auto #0
 __all__ = ['BASE_PIPELINE', 'load_base_pipeline', 'base_training_log', 'sample_grid']
 
@@ -66,7 +68,7 @@ def sample_grid(pipe, # a loaded pipeline (the base, or with a LoRA loaded)
     for cap in captions:
         gens = [torch.Generator().manual_seed(s) for s in seeds]
         out = pipe(prompt=[cap] * len(seeds), negative_prompt=[""] * len(seeds), true_cfg_scale=cfg, height=size, width=size,
-                   num_inference_steps=steps, generator=gens, max_sequence_length=pipe.tokenizer_2.model_max_length, output_type="np").images
+                   num_inference_steps=steps, generator=gens, max_sequence_length=_t5_length(pipe, "flux"), output_type="np").images
         rows.append(np.concatenate(list((out * 255).round().astype(np.uint8)), 1))
     grid = Image.fromarray(np.concatenate(rows, 0)).resize((size * scale * len(seeds), size * scale * len(captions)), Image.Resampling.NEAREST)
     page = Image.new("RGB", (grid.width + 420, grid.height), "white")

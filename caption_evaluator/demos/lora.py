@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..captions.engine import check_count
-from ..captions.pipelines import pipeline_parts
+from ..captions.pipelines import _family, pipeline_parts
 from ..tracking.aggregator import StreamingAggregator
 
 # %% auto #0
@@ -74,7 +74,7 @@ def train_flux_lora(pipe, # a loaded `FluxPipeline` (its transformer gets the ad
     from diffusers import FluxPipeline
     from peft.utils import get_peft_model_state_dict
     from tqdm.auto import trange
-    if type(pipe).__name__ != "FluxPipeline": raise TypeError(f"pipe must be a FluxPipeline, got {type(pipe).__name__}")
+    if _family(pipe) != "flux": raise TypeError(f"pipe must be a FluxPipeline, got {type(pipe).__name__}")
     if len(images) != len(captions) or not len(captions): raise ValueError(f"images and captions must pair up (and not be empty): got {len(images)} and {len(captions)}")
     for name, v in (("rank", rank), ("steps", steps), ("batch_size", batch_size)): check_count(name, v, 1)
     parts = pipeline_parts(pipe)
@@ -89,7 +89,8 @@ def train_flux_lora(pipe, # a loaded `FluxPipeline` (its transformer gets the ad
         for step in trange(steps, desc="training LoRA", disable=not progress):
             for grp in opt.param_groups: grp["lr"] = lr * min(1.0, (step + 1) / 20)
             b = torch.randint(len(captions), (batch_size,), generator=g)
-            sigma, eps = _sigmas(batch_size, g), torch.randn((batch_size, *latents.shape[1:]), generator=g)
+            sigma, eps = _sigmas(batch_size, g), torch.randn((batch_size, *latents.shape[1:]), generator=g)   # drawn on the CPU (seeded alike anywhere)
+            sigma, eps = sigma.to(latents.device, latents.dtype), eps.to(latents.device, latents.dtype)
             per = _flow_losses(parts.denoise, latents[b], (embeds[b], pooled[b]), sigma, eps)
             opt.zero_grad(set_to_none=True); per.mean().backward(); opt.step()
             if aggregator is not None: aggregator.update("train", slots[b], per.detach(), step=step, timesteps=sigma * 1000)

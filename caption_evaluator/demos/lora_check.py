@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ..core import format_table, new_run_dir, shell_command, write_json_atomic
-from ..noise import label_noise_report
+from ..noise import format_detection_table, label_noise_report
 from ..tracking.aggregator import StreamingAggregator
-from ..tracking.snapshots import load_item_stats
 from ..captions.check import check_captions
 from ..captions.datasets import read_caption_dataset
 from ..captions.findings import CaptionCheck
@@ -48,16 +47,10 @@ def _detection(check: CaptionCheck, truth: dict, stats: dict) -> dict:
     "AUROC and precision@k of each score at finding the wrong captions of `truth` (higher = more suspect; NaN scores last)."
     wrong = {r["file"] for r in truth["items"] if r["wrong"]}
     as_map = lambda v: dict(zip(check.keys, np.nan_to_num(np.asarray(v, float), nan=-1e30).tolist()))
-    scores = {name: {k: stats[k][col] for k in check.keys} for name, col in _TRAINING_SCORES.items()}
+    seen = lambda k, col: stats.get(k, {}).get(col)                       # an item no batch drew has no training loss
+    scores = {name: as_map([np.nan if seen(k, col) is None else seen(k, col) for k in check.keys]) for name, col in _TRAINING_SCORES.items()}
     scores |= {"probe on base": as_map(check.score), "probe on LoRA": as_map(check.lora["score"])}
     return {name: label_noise_report(s, wrong) for name, s in scores.items()}
-
-# %% ../../nbs/66_demos.lora_check.ipynb #7ce3abc5
-def _format_detection(table: dict) -> str:
-    "One row per score: AUROC, precision@k, recall@k, the best marked."
-    best = max(table, key=lambda s: table[s]["auroc"])
-    rows = [[s, f"{v['auroc']:.3f}", f"{v['precision_at_k']:.2f}", f"{v['recall_at_k']:.2f}", "<- best" if s == best else ""] for s, v in table.items()]
-    return format_table(rows, ["score", "AUROC", "precision@k", "recall@k", ""], right={1, 2, 3})
 
 # %% ../../nbs/66_demos.lora_check.ipynb #78311aa0
 def run_lora_demo(output_dir: str|Path = "demo_output", # parent folder; each run gets a new subfolder
@@ -72,6 +65,8 @@ def run_lora_demo(output_dir: str|Path = "demo_output", # parent folder; each ru
                  ) -> LoraDemoResult:
     "Write a LoRA dataset with wrong captions, train a LoRA on it, check its captions on the base and LoRA'd pipeline, and score every way against the truth."
     say = print if verbose else (lambda *a, **k: None)
+    if not (isinstance(n, int) and 0 < int(round(noise * n)) < n):
+        raise ValueError(f"noise and n must leave some captions wrong and some right (round(noise·n) between 1 and n − 1), got noise={noise!r}, n={n!r}")
     run_dir, t = new_run_dir(output_dir), [time.perf_counter()]
     truth = write_world_dataset(run_dir / "dataset", n=n, noise=noise, attribute=attribute, style=style, seed=seed)
     write_json_atomic(run_dir / "truth.json", truth)
@@ -87,8 +82,7 @@ def run_lora_demo(output_dir: str|Path = "demo_output", # parent folder; each ru
     check.save(run_dir)
     report = write_check_report(check, run_dir, title="Caption check of the demo's LoRA dataset")
     t.append(time.perf_counter())
-    stats = load_item_stats(snapshot)["datasets"]["train"]["item_stats"]
-    result = LoraDemoResult(run_dir, truth, lora, check, _detection(check, truth, stats), snapshot, report,
+    result = LoraDemoResult(run_dir, truth, lora, check, _detection(check, truth, agg.item_stats("train")), snapshot, report,
                             dict(zip(("dataset", "lora", "check"), np.diff(t).round(1).tolist())))
     _tell(result, say)
     return result
@@ -98,7 +92,7 @@ def _tell(r: LoraDemoResult, say) -> None:
     "The demo's report: the check's summary, the scores against the truth, and where to go next."
     say("\nThe caption check, on the base pipeline (it never trained on these captions):\n" + r.check.summary(k=8))
     say(f"\nWhich score finds the {sum(x['wrong'] for x in r.truth['items'])} wrong captions (against truth.json, which the check never read):\n"
-        + _format_detection(r.detection))
+        + format_detection_table(r.detection))
     say(f"\nTimes: dataset {r.seconds['dataset']:.0f} s, LoRA {r.seconds['lora']:.0f} s, check {r.seconds['check']:.0f} s. Run folder: {r.run_dir}")
     say(f"Open the report: python -m webbrowser {r.report.resolve().as_uri()}")
     say(f"Check your own dataset folder: {shell_command('caption-eval')} check MY_DATASET --pipeline MODEL_DIR [--lora LORA.safetensors] [--trigger WORD]")

@@ -155,6 +155,7 @@ def write_world_dataset(folder, # the dataset folder (created; must not hold fil
     "Write `n` pictures with their captions, a share wrong in one attribute, in ai-toolkit's layout; returns the truth (each file, its caption, the true caption, wrong or not)."
     from pathlib import Path
     from PIL import Image
+    if not (isinstance(n, int) and n >= 1): raise ValueError(f"n must be an int >= 1, got {n!r}")
     if not 0 <= noise <= 1: raise ValueError(f"noise must be a share between 0 and 1, got {noise!r}")
     if attribute not in Scene._fields: raise ValueError(f"attribute must be one of {Scene._fields}, got {attribute!r}")
     folder = Path(folder)
